@@ -1,0 +1,91 @@
+"""Settings: every default of clip-app in one place, overridable by CLIP_APP_* variables and flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_MODEL = "ViT-B/32"
+
+#: environment variable -> Settings field
+ENV_VARS: dict[str, str] = {
+    "CLIP_APP_MODEL": "model",
+    "CLIP_APP_DEVICE": "device",
+    "CLIP_APP_GALLERY": "gallery_dir",
+    "CLIP_APP_LIBRARY": "library_file",
+    "CLIP_APP_MODEL_DIR": "model_dir",
+}
+
+PATH_FIELDS = frozenset({"gallery_dir", "library_file", "model_dir"})
+
+
+def default_model_dir() -> Path:
+    """Where downloaded CLIP weights go: the clip package's own default (~/.cache/clip)."""
+    return Path.home() / ".cache" / "clip"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every run-time choice of the app, the index manager and the benchmarks."""
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    gallery_dir: Path = Path("gallery")
+    library_file: Path = Path("features_library.pth")
+    model_dir: Path = default_model_dir()
+
+    def resolved_device(self) -> str:
+        """The torch device to use: 'auto' means CUDA when available, else CPU."""
+        return resolve_device(self.device)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Defaults overridden by the CLIP_APP_* environment variables that are set and non-empty."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for var, name in ENV_VARS.items():
+            raw = env.get(var, "").strip()
+            if raw:
+                values[name] = Path(raw).expanduser() if name in PATH_FIELDS else raw
+        return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Environment first, then any flag given on the command line (flags win)."""
+        base = cls.from_env(environ)
+        changes: dict[str, object] = {}
+        for name in ("model", "device"):
+            value = getattr(args, name, None)
+            if value:
+                changes[name] = value
+        for flag, name in (("gallery", "gallery_dir"), ("library", "library_file"), ("model_dir", "model_dir")):
+            value = getattr(args, flag, None)
+            if value:
+                changes[name] = Path(value).expanduser()
+        return replace(base, **changes)
+
+
+def resolve_device(device: str) -> str:
+    """Map 'auto' to 'cuda' when a GPU is visible, else 'cpu'; check an explicit CUDA request."""
+    import torch
+
+    device = (device or "auto").strip().lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shared flags: --model, --device, --gallery, --library, --model-dir (defaults come from Settings)."""
+    parser.add_argument("--model", help=f"CLIP model name (e.g. {DEFAULT_MODEL}) or path to a local checkpoint "
+                        "[env CLIP_APP_MODEL]")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
+    parser.add_argument("--gallery", help="gallery folder [env CLIP_APP_GALLERY; default gallery/]")
+    parser.add_argument("--library", help="feature library file [env CLIP_APP_LIBRARY; default features_library.pth]")
+    parser.add_argument("--model-dir", dest="model_dir",
+                        help="where model weights are downloaded [env CLIP_APP_MODEL_DIR; default ~/.cache/clip]")

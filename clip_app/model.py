@@ -1,0 +1,172 @@
+"""ClipEncoder: load an OpenAI CLIP model by name or checkpoint path; encode images and texts to unit rows."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+
+from .config import DEFAULT_MODEL, resolve_device
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+TEXT_BATCH_SIZE = 256
+TEXT_CACHE_SIZE = 20_000  # prompt strings kept (about 40 MB of ViT-B/32 features); classifiers are cached too
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+class ModelLoadError(RuntimeError):
+    """The CLIP model could not be loaded; the message names the model and the way out."""
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def official_checksums() -> dict[str, str]:
+    """sha256 -> official model name, from the download URLs of the clip package (they embed the hash)."""
+    import clip.clip as clip_module
+
+    return {url.rstrip("/").split("/")[-2]: name for name, url in clip_module._MODELS.items()}
+
+
+def l2_normalize(features: torch.Tensor) -> torch.Tensor:
+    """Float32 rows of unit length: [N, D] -> [N, D]."""
+    features = features.float()
+    return features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class ClipEncoder:
+    """A loaded CLIP model with batched, normalised, cached encoders. Outputs are float32 CPU tensors."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto",
+                 download_root: str | os.PathLike[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 text_cache_size: int = TEXT_CACHE_SIZE) -> None:
+        import clip
+
+        self.device = resolve_device(device)
+        path = Path(model).expanduser()
+        is_file = path.is_file()
+        if not is_file and model not in clip.available_models():
+            if path.suffix.lower() in CHECKPOINT_SUFFIXES or model.startswith(("/", ".", "~")):
+                raise ModelLoadError(f"CLIP checkpoint file not found: {model}")
+            raise ModelLoadError(
+                f"unknown CLIP model {model!r}: use one of {', '.join(clip.available_models())} "
+                "or the path of a local checkpoint file")
+        try:
+            loaded, preprocess = clip.load(str(path) if is_file else model, device=self.device, jit=False,
+                                           download_root=str(download_root) if download_root else None)
+        except Exception as exc:  # network errors, corrupt files, wrong architectures
+            raise ModelLoadError(self._load_failure_message(model, is_file, download_root, exc)) from exc
+        if is_file:
+            digest = file_sha256(path)
+            official = official_checksums().get(digest)
+            identity = official or f"sha256:{digest}"
+            name = official or path.name
+        else:
+            identity = name = model
+        self._setup(loaded, preprocess, name=name, identity=identity, batch_size=batch_size,
+                    text_cache_size=text_cache_size)
+        log.info("loaded CLIP %s on %s (dim %d, input %d px)", name, self.device, self.dim, self.input_resolution)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], *, name: str,
+                   identity: str | None = None, device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
+                   tokenizer: Callable[..., torch.Tensor] | None = None,
+                   text_cache_size: int = TEXT_CACHE_SIZE) -> "ClipEncoder":
+        """Wrap an already built model with CLIP's interface (encode_image, encode_text)."""
+        self = cls.__new__(cls)
+        self.device = device
+        self._setup(model.to(device), preprocess, name=name, identity=identity or name, batch_size=batch_size,
+                    text_cache_size=text_cache_size, tokenizer=tokenizer)
+        return self
+
+    def _setup(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], *, name: str,
+               identity: str, batch_size: int, text_cache_size: int,
+               tokenizer: Callable[..., torch.Tensor] | None = None) -> None:
+        import clip
+
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.name = name
+        self.identity = identity
+        self.batch_size = max(1, int(batch_size))
+        self._tokenize = tokenizer or clip.tokenize
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._text_cache_size = text_cache_size
+        self._lock = threading.Lock()
+        self.cache_hits = 0
+        self.cache_misses = 0
+        visual = getattr(model, "visual", None)
+        self.input_resolution = int(getattr(visual, "input_resolution", 224))
+        self.dtype = getattr(model, "dtype", torch.float32)
+        with torch.inference_mode():
+            probe = self._forward_text(self._tokenize([""], truncate=True))
+        self.dim = int(probe.shape[-1])
+
+    @staticmethod
+    def _load_failure_message(model: str, is_file: bool, download_root: Any, exc: Exception) -> str:
+        if is_file:
+            return (f"could not load the CLIP checkpoint {model}: {exc}. The file must be an OpenAI CLIP "
+                    "checkpoint (a TorchScript archive or a state dict).")
+        where = download_root or "~/.cache/clip"
+        return (f"could not load CLIP model {model!r}: the weights are not in {where} and could not be downloaded "
+                f"({type(exc).__name__}: {exc}). On an offline machine, pass a local checkpoint: "
+                f"--model /path/to/{model.replace('/', '-')}.pt (or CLIP_APP_MODEL=/path/to/file.pt), or put the "
+                "official file in the folder named by --model-dir / CLIP_APP_MODEL_DIR.")
+
+    # ---- images -------------------------------------------------------------------------------------------
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int | None = None) -> torch.Tensor:
+        """PIL images -> float32 unit rows [N, D], encoded in batches."""
+        size = batch_size or self.batch_size
+        chunks = [self.encode_pixels(torch.stack([self.preprocess(img) for img in images[i:i + size]]))
+                  for i in range(0, len(images), size)]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.dim)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed pixels [N, 3, H, W] -> float32 unit rows [N, D] (one forward pass)."""
+        with torch.inference_mode():
+            out = self.model.encode_image(pixels.to(self.device, dtype=self.dtype, non_blocking=True))
+        return l2_normalize(out).cpu()
+
+    # ---- texts --------------------------------------------------------------------------------------------
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Strings -> float32 unit rows [N, D]; long texts are truncated; each distinct text is encoded once."""
+        texts = list(texts)
+        with self._lock:
+            known = {t: self._text_cache[t] for t in texts if t in self._text_cache}
+            missing = [t for t in dict.fromkeys(texts) if t not in known]
+            self.cache_hits += len(texts) - len(missing)
+            self.cache_misses += len(missing)
+        fresh: dict[str, torch.Tensor] = dict(known)
+        for i in range(0, len(missing), TEXT_BATCH_SIZE):
+            chunk = missing[i:i + TEXT_BATCH_SIZE]
+            with torch.inference_mode():
+                rows = l2_normalize(self._forward_text(self._tokenize(chunk, truncate=True))).cpu()
+            fresh.update(zip(chunk, rows))
+        with self._lock:
+            for text, row in fresh.items():
+                self._text_cache[text] = row
+                self._text_cache.move_to_end(text)
+            while len(self._text_cache) > self._text_cache_size:
+                self._text_cache.popitem(last=False)
+        return torch.stack([fresh[t] for t in texts]) if texts else torch.empty(0, self.dim)
+
+    def _forward_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens.to(self.device))
+
+    def __repr__(self) -> str:
+        return f"ClipEncoder({self.name!r}, device={self.device!r}, dim={getattr(self, 'dim', '?')})"

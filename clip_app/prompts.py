@@ -1,0 +1,79 @@
+"""Prompt templates and ImageNet class names (data only).
+
+Sources, shipped with the package in clip_app/data/ (copied from the project's shared reference data):
+- imagenet_classnames_clip.json: the CLIP authors' curated ImageNet-1k class names in sorted-WNID order,
+  as published in github.com/openai/CLIP (notebooks/Prompt_Engineering_for_ImageNet.ipynb) and distributed by
+  the clip-benchmark package (clip_benchmark/datasets/en_classnames.json, key imagenet1k);
+- imagenet_templates_clip.json: the CLIP authors' 80 ImageNet prompt templates, same sources;
+- imagenet_ilsvrc2012_ids.tsv: ILSVRC2012 ID -> WNID (the devkit's meta.mat order).
+Templates here use '{}' for the label.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+
+SINGLE_TEMPLATE = "a photo of a {}."
+
+
+def _data_text(name: str) -> str:
+    return resources.files("clip_app").joinpath("data", name).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def imagenet_templates() -> tuple[str, ...]:
+    """The 80 CLIP ImageNet templates, with '{}' where the class name goes."""
+    raw = json.loads(_data_text("imagenet_templates_clip.json"))["templates"]
+    return tuple(t.replace("{c}", "{}") for t in raw)
+
+
+@lru_cache(maxsize=None)
+def imagenet_classnames() -> tuple[str, ...]:
+    """The 1000 curated CLIP class names, index = position of the WNID in sorted(WNIDs)."""
+    return tuple(json.loads(_data_text("imagenet_classnames_clip.json"))["classnames"])
+
+
+@lru_cache(maxsize=None)
+def imagenet_ilsvrc_ids() -> dict[int, str]:
+    """ILSVRC2012 ID (1..1000, the devkit's numbering) -> WNID."""
+    table: dict[int, str] = {}
+    for line in _data_text("imagenet_ilsvrc2012_ids.tsv").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        ilsvrc_id, wnid = line.split("\t")[:2]
+        table[int(ilsvrc_id)] = wnid
+    return table
+
+
+@lru_cache(maxsize=None)
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 WNIDs in sorted order: the class index of torchvision and of the curated names."""
+    return tuple(sorted(imagenet_ilsvrc_ids().values()))
+
+
+TEMPLATE_CHOICES = ("single", "ensemble")
+
+
+def templates_for(choice: str) -> tuple[str, ...]:
+    """Templates for a named choice ('single', 'ensemble') or a custom template that contains '{}'."""
+    if choice == "single":
+        return (SINGLE_TEMPLATE,)
+    if choice == "ensemble":
+        return imagenet_templates()
+    return (validate_template(choice),)
+
+
+def validate_template(template: str) -> str:
+    """Return a custom template if it holds exactly one '{}' placeholder, else raise ValueError."""
+    template = (template or "").strip()
+    if template.count("{}") != 1:
+        raise ValueError(f"a custom prompt template needs exactly one '{{}}' where the label goes, e.g. "
+                         f"'{SINGLE_TEMPLATE}'; got {template!r}")
+    return template
+
+
+def fill(template: str, label: str) -> str:
+    """Put a label into a '{}' template without interpreting braces inside the label."""
+    return template.replace("{}", label, 1)
