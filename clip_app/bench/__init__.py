@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m clip_app.bench {imagenet,flickr8k,perf} ...`."""
