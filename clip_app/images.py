@@ -57,6 +57,10 @@ class ImageError(ValueError):
         self.name = name
         self.reason = reason
 
+    def __reduce__(self) -> tuple:
+        # keeps the error intact across processes (DataLoader workers re-raise what they pickle)
+        return (type(self), (self.name, self.reason))
+
 
 def read_bytes(source: Source, name: str | None = None) -> tuple[bytes, str]:
     """Return (bytes, display name) of a path or a bytes object; ImageError if the file cannot be read."""

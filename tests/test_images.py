@@ -169,3 +169,10 @@ def test_image_extension_follows_the_real_format():
 def test_image_error_is_a_value_error_with_parts():
     err = ImageError("a.jpg", "broken")
     assert isinstance(err, ValueError) and err.name == "a.jpg" and err.reason == "broken"
+
+
+def test_image_error_survives_pickling():
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(ImageError("b.jpg", "truncated")))
+    assert isinstance(copy, ImageError) and str(copy) == "b.jpg: truncated" and copy.name == "b.jpg"
