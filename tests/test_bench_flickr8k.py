@@ -118,6 +118,9 @@ def test_command_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert main(["flickr8k", "--root", str(root), "--model", str(tmp_path / "missing.pt"), "--device", "cpu",
                  "--out", str(tmp_path / "o")]) == 2
     assert "checkpoint file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["flickr8k", "--root", str(root), "--batch-size", "0"])
+    assert exit_info.value.code == 2 and "positive integer" in capsys.readouterr().err
 
 
 def test_text_cache_key_depends_on_model_texts_order_and_prefix() -> None:

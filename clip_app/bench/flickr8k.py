@@ -188,6 +188,20 @@ def evaluate(encoder: ClipEncoder, data: Flickr8k, options: Flickr8kOptions,
     return result
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `python -m clip_app.bench flickr8k`."""
     parser.add_argument("--root", required=True, help="the Flickr8k folder (original, Kaggle or captions.json layout)")
@@ -196,18 +210,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=SPLITS, help="which split to evaluate [default test]")
     parser.add_argument("--prefix", action="append", help="text put before every caption; repeat to compare several; "
                         "the first is the headline [default: '' and 'a photo of ']")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass [default 64]")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass [default 64]")
+    parser.add_argument("--workers", type=_non_negative, default=min(4, os.cpu_count() or 1),
                         help="image decoding processes [default min(4, CPUs)]")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
     parser.add_argument("--model-dir", help="where model weights are downloaded [env CLIP_APP_MODEL_DIR]")
     parser.add_argument("--out", default="results", help="folder for the JSON, Markdown and PNG files [results/]")
     parser.add_argument("--cache-dir", help="feature cache folder [default <out>/cache]")
-    parser.add_argument("--gallery-sizes", type=int, nargs="+", default=list(GALLERY_SIZES),
+    parser.add_argument("--gallery-sizes", type=_positive, nargs="+", default=list(GALLERY_SIZES),
                         help="gallery sizes for the recall-vs-size plot [100 250 500 1000]")
-    parser.add_argument("--subsets", type=int, default=5, help="random subsets per gallery size [5]")
+    parser.add_argument("--subsets", type=_positive, default=5, help="random subsets per gallery size [5]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subsets and the example picks [0]")
-    parser.add_argument("--examples", type=int, default=3,
+    parser.add_argument("--examples", type=_non_negative, default=3,
                         help="successes and failures shown per direction in the grids [3]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
