@@ -74,6 +74,15 @@ def cache_key(model_identity: str, paths: Sequence[Path], extra: str = "") -> st
     return digest.hexdigest()[:24]
 
 
+def text_cache_key(model_identity: str, texts: Sequence[str], extra: str = "") -> str:
+    """A key for features of these exact strings (in this order) under this model."""
+    digest = hashlib.sha256()
+    digest.update(f"{model_identity}\0{extra}\0{len(texts)}\n".encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()[:24]
+
+
 class FeatureCache:
     """Feature tensors on disk under `folder`, one .pt file per key, loaded with weights_only=True."""
 

@@ -1,0 +1,138 @@
+"""Flickr8k results on disk: the JSON analysis and the Markdown report (published references beside ours)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+from ..model import CHECKPOINT_SUFFIXES
+
+REFERENCE_SOURCE = "CLIP_benchmark benchmark/benchmark.csv (OpenAI weights, Flickr8k test split, raw captions)"
+#: published Recall@5 (fractions) by model; keys are normalised with reference_key()
+REFERENCES: dict[str, dict[str, float]] = {
+    "vit-b-32": {"text_to_image": 0.8054, "image_to_text": 0.9140},
+}
+ARROWS = {"text_to_image": "text \u2192 image", "image_to_text": "image \u2192 text"}
+
+
+def model_slug(name: str) -> str:
+    """A file-name-safe model name: 'ViT-B/32' -> 'ViT-B-32', 'tiny-clip.pt' -> 'tiny-clip'."""
+    stem = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in CHECKPOINT_SUFFIXES else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
+
+
+def reference_key(name: str) -> str:
+    """'ViT-B/32', 'ViT-B-32' and 'vit_b_32' all map to 'vit-b-32'."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def reference_for(name: str) -> dict[str, float] | None:
+    """Published CLIP_benchmark Recall@5 for this model, or None when there is none to compare with."""
+    return REFERENCES.get(reference_key(name))
+
+
+def write_json(path: Path, result: dict) -> Path:
+    """Write the analysis atomically (temp file + rename); NaN becomes null."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(clean(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _f(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "\u2014"
+    return f"{value:.{digits}f}"
+
+
+def _rank(value: float | None) -> str:
+    return "\u2014" if value is None else f"{value:g}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def recall_table(result: dict) -> list[str]:
+    """Our R@1/5/10 and median rank per direction beside the published R@5."""
+    reference = result.get("reference") or {}
+    rows = []
+    for direction, label in ARROWS.items():
+        ours = result[direction]
+        rows.append([label, _f(ours["R@1"]), _f(ours["R@5"]), _f(ours["R@10"]), _rank(ours["median_rank"]),
+                     _f(reference.get(direction))])
+    return _table(["direction", "R@1", "R@5", "R@10", "median rank", "published R@5 (CLIP_benchmark)"], rows)
+
+
+def prefix_table(prefixes: Sequence[dict]) -> list[str]:
+    rows = [[f"`{p['prefix']!r}`"] + [_f(p[d][f"R@{k}"]) for d in ARROWS for k in (1, 5, 10)]
+            + [_rank(p["text_to_image"]["median_rank"]), _rank(p["image_to_text"]["median_rank"])] for p in prefixes]
+    return _table(["prefix", "t\u2192i R@1", "t\u2192i R@5", "t\u2192i R@10", "i\u2192t R@1", "i\u2192t R@5",
+                   "i\u2192t R@10", "t\u2192i median", "i\u2192t median"], rows)
+
+
+def markdown_report(result: dict) -> str:
+    """The per-model Markdown report."""
+    lines = [f"# Flickr8k retrieval: {result['model']}", "",
+             f"Split **{result['split']}** ({result['layout']} layout, split from {result['split_source']}): "
+             f"{result['n_images']} images, {result['n_captions']} captions; device {result['device']}; "
+             f"headline prefix `{result['prefix']!r}`.", "",
+             "## Recall", ""]
+    lines += recall_table(result)
+    lines += ["", f"Published: {REFERENCE_SOURCE}. Ranks are 1-based; image \u2192 text counts a hit when any of the "
+              "image's captions is in the top K.", "", "## Effect of the caption prefix", ""]
+    lines += prefix_table(result["prefixes"])
+    if result.get("gallery_size"):
+        lines += ["", "## Recall against gallery size (random image subsets with their captions, mean \u00b1 std)",
+                  ""]
+        rows = [[str(r["size"]), str(r["subsets"])]
+                + [f"{_f(r[d][f'R@{k}'], 3)} \u00b1 {_f(r[d + '_std'][f'R@{k}'], 3)}"
+                   for d in ARROWS for k in (1, 5, 10)]
+                for r in result["gallery_size"]]
+        lines += _table(["images", "subsets", "t\u2192i R@1", "t\u2192i R@5", "t\u2192i R@10", "i\u2192t R@1",
+                         "i\u2192t R@5", "i\u2192t R@10"], rows)
+    if result.get("caption_length"):
+        lines += ["", "## Text \u2192 image recall by caption length", ""]
+        rows = [[r["words"], str(r["n_captions"]), _f(r["R@1"]), _f(r["R@5"]), _f(r["R@10"])]
+                for r in result["caption_length"]]
+        lines += _table(["words", "captions", "R@1", "R@5", "R@10"], rows)
+    lines += ["", "## Timings (seconds)", ""]
+    lines += _table(["stage", "seconds"], [[k, f"{v:.3f}"] for k, v in result["timings"].items()])
+    if result.get("images_per_second"):
+        lines += ["", f"Image loading + encoding: {result['images_per_second']:.1f} images/s."]
+    cache = result.get("cache", {})
+    lines += ["", f"Image features: cache {cache.get('images', '?')}; caption features: "
+              + ", ".join(f"`{p!r}` {s}" for p, s in cache.get("texts", {}).items()) + ".", "", "## Figures", ""]
+    lines += [f"- {label}: ![{label}]({name})" for label, name in result.get("figures", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(results: Sequence[dict]) -> str:
+    """One row per model of this run (headline prefix), with the published R@5."""
+    rows = []
+    for r in results:
+        reference = r.get("reference") or {}
+        rows.append([r["model"], f"`{r['prefix']!r}`", _f(r["text_to_image"]["R@1"]), _f(r["text_to_image"]["R@5"]),
+                     _f(reference.get("text_to_image")), _f(r["text_to_image"]["R@10"]),
+                     _f(r["image_to_text"]["R@1"]), _f(r["image_to_text"]["R@5"]),
+                     _f(reference.get("image_to_text")), _f(r["image_to_text"]["R@10"])])
+    header = ["model", "prefix", "t\u2192i R@1", "t\u2192i R@5", "published", "t\u2192i R@10", "i\u2192t R@1",
+              "i\u2192t R@5", "published", "i\u2192t R@10"]
+    first = results[0] if results else {}
+    intro = (f"# Flickr8k retrieval summary\n\nSplit {first.get('split', '?')}: {first.get('n_images', '?')} images, "
+             f"{first.get('n_captions', '?')} captions. Published R@5: {REFERENCE_SOURCE}.\n\n")
+    return intro + "\n".join(_table(header, rows)) + "\n"
