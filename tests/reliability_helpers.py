@@ -1,0 +1,115 @@
+"""Helpers for the reliability tests: the bad and awkward files, a layout-sensitive model, folder snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from clip.clip import _transform
+from PIL import Image
+
+from clip_app.model import ClipEncoder
+from tests.fakes import TINY_RESOLUTION, _Visual
+from tests.image_files import animated_gif, encode, minimal_pdf, png_bomb
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One input file: its name, its bytes, and what should happen to it."""
+
+    name: str
+    data: bytes
+    expect: str  # bad files: a regex the error must match; good files: the colour word it must be found by
+
+
+def truncated_jpeg() -> bytes:
+    """The first half of a noisy JPEG."""
+    data = encode(Image.effect_noise((256, 256), 50).convert("RGB"), "JPEG", quality=90)
+    return data[: len(data) // 2]
+
+
+def bad_samples() -> list[Sample]:
+    """Files that must be refused with a clear message (the message names the file and the reason)."""
+    return [
+        Sample("empty.jpg", b"", r"empty\.jpg: the file is empty \(0 bytes\)"),
+        Sample("notes.jpg", b"hello, this is not a picture\n" * 4, r"notes\.jpg: not an image"),
+        Sample("report.jpg", minimal_pdf(), r"report\.jpg: not an image"),
+        Sample("cut.jpg", truncated_jpeg(), r"cut\.jpg: the image file is truncated"),
+        Sample("bomb.png", png_bomb(30000, 30000), r"bomb\.png: .*decompression bomb"),
+    ]
+
+
+def heic_bytes(rgb: tuple[int, int, int] = (220, 20, 20), size: tuple[int, int] = (40, 30)) -> bytes:
+    """A real HEIC file (HEVC-coded through pillow-heif)."""
+    import pillow_heif  # type: ignore[import-not-found]
+
+    pillow_heif.register_heif_opener()
+    return encode(Image.new("RGB", size, rgb), "HEIF", quality=90)
+
+
+def awkward_good_samples() -> list[Sample]:
+    """Unusual but valid images that must be stored byte for byte and found by their colour."""
+    palette = Image.new("P", (12, 12), 0)
+    palette.putpalette([0, 0, 0, 20, 20, 220] + [0] * 762)
+    palette.paste(1, (0, 0, 12, 12))  # all blue; index 0 (black) is the transparent one
+    palette_data = encode(palette, "PNG", transparency=0)
+    return [
+        Sample("cmyk.jpg", encode(Image.new("CMYK", (20, 10), (0, 255, 255, 0)), "JPEG", quality=95), "red"),
+        Sample("deep.png", encode(Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)), "PNG"), "grey"),
+        Sample("palette.png", palette_data, "blue"),
+        Sample("clear.png", encode(Image.new("RGBA", (10, 10), (20, 20, 220, 0)), "PNG"), "white"),  # alpha 0
+        Sample("la.png", encode(Image.new("LA", (10, 10), (0, 0)), "PNG"), "white"),
+        Sample("anim.gif", animated_gif(((220, 20, 20), (20, 20, 220), (20, 180, 20))), "red"),
+        Sample("leaf.webp", encode(Image.new("RGB", (12, 12), (20, 180, 20)), "WEBP", lossless=True), "green"),
+        Sample("dot.png", encode(Image.new("RGB", (1, 1), (240, 230, 20)), "PNG"), "yellow"),
+        Sample("IMG_0001.HEIC", heic_bytes((250, 140, 0)), "orange"),
+    ]
+
+
+class LayoutClip(torch.nn.Module):
+    """A model that sees WHERE colours are: the image feature is its 4 x 4 grid of mean colours (minus the mean), so
+    a rotated or mirrored picture gets a very different feature (the colour model cannot tell them apart)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.visual = _Visual()
+        self.dtype = torch.float32
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        grid = torch.nn.functional.adaptive_avg_pool2d(pixels.float(), 4)  # [N, 3, 4, 4]
+        return (grid - grid.mean(dim=(2, 3), keepdim=True)).flatten(1)  # [N, 48]
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.ones(len(tokens), 48)
+
+
+def layout_encoder() -> ClipEncoder:
+    """The real ClipEncoder around LayoutClip."""
+    return ClipEncoder.from_model(LayoutClip(), _transform(TINY_RESOLUTION), name="layout-test", batch_size=4)
+
+
+def folder_state(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under root (hidden ones too): a snapshot to compare."""
+    out: dict[str, str] = {}
+    if not root.exists():
+        return out
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def png(rgb: tuple[int, int, int] | str, size: tuple[int, int] = (20, 16)) -> bytes:
+    """A small solid PNG of a colour name or RGB triple."""
+    from tests.fakes import COLOURS
+
+    colour = COLOURS[rgb] if isinstance(rgb, str) else rgb
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
