@@ -113,3 +113,34 @@ def png(rgb: tuple[int, int, int] | str, size: tuple[int, int] = (20, 16)) -> by
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def unique_png(n: int, size: tuple[int, int] = (8, 8)) -> bytes:
+    """A tiny PNG whose bytes are different for every n < 65536."""
+    return png((n % 256, (n // 256) % 256, 77), size)
+
+
+def crash_child(root: str, start: int, journal: str, remove_every: int = 4) -> None:
+    """Run in a child process until it is killed: add one image per call (every remove_every-th call removes one
+    of its own images instead). One line goes to the journal in a single write() after each call returns:
+    'A <id> <sha256>' or 'R <id>', and 'r <id>' before a remove starts (a remove cut short may or may not
+    have happened)."""
+    from tests.fakes import color_encoder
+    from tests.library_helpers import open_library
+
+    library = open_library(Path(root), color_encoder())
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    mine: list[int] = []
+    n = start
+    while True:
+        if mine and n % remove_every == 0:
+            victim = mine.pop(0)
+            os.write(fd, f"r {victim}\n".encode())
+            library.remove([victim])
+            os.write(fd, f"R {victim}\n".encode())
+        else:
+            data = unique_png(n)
+            result = library.add([(data, f"{n}.png")]).results[0]
+            mine.append(result.id)
+            os.write(fd, f"A {result.id} {hashlib.sha256(data).hexdigest()}\n".encode())
+        n += 1
