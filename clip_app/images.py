@@ -111,7 +111,7 @@ def _open(data: bytes, name: str, max_pixels: int, load: bool = True) -> Image.I
         raise ImageError(name, "HEIC/HEIF images need the optional package pillow-heif (pip install pillow-heif)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap below decides
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
@@ -129,8 +129,8 @@ def _open(data: bytes, name: str, max_pixels: int, load: bool = True) -> Image.I
         raise
     except UnidentifiedImageError:
         raise ImageError(name, "not an image, or an image format that cannot be read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(name, "too many pixels (possible decompression bomb)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(name, f"too many pixels, refused as a possible decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc) or type(exc).__name__
         if "truncated" in reason.lower():

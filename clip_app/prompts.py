@@ -19,7 +19,7 @@ SINGLE_TEMPLATE = "a photo of a {}."
 
 
 def _data_text(name: str) -> str:
-    return resources.files("clip_app").joinpath("data", name).read_text(encoding="utf-8")
+    return resources.files("clip_app").joinpath("data").joinpath(name).read_text(encoding="utf-8")
 
 
 @lru_cache(maxsize=None)
