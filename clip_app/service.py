@@ -275,6 +275,10 @@ class App:
             self._check_size(path.stat().st_size if path.exists() else 0, path.name)
         with self._write_lock:
             report = self.library.add(paths, progress=progress)
+        for path, result in zip(paths, report.results):  # results come in input order: show file names only
+            if result.error and str(path) in result.error:
+                result.error = result.error.replace(str(path), path.name)
+            result.name = path.name
         log.info("add: %s", report.summary())
         return report
 

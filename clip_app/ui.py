@@ -52,7 +52,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def md_escape(text: object) -> str:
     """Text shown literally inside Markdown (file names, labels, reasons)."""
     out = str(text)
-    for ch in "\\`*_{}[]<>()#+-.!|":
+    for ch in "\\`*_[]<>|":
         out = out.replace(ch, "\\" + ch)
     return out
 
@@ -128,7 +128,8 @@ def page_text(page: GalleryPage) -> str:
 def entry_text(entry: Any) -> str:
     """ID, file name, size and date added of one image."""
     added = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.added))
-    return (f"**#{entry.id}** · file `{md_escape(entry.file)}` · {format_size(entry.size)} · added {added}")
+    original = f" (uploaded as {md_escape(entry.name)})" if getattr(entry, "name", "") else ""
+    return f"**#{entry.id}** · file {md_escape(entry.file)}{original} · {format_size(entry.size)} · added {added}"
 
 
 def add_summary(report: Any) -> str:
@@ -141,15 +142,16 @@ def add_summary(report: Any) -> str:
         lines.append(f"- {md_escape(r.name)}: added as #{r.id}, almost the same as #{r.near_duplicate_of} "
                      f"(cosine {r.similarity:.3f})")
     for r in report.failed:
-        lines.append(f"- {md_escape(r.name)}: failed: {md_escape(r.error)}")
+        reason = (r.error or "failed").removeprefix(f"{r.name}: ")
+        lines.append(f"- {md_escape(r.name)}: failed: {md_escape(reason)}")
     return "\n".join(lines)
 
 
 def stats_text(app: App) -> str:
     """The library's count, model, feature size and file size."""
     s = app.stats()
-    return (f"**{s.count}** images · model `{md_escape(s.model)}` ({s.dim}-d features) · library file "
-            f"{format_size(s.file_size)} · gallery `{md_escape(s.gallery_dir)}`")
+    return (f"**{s.count}** images · model {md_escape(s.model)} ({s.dim}-d features) · library file "
+            f"{format_size(s.file_size)} · gallery {md_escape(s.gallery_dir)}")
 
 
 def report_text(title: str, lines: Sequence[str], ok_line: str) -> str:
@@ -163,7 +165,7 @@ def build_demo(app: App) -> gr.Blocks:
     """The whole interface for one App (built once; every browser tab shares the App)."""
     with gr.Blocks(title="clip-app", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown(f"# clip-app\nZero-shot classification and image search with CLIP · model "
-                    f"`{md_escape(app.encoder.name)}` on {app.encoder.device}")
+                    f"{md_escape(app.encoder.name)} on {app.encoder.device}")
         with gr.Tabs():
             with gr.Tab("Classify", id="classify"):
                 _classify_tab(app)
@@ -190,8 +192,9 @@ class _Wiring:
 def _classify_tab(app: App) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            image = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"], height=260)
-            labels = gr.Textbox(label="Labels", lines=4, max_lines=12,
+            image = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"], height=260,
+                             elem_id="classify-image")
+            labels = gr.Textbox(label="Labels", lines=4, max_lines=12, elem_id="classify-labels",
                                 placeholder="cat, dog, bicycle (separate labels with commas or new lines)")
             template = gr.Dropdown(TEMPLATE_CHOICES, value="single", allow_custom_value=True,
                                    label="Prompt template",
@@ -200,7 +203,7 @@ def _classify_tab(app: App) -> None:
                 tag_mode = gr.Checkbox(False, label="Tag mode (every label over the threshold)")
                 threshold = gr.Slider(0.0, 1.0, DEFAULT_TAG_THRESHOLD, step=0.01, label="Tag threshold (cosine)")
             save = gr.Checkbox(True, label="Save this photo to the gallery")
-            run = gr.Button("Classify", variant="primary")
+            run = gr.Button("Classify", variant="primary", elem_id="classify-run")
             with gr.Accordion("Label sets", open=False):
                 sets = gr.Dropdown(app.label_set_names(), value=None, label="Saved label sets",
                                    info="picking a set fills the labels box")
@@ -212,12 +215,12 @@ def _classify_tab(app: App) -> None:
                 set_message = gr.Markdown()
         with gr.Column(scale=1):
             with gr.Row():
-                top = gr.Label(num_top_classes=5, label="Top labels")
+                top = gr.Label(num_top_classes=5, label="Top labels", elem_id="classify-top")
                 table = gr.Dataframe(headers=["label", "probability", "cosine"],
                                      datatype=["str", "number", "number"], interactive=False,
                                      label="Each label's raw cosine", max_height=360)
-            tag_list = gr.Markdown()
-            saved = gr.Markdown()
+            tag_list = gr.Markdown(elem_id="classify-tags")
+            saved = gr.Markdown(elem_id="classify-saved")
 
     @user_errors
     def classify(image: str | None, labels: str, template: str, tag_mode: bool = False,
@@ -263,8 +266,8 @@ def _search_tab(app: App) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             query = gr.Textbox(label="Describe the images you are looking for (English)",
-                               placeholder="a dog playing on the beach")
-            run = gr.Button("Search", variant="primary")
+                               placeholder="a dog playing on the beach", elem_id="search-query")
+            run = gr.Button("Search", variant="primary", elem_id="search-run")
         with gr.Column(scale=1):
             example = gr.Image(type="filepath", label="…or search by an example image", height=160,
                                sources=["upload", "clipboard"])
@@ -272,8 +275,9 @@ def _search_tab(app: App) -> None:
     with gr.Row():
         k = gr.Slider(1, MAX_K, DEFAULT_K, step=1, label="Top K")
         min_score = gr.Slider(0.0, 1.0, 0.0, step=0.01, label="Minimum score (cosine): hide weaker matches")
-    results = gr.Gallery(label="Results", columns=6, height="auto", interactive=False, object_fit="cover")
-    message = gr.Markdown()
+    results = gr.Gallery(label="Results", columns=6, height="auto", interactive=False, object_fit="cover",
+                         elem_id="search-results")
+    message = gr.Markdown(elem_id="search-message")
 
     @user_errors
     def by_text(query: str, k: int = DEFAULT_K, min_score: float = 0.0):
@@ -299,19 +303,19 @@ def _gallery_tab(app: App) -> _Wiring:
         page = gr.Number(1, precision=0, minimum=1, label="Page", scale=0, min_width=100)
         show = gr.Button("Show page", size="sm", scale=0)
         following = gr.Button("Next ▶", size="sm", scale=0)
-        info = gr.Markdown()
+        info = gr.Markdown(elem_id="gallery-info")
     images = gr.Gallery(label=f"Library ({PER_PAGE} per page)", columns=8, height="auto", interactive=False,
-                        allow_preview=False, object_fit="cover")
+                        allow_preview=False, object_fit="cover", elem_id="gallery-images")
     ids = gr.State([])
     with gr.Row():
         selected = gr.Number(None, precision=0, label="Selected image ID", scale=0, min_width=160)
-        details = gr.Markdown("Select an image to see its details.")
-        delete = gr.Button("Delete this image…", variant="stop", scale=0)
+        details = gr.Markdown("Select an image to see its details.", elem_id="gallery-details")
+        delete = gr.Button("Delete this image…", variant="stop", scale=0, elem_id="gallery-delete")
     with gr.Row(visible=False) as confirm:
         question = gr.Markdown()
-        yes = gr.Button("Yes, delete it", variant="stop", scale=0)
+        yes = gr.Button("Yes, delete it", variant="stop", scale=0, elem_id="gallery-confirm")
         no = gr.Button("Cancel", scale=0)
-    message = gr.Markdown()
+    message = gr.Markdown(elem_id="gallery-message")
 
     @user_errors
     def show_page(page: float | None = 1):
@@ -336,7 +340,7 @@ def _gallery_tab(app: App) -> _Wiring:
     @user_errors
     def ask(image_id: float | None):
         entry = app.image_info(image_id)
-        return gr.Row(visible=True), f"Delete image **#{entry.id}** (`{md_escape(entry.file)}`) for good?"
+        return gr.Row(visible=True), f"Delete image **#{entry.id}** ({md_escape(entry.file)}) for good?"
 
     delete.click(ask, [selected], [confirm, question], api_visibility=PRIVATE)
     no.click(lambda: gr.Row(visible=False), None, [confirm], api_visibility=PRIVATE)
@@ -353,10 +357,11 @@ def _gallery_tab(app: App) -> _Wiring:
 
 
 def _library_tab(app: App) -> _Wiring:
-    files = gr.File(file_count="multiple", type="filepath", label="Images to add (several at once)")
-    add = gr.Button("Add to library", variant="primary")
-    summary = gr.Markdown()
-    stats = gr.Markdown(stats_text(app))
+    files = gr.File(file_count="multiple", type="filepath", label="Images to add (several at once)",
+                    elem_id="library-files")
+    add = gr.Button("Add to library", variant="primary", elem_id="library-add")
+    summary = gr.Markdown(elem_id="library-summary")
+    stats = gr.Markdown(stats_text(app), elem_id="library-stats")
     with gr.Row():
         check = gr.Button("Check")
         repair = gr.Button("Repair")

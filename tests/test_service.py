@@ -26,7 +26,8 @@ def app(tmp_path: Path, colour_encoder) -> App:
 
 
 def gallery_files(app: App) -> list[str]:
-    return sorted(p.name for p in Path(app.stats().gallery_dir).iterdir() if not p.name.startswith("."))
+    folder = Path(app.stats().gallery_dir)
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
 
 
 # ---- classify -------------------------------------------------------------------------------------------------

@@ -98,8 +98,8 @@ def test_search_endpoints(demo: gr.Blocks, app: App, tmp_path: Path) -> None:
     assert re.fullmatch(r"#\d+ · -?\d\.\d{3}", caption)
     red_id = int(caption[1:].split(" ")[0])
     assert Path(path) == app.image_info(red_id).path and Path(path).parent == Path(app.stats().gallery_dir)
-    items, message = endpoint(demo, "search").fn("red", 3, 0.999)
-    assert items == [] and "No image reaches the minimum score of 1.00" in message and "3 weaker" in message
+    items, message = endpoint(demo, "search").fn("a photo of nothing in particular", 3, 0.5)
+    assert items == [] and "No image reaches the minimum score of 0.50" in message and "3 weaker" in message
     _, message = endpoint(demo, "search").fn("ein rotes Auto", 3)
     assert "trained on English" in message
     items, _ = endpoint(demo, "search_by_image").fn(str(write_png(tmp_path / "ex.png", "green")), 1)
@@ -116,7 +116,7 @@ def test_gallery_page_select_and_delete_with_confirmation(demo: gr.Blocks, app: 
     assert info == "Page 1 of 1 · 3 images" and page == 1 and ids == [e.id for e in app.library]
     assert [caption for _, caption in items] == [f"#{i}" for i in ids]
     selected, details, row = handler(demo, "pick")(ids, gr.SelectData(None, {"index": 1, "value": None}))
-    assert selected == ids[1] and details.startswith(f"**#{ids[1]}** · file `") and "added 20" in details
+    assert selected == ids[1] and details.startswith(f"**#{ids[1]}** · file 00000") and "added 20" in details
     assert row.visible is False
     row, question = handler(demo, "ask")(selected)
     assert row.visible is True and f"#{ids[1]}" in question
@@ -145,7 +145,7 @@ def test_add_images_endpoint_summarises(demo: gr.Blocks, app: App, tmp_path: Pat
     summary, stats = endpoint(demo, "add_images").fn(files)
     assert summary.splitlines()[0] == "**Added 1**, duplicates 1, near-duplicates 0, failed 1."
     assert "red.png: already in the library as #1" in summary and "broken.jpg: failed:" in summary
-    assert stats.startswith("**4** images · model `color\\-test`")
+    assert stats.startswith("**4** images · model color-test")
     with pytest.raises(gr.Error, match="no files"):
         endpoint(demo, "add_images").fn(None)
 
@@ -193,4 +193,4 @@ def test_the_ui_module_stays_thin() -> None:
 
 
 def test_md_escape_keeps_names_literal() -> None:
-    assert ui.md_escape("a_b*c[1](x)") == "a\\_b\\*c\\[1\\]\\(x\\)"
+    assert ui.md_escape("a_b*c[1](x).jpg") == "a\\_b\\*c\\[1\\](x).jpg"
