@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from clip_app.config import Settings, add_settings_arguments
@@ -89,6 +90,7 @@ def launch(demo: "gr.Blocks", args: argparse.Namespace, settings: Settings, prev
 def main(argv: list[str] | None = None) -> int:
     """Entry point: load once, then serve until interrupted; 1 with a clear message when loading fails."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # noise from the clip package
     args = parse_args(argv)
     settings = Settings.from_args(args)
     from clip_app.library import LibraryError
