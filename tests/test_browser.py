@@ -91,8 +91,10 @@ def test_classify_an_uploaded_photo(page, served, shots, tmp_path_factory, tmp_p
     page.locator("#classify-image input[type=file]").set_input_files(str(photo))
     page.locator("#classify-image img").first.wait_for()
     page.locator("#classify-labels textarea").fill("red, yellow, blue")
+    page.get_by_label("Tag mode (every label over the threshold)").check()
     page.locator("#classify-run").click()
     page.locator("#classify-saved", has_text="Saved to the gallery as #4").wait_for()
+    assert page.locator("#classify-tags").inner_text().startswith("Tags (cosine ≥ 0.25): yellow")
     assert "yellow" in page.locator("#classify-top").inner_text()
     assert len(app.library) == 4
     screenshot(page, shots, tmp_path_factory, "classify")
