@@ -40,9 +40,8 @@ from .library_file import (
     UnknownImageError,
     file_signature,
     fsync_dir,
-    load_state,
-    save_state,
 )
+from .library_store import OnDisk, Signature, journal_path, load_library, save_library, signature
 from .model import ClipEncoder
 from .search import top_k
 
@@ -235,7 +234,8 @@ class FeatureLibrary:
         self._check_model = check_model
         self._lock = threading.RLock()
         self._file_lock = filelock.FileLock(str(self.library_file) + ".lock", timeout=lock_timeout)
-        self._signature: tuple[int, int, int] | None = None
+        self._signature: Signature | None = None
+        self._on_disk: OnDisk | None = None
         self._state = LibraryState.empty(encoder.identity, encoder.name, encoder.dim)
         self.first_run_report: RepairReport | None = None
         self._open()
@@ -252,7 +252,7 @@ class FeatureLibrary:
             self._load()
             return
         with self._writing():  # first run: index the gallery (once, even when two processes start together)
-            if self._signature is not None:
+            if self._signature is not None and self._signature[0] is not None:
                 return  # another process created the file meanwhile; _writing() loaded it
             scan = self._scan()
             if scan.id_files or any(gal.has_image_extension(n) for n in scan.foreign):
@@ -260,18 +260,18 @@ class FeatureLibrary:
                 report = RepairReport()
                 state = self._index_files(self._state, self._candidates_from_scan(self._state, scan), report,
                                           quarantine_rest=False)
-                self._save(state)
+                self._save(state, compact=True)
                 self.first_run_report = report
                 log.info("indexed %d gallery images into %s", len(report.indexed), self.library_file)
 
     def _load(self) -> None:
         """Read the file into memory (retrying when it is replaced while being read); checks the model."""
         for _ in range(5):
-            before = file_signature(self.library_file)
-            if before is None:
+            before = signature(self.library_file)
+            if before[0] is None:
                 return  # deleted meanwhile: keep what is in memory
-            state = load_state(self.library_file)
-            if file_signature(self.library_file) == before:
+            state, on_disk = load_library(self.library_file)
+            if signature(self.library_file) == before:
                 break
         if state.model == self.encoder.identity and state.dim != self.encoder.dim:
             raise LibraryCorruptError(f"the feature library {self.library_file} says model {state.model} with "
@@ -284,17 +284,18 @@ class FeatureLibrary:
             state = fresh
         if self._check_model:
             self._require_model(state)
-        self._state, self._signature = state, before
+        self._state, self._signature, self._on_disk = state, before, on_disk
 
     def _refresh(self) -> None:
         """Reload when another process saved the file since we last read or wrote it."""
-        signature = file_signature(self.library_file)
-        if signature == self._signature:
+        now = signature(self.library_file)
+        if now == self._signature:
             return
-        if signature is None:
-            log.warning("the feature library %s disappeared; keeping the %d rows in memory (saved on the next "
-                        "change)", self.library_file, len(self._state))
-            self._signature = None
+        if now[0] is None:
+            if self._signature is not None and self._signature[0] is not None:
+                log.warning("the feature library %s disappeared; keeping the %d rows in memory (saved in full on "
+                            "the next change)", self.library_file, len(self._state))
+            self._signature, self._on_disk = now, None
             return
         self._load()
 
@@ -318,9 +319,10 @@ class FeatureLibrary:
             self._refresh()
             return self._state
 
-    def _save(self, state: LibraryState) -> None:
-        save_state(state, self.library_file)
-        self._state, self._signature = state, file_signature(self.library_file)
+    def _save(self, state: LibraryState, compact: bool = False) -> None:
+        """Save atomically: small changes into the journal, else (or when compact) a whole new main file."""
+        self._on_disk = save_library(state, self.library_file, self._on_disk, compact=compact)
+        self._state, self._signature = state, signature(self.library_file)
 
     def _require_model(self, state: LibraryState) -> None:
         if state.model != self.encoder.identity:
@@ -379,13 +381,15 @@ class FeatureLibrary:
         return [(self._entry(state, int(row)), float(score)) for score, row in zip(scores, rows)]
 
     def stats(self) -> dict:
-        """count, model, model_name, dim, file_size (bytes), gallery_bytes, next_id, gallery_dir, library_file."""
+        """count, model, model_name, dim, file_size (bytes of the library file and its journal), journal_size,
+        gallery_bytes, next_id, gallery_dir, library_file, journal_file."""
         state = self._current()
-        signature = file_signature(self.library_file)
+        main, journal = signature(self.library_file)
         return {"count": len(state), "model": state.model, "model_name": state.model_name, "dim": state.dim,
-                "file_size": signature[2] if signature else 0, "gallery_bytes": int(state.sizes.clamp_min(0).sum()),
+                "file_size": (main[2] if main else 0) + (journal[2] if journal else 0),
+                "journal_size": journal[2] if journal else 0, "gallery_bytes": int(state.sizes.clamp_min(0).sum()),
                 "next_id": state.next_id, "gallery_dir": str(self.gallery_dir),
-                "library_file": str(self.library_file)}
+                "library_file": str(self.library_file), "journal_file": str(journal_path(self.library_file))}
 
     # ---- adding and removing ----------------------------------------------------------------------------
     def add(self, items: Sequence[Item], progress: Progress | None = None) -> AddReport:
@@ -623,7 +627,7 @@ class FeatureLibrary:
             state = self._index_files(state, self._candidates_from_scan(state, self._scan()), report,
                                       quarantine_rest=True, progress=progress)
             if report.actions:
-                self._save(state)
+                self._save(state, compact=True)
         for action in report.actions:
             log.info("repair: %s", action)
         return report
@@ -671,7 +675,7 @@ class FeatureLibrary:
             state = self._index_files(state, self._candidates_from_scan(state, self._scan()), extra,
                                       quarantine_rest=False)
             report.indexed, report.actions = extra.indexed, report.actions + extra.actions
-            self._save(state)
+            self._save(state, compact=True)
             self._check_model = True
             report.count = len(state)
         log.info("rebuilt %s with %s: %d rows", self.library_file, self.encoder.identity, report.count)

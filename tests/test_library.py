@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import clip_app.library_file as library_file
+import clip_app.library_store as library_store
 from clip_app.library import (
     FeatureLibrary,
     LibraryCorruptError,
@@ -38,9 +38,13 @@ def test_add_stores_original_bytes_and_rows_that_load_with_weights_only(tmp_path
     assert raw["ids"].dtype == torch.int64 and raw["ids"].tolist() == [1, 2]
     assert raw["features"].shape == (2, colour_encoder.dim)
     assert torch.allclose(raw["features"].float().norm(dim=1), torch.ones(2), atol=1e-2)
-    assert raw["files"] == ["000001.png", "000002.jpg"]
-    assert raw["sha256"] == [hashlib.sha256(red).hexdigest(), hashlib.sha256(blue).hexdigest()]
-    assert raw["added"].shape == (2,) and raw["next_id"] == 3 and raw["names"] == ["red.png", "blue.jpg"]
+    assert raw["features"].dtype == torch.float16 and raw["features"].untyped_storage().nbytes() == 2 * 13 * 2
+    assert raw["files"].split("\n") == ["000001.png", "000002.jpg"]
+    assert raw["sha256"].dtype == torch.uint8 and raw["sha256"].shape == (2, 32)
+    assert bytes(raw["sha256"][0].tolist()) == hashlib.sha256(red).digest()
+    assert bytes(raw["sha256"][1].tolist()) == hashlib.sha256(blue).digest()
+    assert raw["added"].dtype == torch.float64 and raw["added"].shape == (2,) and raw["next_id"] == 3
+    assert raw["names"].split("\n") == ["red.png", "blue.jpg"] and raw["sizes"].tolist() == [len(red), len(blue)]
 
     again = open_library(tmp_path, colour_encoder)
     ids, features = again.snapshot()
@@ -130,8 +134,9 @@ def test_encodes_in_batches_and_saves_once_per_call(tmp_path: Path, colour_encod
     monkeypatch.setattr(colour_encoder, "encode_images", lambda images, batch_size=None: (
         calls.append(len(images)), original_encode(images, batch_size))[1])
     saves: list[int] = []
-    original_save = library_file.save_state
-    monkeypatch.setattr("clip_app.library.save_state", lambda s, p: (saves.append(len(s)), original_save(s, p)))
+    original_save = library_store.save_state
+    monkeypatch.setattr(library_store, "save_state", lambda s, p, extra=None: (saves.append(len(s)),
+                                                                                original_save(s, p, extra)))
     progress: list[tuple[int, int]] = []
     report = library.add([(image_bytes(c), c) for c in COLOUR_NAMES[:5]], progress=lambda d, t: progress.append((d, t)))
     assert len(report.added) == 5
@@ -148,7 +153,7 @@ def test_a_failed_save_leaves_the_old_file_intact_and_no_new_files(tmp_path: Pat
     real_replace = os.replace
 
     def failing_replace(src, dst):
-        if Path(dst) == path:
+        if Path(dst).name.startswith(path.name):  # the library file and its journal; gallery files still work
             raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
@@ -194,7 +199,8 @@ def test_a_corrupt_file_is_reported_and_kept_byte_identical(tmp_path: Path, colo
         path.write_bytes(path.read_bytes()[:200])
     elif content == "wrong_dict":
         torch.save({"version": 1, "model": "color-test", "dim": 13, "ids": torch.tensor([1, 1]),
-                    "features": torch.zeros(2, 13), "files": ["a", "b"], "sha256": ["x", "y"]}, path)
+                    "features": torch.zeros(2, 13), "files": "a\nb", "sha256": torch.zeros(2, 32, dtype=torch.uint8)},
+                   path)
     elif content == "code":
         torch.save({"payload": FeatureLibrary}, path)  # a pickled class: weights_only refuses it
     else:
