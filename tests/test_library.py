@@ -6,6 +6,7 @@ import hashlib
 import multiprocessing
 import os
 import queue as queue_module
+import threading
 import time
 from pathlib import Path
 
@@ -287,3 +288,26 @@ def test_two_processes_adding_at_once_lose_nothing(tmp_path: Path, colour_encode
     library = open_library(tmp_path, colour_encoder)
     assert sorted(e.id for e in library) == sorted(all_ids)
     assert library.check().ok
+
+
+def test_threads_adding_to_one_library_and_to_two_instances_lose_nothing(tmp_path: Path, colour_encoder) -> None:
+    shared = open_library(tmp_path, colour_encoder)
+    second = open_library(tmp_path, colour_encoder)  # another instance in the same process: its own file lock
+    errors: list[BaseException] = []
+
+    def worker(library: FeatureLibrary, k: int) -> None:
+        try:
+            for i in range(3):
+                library.add([(image_bytes((40 * k + 10, 30 * i + 5, 200 - 20 * k)), f"{k}-{i}.png")])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(shared if k % 2 else second, k)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    fresh = open_library(tmp_path, colour_encoder)
+    assert [e.id for e in fresh] == list(range(1, 13)) and fresh.check().ok
+    assert len(shared) == 12 and len(second) == 12
