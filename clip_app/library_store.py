@@ -60,6 +60,7 @@ class OnDisk:
 
     generation: str
     base_ids: torch.Tensor  # int64 [B]
+    model: str
     journal_entries: int = 0
 
 
@@ -68,7 +69,7 @@ def load_library(path: Path) -> tuple[LibraryState, OnDisk]:
     raw = load_raw(path)
     state = parse_state(raw, path)
     generation = str(raw.get("generation", ""))
-    on_disk = OnDisk(generation=generation, base_ids=state.ids.clone())
+    on_disk = OnDisk(generation=generation, base_ids=state.ids.clone(), model=state.model)
     journal_file = journal_path(path)
     try:
         journal = load_raw(journal_file, "feature library journal")
@@ -100,7 +101,8 @@ def load_library(path: Path) -> tuple[LibraryState, OnDisk]:
 
 def save_library(state: LibraryState, path: Path, on_disk: OnDisk | None, compact: bool = False) -> OnDisk:
     """Save the state: as a journal against the main file when that is small, else as a new main file."""
-    if not compact and on_disk is not None and on_disk.generation and file_signature(path) is not None:
+    if (not compact and on_disk is not None and on_disk.generation and on_disk.model == state.model
+            and file_signature(path) is not None):
         base = on_disk.base_ids
         if len(state) >= len(base) and torch.equal(state.ids[:len(base)], base):  # only appends: the usual case
             new_rows = torch.arange(len(base), len(state))
@@ -116,7 +118,7 @@ def save_library(state: LibraryState, path: Path, on_disk: OnDisk | None, compac
             journal.next_id = state.next_id
             save_state(journal, journal_path(path), {"kind": "journal", "base": on_disk.generation,
                                                      "removed": removed.contiguous()})
-            return OnDisk(on_disk.generation, on_disk.base_ids, entries)
+            return OnDisk(on_disk.generation, on_disk.base_ids, on_disk.model, entries)
     generation = uuid.uuid4().hex
     save_state(state, path, {"generation": generation})
     stale = journal_path(path)
@@ -127,7 +129,7 @@ def save_library(state: LibraryState, path: Path, on_disk: OnDisk | None, compac
         pass
     except OSError as exc:
         log.warning("could not delete the old journal %s (%s); it is ignored", stale, exc)
-    return OnDisk(generation, state.ids.clone(), 0)
+    return OnDisk(generation, state.ids.clone(), state.model, 0)
 
 
 def sorted_member(values: torch.Tensor, sorted_set: torch.Tensor) -> torch.Tensor:

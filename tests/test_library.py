@@ -131,9 +131,9 @@ def test_failures_are_named_and_the_rest_is_added(tmp_path: Path, colour_encoder
 def test_encodes_in_batches_and_saves_once_per_call(tmp_path: Path, colour_encoder, monkeypatch) -> None:
     library = open_library(tmp_path, colour_encoder, batch_size=2)
     calls: list[int] = []
-    original_encode = colour_encoder.encode_images
-    monkeypatch.setattr(colour_encoder, "encode_images", lambda images, batch_size=None: (
-        calls.append(len(images)), original_encode(images, batch_size))[1])
+    original_encode = colour_encoder.encode_pixels
+    monkeypatch.setattr(colour_encoder, "encode_pixels", lambda pixels: (
+        calls.append(len(pixels)), original_encode(pixels))[1])
     saves: list[int] = []
     original_save = library_store.save_state
     monkeypatch.setattr(library_store, "save_state", lambda s, p, extra=None: (saves.append(len(s)),

@@ -102,3 +102,17 @@ def test_sorted_member_matches_a_set_lookup() -> None:
     known = torch.tensor([2, 3, 9, 10, 15], dtype=torch.int64)
     assert store.sorted_member(values, known).tolist() == [v in {2, 3, 9, 10, 15} for v in values.tolist()]
     assert store.sorted_member(values, torch.empty(0, dtype=torch.int64)).tolist() == [False] * 6
+
+
+def test_an_empty_library_of_another_model_is_taken_over_with_a_whole_new_file(tmp_path: Path,
+                                                                                colour_encoder) -> None:
+    from tests.library_helpers import other_colour_encoder
+
+    library = open_library(tmp_path, colour_encoder)
+    library.add([(image_bytes("red"), "r")])
+    library.remove([1])
+    other = open_library(tmp_path, other_colour_encoder())  # nothing to mix: the empty library is taken over
+    assert other.add([(image_bytes("blue"), "b")]).results[0].id == 2
+    raw = torch.load(tmp_path / LIB, weights_only=True)
+    assert raw["model"] == "other-colour-model" and raw["ids"].tolist() == [2]
+    assert [e.id for e in open_library(tmp_path, other_colour_encoder())] == [2]
