@@ -59,10 +59,12 @@ class ModelMismatchError(LibraryError):
         where = f"the feature library {library_file}" if library_file else "the feature library"
         lib = _describe(library_model, library_model_name)
         run = _describe(running_model, running_model_name)
+        model_flag = running_model if not running_model.startswith("sha256:") else "<path of the checkpoint>"
         super().__init__(
             f"{where} was made with model {lib}, but the running model is {run}; features of two models are "
             f"never mixed. Re-encode the gallery with the running model: `python -m clip_app.index --model "
-            f"<the running model> rebuild`, or start with --model set to the library's model.")
+            f"{model_flag} rebuild` (the library file is replaced only when that succeeds), or start with --model "
+            "set to the library's model.")
 
 
 class UnknownImageError(LibraryError, KeyError):
