@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,22 +37,25 @@ TEMPLATE_CHOICES = [("single: a photo of a {}.", "single"), ("ensemble: CLIP's 8
 PRIVATE = "private"  # internal helper events: not in the API docs, not callable by clients
 
 
-class UploadedImage(gr.Image):
-    """gr.Image that hands the uploaded file over untouched (its path), for the App to decode.
+def uploaded_image(**kwargs: Any) -> gr.Image:
+    """A gr.Image input (type "filepath") that hands the uploaded file over untouched, for the App to decode.
 
     gr.Image's own preprocessing opens the file with Pillow first and, in its default "RGB" mode, re-encodes it:
     transparent pixels lose their alpha (a clear PNG became its hidden colour, not white), 16-bit images are clipped,
     the stored bytes are no longer the user's file (so a photo saved from Classify was not recognised as a duplicate
     later), and a file that is not an image failed inside Gradio with an unreadable error naming a temp path. Here
     images.py decodes every upload the same way and explains what is wrong with it. Gradio has already checked that
-    the path lies in its upload cache when preprocess runs."""
+    the path lies in its upload cache when preprocess runs. (The method is replaced on the instance: a subclass of a
+    Gradio component makes Gradio write a .pyi stub next to this module.)"""
+    image = gr.Image(type="filepath", **kwargs)
+    image.preprocess = types.MethodType(_keep_upload, image)  # type: ignore[method-assign]
+    return image
 
-    is_template = True  # the browser uses gr.Image's own front end
 
-    def preprocess(self, payload: Any) -> Any:
-        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-            return str(payload.path)
-        return super().preprocess(payload)
+def _keep_upload(self: gr.Image, payload: Any) -> Any:
+    if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+        return str(payload.path)
+    return gr.Image.preprocess(self, payload)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -210,8 +214,8 @@ class _Wiring:
 def _classify_tab(app: App) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            image = UploadedImage(type="filepath", label="Photo", sources=["upload", "clipboard"], height=260,
-                                  elem_id="classify-image")
+            image = uploaded_image(label="Photo", sources=["upload", "clipboard"], height=260,
+                                   elem_id="classify-image")
             labels = gr.Textbox(label="Labels", lines=4, max_lines=12, elem_id="classify-labels",
                                 placeholder="cat, dog, bicycle (separate labels with commas or new lines)")
             template = gr.Dropdown(TEMPLATE_CHOICES, value="single", allow_custom_value=True,
@@ -287,8 +291,8 @@ def _search_tab(app: App) -> None:
                                placeholder="a dog playing on the beach", elem_id="search-query")
             run = gr.Button("Search", variant="primary", elem_id="search-run")
         with gr.Column(scale=1):
-            example = UploadedImage(type="filepath", label="…or search by an example image", height=160,
-                                    sources=["upload", "clipboard"])
+            example = uploaded_image(label="…or search by an example image", height=160,
+                                     sources=["upload", "clipboard"])
             run_image = gr.Button("Search by image")
     with gr.Row():
         k = gr.Slider(1, MAX_K, DEFAULT_K, step=1, label="Top K")
