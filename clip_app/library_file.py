@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -292,9 +294,8 @@ def load_raw(path: Path, what: str = "feature library") -> dict:
     except FileNotFoundError:
         raise
     except Exception as exc:  # unpickling refused, truncated zip, permission denied, not a torch file ...
-        raise LibraryCorruptError(
-            f"the {what} {path} cannot be read ({type(exc).__name__}: {_short(exc)}); it was left untouched. "
-            f"{RECOVERY}") from exc
+        raise LibraryCorruptError(f"the {what} {path} cannot be read: {load_failure_reason(exc)}; it was left "
+                                  f"untouched. {RECOVERY}") from exc
     if not isinstance(raw, dict):
         raise LibraryCorruptError(f"the {what} {path} is not a valid library file (it holds a "
                                   f"{type(raw).__name__}, not a dict); it was left untouched. {RECOVERY}")
@@ -318,7 +319,25 @@ def parse_state(raw: dict, path: Path, what: str = "feature library") -> Library
                                   f"{RECOVERY}") from exc
 
 
-def _short(exc: Exception, limit: int = 200) -> str:
+def load_failure_reason(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in plain words (torch's own text advises loading the file
+    with weights_only=False, which is exactly what must not be done with a file that carries code)."""
+    text = str(exc)
+    if "Unsupported global" in text:
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"it holds Python objects{what}, not only tensors and plain data; such a file could run code when "
+                "loaded, so it is never loaded")
+    if isinstance(exc, EOFError) or "PytorchStreamReader" in text or "truncated" in text.lower():
+        return "it is empty, truncated or damaged (an interrupted copy, or a full disk?)"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or type(exc).__name__}"
+    if isinstance(exc, (pickle.UnpicklingError, KeyError, UnicodeDecodeError)) or "weights_only" in text:
+        return "it is not a PyTorch file holding only tensors and plain data"
+    return f"it is not a readable PyTorch file ({type(exc).__name__}: {_short(exc)})"
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit] + "..."
 
