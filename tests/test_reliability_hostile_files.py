@@ -80,6 +80,8 @@ def test_a_library_file_carrying_code_is_refused_and_the_code_never_runs(tmp_pat
         open_library(root, colour_encoder)
     message = str(info.value)
     assert str(path) in message and "left untouched" in message
+    assert "could run code when loaded, so it is never loaded" in message and "exec" in message
+    assert "weights_only" not in message  # torch's own text advises loading it unsafely: never passed on
     assert not marker.exists()  # nothing ran
     assert folder_state(root) == before  # the file and the gallery are byte-identical, nothing was written
 
@@ -97,8 +99,10 @@ def test_every_truncation_of_a_library_file_is_refused_and_kept(tmp_path: Path, 
     gallery = folder_state(tmp_path / "gallery")
     for cut in _cuts(len(whole), 25, seed=8):
         path.write_bytes(whole[:cut])
-        with pytest.raises(LibraryCorruptError, match="left untouched"):
+        with pytest.raises(LibraryCorruptError, match="left untouched") as info:
             open_library(tmp_path, colour_encoder)
+        assert "truncated" in str(info.value) or "not a PyTorch file" in str(info.value), (cut, info.value)
+        assert "weights_only" not in str(info.value)
         assert path.read_bytes() == whole[:cut], cut
         assert folder_state(tmp_path / "gallery") == gallery
     path.write_bytes(whole)
@@ -132,7 +136,7 @@ def test_garbage_library_files_are_refused_with_a_clear_message(tmp_path: Path, 
         open_library(tmp_path, colour_encoder)
     message = str(info.value)
     assert message.startswith(f"the feature library {path} ") and "left untouched" in message
-    assert "restore a backup" in message
+    assert "restore a backup" in message and "weights_only" not in message and len(message) < 400
     assert folder_state(tmp_path) == before
 
 
@@ -148,3 +152,34 @@ def test_a_file_that_turns_bad_under_a_running_library_is_never_overwritten(tmp_
         with pytest.raises(LibraryCorruptError, match="left untouched"):
             action()
         assert folder_state(tmp_path) == before  # no gallery file added or removed, the damaged file kept
+
+
+def _library_with_journal(root: Path, colour_encoder) -> Path:
+    """A library whose last add went to the journal next to the main file; returns the journal's path."""
+    library = open_library(root, colour_encoder)
+    library.add([(image_bytes("red"), "red.png")])
+    library.repair()  # writes a main file (with a generation), so the next add goes to the journal
+    library.add([(image_bytes("blue"), "blue.png")])
+    journal = root / "features_library.pth.journal"
+    assert journal.exists() and len(open_library(root, colour_encoder)) == 2
+    return journal
+
+
+@pytest.mark.parametrize("kind", ["payload", "truncated", "garbage"])
+def test_a_hostile_or_broken_journal_is_refused_and_kept(tmp_path: Path, colour_encoder, kind: str) -> None:
+    root = tmp_path / "lib"
+    journal = _library_with_journal(root, colour_encoder)
+    raw = torch.load(journal, weights_only=True)
+    marker = tmp_path / "PWNED"
+    if kind == "payload":
+        torch.save({**raw, "removed": Payload(marker)}, journal)
+    elif kind == "truncated":
+        journal.write_bytes(journal.read_bytes()[:200])
+    else:
+        journal.write_bytes(b"\x00garbage" * 50)
+    before = folder_state(root)
+    with pytest.raises(LibraryCorruptError, match="journal") as info:
+        open_library(root, colour_encoder)
+    assert "left untouched" in str(info.value)
+    assert not marker.exists()
+    assert folder_state(root) == before
