@@ -5,9 +5,11 @@ A mixin of FeatureLibrary (clip_app.library): it uses the library's lock, state,
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("clip_app.library")
 
 Progress = Callable[[int, int], None]
+_PARTIAL = re.compile(r"^\.\d{%d,}\.[A-Za-z0-9]{1,8}\.[0-9a-f]{8}\.partial$" % gal.ID_DIGITS)  # gallery.write_new_file
 UNIT_TOLERANCE = 1e-2  # stored rows are float16: their norms are within ~1e-3 of 1
 
 
@@ -154,6 +157,7 @@ class LibraryMaintenance:
         with self._writing():
             state = self._state
             self._require_model(state)
+            self._remove_stale_temp_files(report)
             bad_norm = bad_rows(state.features).tolist()
             drop: list[int] = []
             redo: list[_Candidate] = []
@@ -196,6 +200,22 @@ class LibraryMaintenance:
         for action in report.actions:
             log.info("repair: %s", action)
         return report
+
+    def _remove_stale_temp_files(self, report: RepairReport) -> None:
+        """Delete the temp files of writers that died mid-save (a library save's `.<file>.*.tmp`, a gallery write's
+        `.<ID file>.<hex>.partial`). Called under the write lock: every live writer holds it while its temp files
+        exist, so any found now are stale."""
+        library = self.library_file
+        found = [p for p in library.parent.glob(f".{glob.escape(library.name)}.*.tmp") if p.is_file()]
+        if self.gallery_dir.is_dir():
+            found += [p for p in self.gallery_dir.glob(".*.partial") if _PARTIAL.match(p.name) and p.is_file()]
+        for path in sorted(found):
+            try:
+                path.unlink()
+            except OSError as exc:
+                log.warning("could not delete the stale temp file %s (%s)", path, exc)
+                continue
+            report.actions.append(f"deleted {path.name}, left by a writer that stopped mid-save")
 
     def rebuild(self, progress: Progress | None = None) -> RebuildReport:
         """Re-encode every gallery image with the running model into a new file, swapped in atomically."""
