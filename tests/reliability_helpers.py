@@ -120,14 +120,17 @@ def unique_png(n: int, size: tuple[int, int] = (8, 8)) -> bytes:
     return png((n % 256, (n // 256) % 256, 77), size)
 
 
-def crash_child(root: str, start: int, journal: str, remove_every: int = 4) -> None:
+def crash_child(root: str, start: int, journal: str, remove_every: int = 4, compact_rows: int | None = None) -> None:
     """Run in a child process until it is killed: add one image per call (every remove_every-th call removes one
     of its own images instead). One line goes to the journal in a single write() after each call returns:
     'A <id> <sha256>' or 'R <id>', and 'r <id>' before a remove starts (a remove cut short may or may not
-    have happened)."""
+    have happened). compact_rows lowers the journal's limit so that whole-file rewrites (compactions) happen often."""
+    import clip_app.library_store as store
     from tests.fakes import color_encoder
     from tests.library_helpers import open_library
 
+    if compact_rows is not None:
+        store.COMPACT_MIN_ROWS = compact_rows
     library = open_library(Path(root), color_encoder())
     fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     mine: list[int] = []
