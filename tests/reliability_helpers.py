@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from PIL import Image
 from clip_app.model import ClipEncoder
 from tests.fakes import TINY_RESOLUTION, _Visual
 from tests.image_files import animated_gif, encode, minimal_pdf, png_bomb
+
+#: modules a forkserver imports once, so the reliability tests' child processes start in a fraction of a second
+PRELOAD = ["tests.reliability_helpers", "tests.fakes", "tests.library_helpers", "tests.app_helpers", "gradio"]
 
 
 @dataclass(frozen=True)
@@ -147,3 +151,17 @@ def crash_child(root: str, start: int, journal: str, remove_every: int = 4, comp
             mine.append(result.id)
             os.write(fd, f"A {result.id} {hashlib.sha256(data).hexdigest()}\n".encode())
         n += 1
+
+
+def serve_colour_app(root: str, port: int, colours: tuple[str, ...], ready: object) -> None:
+    """Run in a child process: an App over the colour model holding one image per colour, served on port until the
+    process is terminated; puts {colour: ID} on the ready queue once the server answers."""
+    from clip_app import ui
+    from tests.app_helpers import make_app
+    from tests.fakes import color_encoder
+
+    app = make_app(Path(root), color_encoder(), colours)
+    demo = ui.build_demo(app)
+    ui.launch(demo, gallery_dir=Path(root) / "gallery", port=port, prevent_thread_lock=True, quiet=True)
+    ready.put({entry.name.removesuffix(".png"): entry.id for entry in app.library})  # type: ignore[attr-defined]
+    threading.Event().wait()  # serve until terminated

@@ -16,7 +16,7 @@ from pathlib import Path
 from clip_app.library import FeatureLibrary
 from clip_app.service import App
 from tests.library_helpers import open_library
-from tests.reliability_helpers import unique_png
+from tests.reliability_helpers import PRELOAD, unique_png
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = [unique_png(60000 + k) for k in range(5)]  # every party adds these same bytes
@@ -79,6 +79,7 @@ def test_eight_threads_and_two_processes_add_at_once(tmp_path: Path, colour_enco
     root = tmp_path / "lib"
     shared_instance = open_library(root, colour_encoder)  # four threads share one object, four have their own
     context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
     process_barrier, queue = context.Barrier(3), context.Queue()
     processes = [context.Process(target=process_party, args=(str(root), 8 + k, process_barrier, queue))
                  for k in range(2)]

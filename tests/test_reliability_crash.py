@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from tests.library_helpers import image_bytes, open_library
+from tests.reliability_helpers import PRELOAD, crash_child
 
 KILLS = 50
 
@@ -51,8 +52,7 @@ def test_writers_killed_at_random_moments_never_break_the_library(tmp_path: Path
     journal_file = root / "features_library.pth.journal"
     open_library(root, colour_encoder).add([(image_bytes("red"), "red.png")])
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tests.reliability_helpers", "tests.fakes", "tests.library_helpers"])
-    from tests.reliability_helpers import crash_child
+    context.set_forkserver_preload(PRELOAD)
 
     rng = random.Random(20240608)
     journal = tmp_path / "journal.txt"
