@@ -31,7 +31,7 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
         return {int(k): float("nan") for k in ks}
     best = topk_predictions(scores, max(ks))
     hits = best == labels.view(-1, 1)
-    return {int(k): float(hits[:, :k].any(dim=1).float().mean()) for k in ks}
+    return {int(k): int(hits[:, :k].any(dim=1).sum()) / len(labels) for k in ks}
 
 
 def per_class_recall(predictions: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
@@ -41,7 +41,7 @@ def per_class_recall(predictions: torch.Tensor, labels: torch.Tensor) -> dict[in
     recalls: dict[int, float] = {}
     for cls in torch.unique(labels).tolist():
         mask = labels == cls
-        recalls[int(cls)] = float((predictions[mask] == cls).float().mean())
+        recalls[int(cls)] = int((predictions[mask] == cls).sum()) / int(mask.sum())
     return recalls
 
 
