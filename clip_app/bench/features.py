@@ -93,11 +93,17 @@ class FeatureCache:
         return self.folder / f"{name}-{key}.pt"
 
     def load(self, name: str, key: str) -> torch.Tensor | None:
+        entry = self.load_entry(name, key)
+        return None if entry is None else entry[0]
+
+    def load_entry(self, name: str, key: str) -> tuple[torch.Tensor, dict] | None:
+        """(features, meta dict saved with them), or None when absent or unreadable."""
         path = self.path(name, key)
         if not path.exists():
             return None
         try:
-            return torch.load(path, weights_only=True, map_location="cpu")["features"]
+            stored = torch.load(path, weights_only=True, map_location="cpu")
+            return stored["features"], json.loads(stored.get("meta") or "{}")
         except Exception as exc:  # a damaged cache entry is recomputed, never trusted
             log.warning("ignoring unreadable feature cache %s (%s)", path, exc)
             return None
