@@ -101,3 +101,15 @@ def test_cli_unknown_model_is_a_clear_error(tmp_path: Path, capsys: pytest.Captu
                  str(tmp_path / "r")])
     assert code == 2
     assert "checkpoint file not found" in capsys.readouterr().err
+
+
+def test_cli_unreadable_image_is_a_clear_error(tmp_path: Path, tiny_checkpoint: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_official(tmp_path / "o", colour_samples()[:2])
+    victim = sorted(root.rglob("ILSVRC2012_val_*.JPEG"))[0]
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated JPEG
+    code = main(["imagenet", "--root", str(root), "--model", str(tiny_checkpoint), "--prompts", "single",
+                 "--workers", "1", "--no-progress", "--out", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and victim.name in err

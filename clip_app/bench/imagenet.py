@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import Settings
+from ..images import ImageError
 from ..model import ClipEncoder, ModelLoadError
 from ..prompts import imagenet_classnames, imagenet_templates
 from .features import FeatureCache
@@ -95,8 +96,12 @@ def run(args: argparse.Namespace) -> int:
         except (ModelLoadError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        result = evaluate_model(encoder, dataset, modes, cache=cache, batch_size=args.batch_size,
-                                workers=args.workers, progress=not args.no_progress)
+        try:
+            result = evaluate_model(encoder, dataset, modes, cache=cache, batch_size=args.batch_size,
+                                    workers=args.workers, progress=not args.no_progress)
+        except ImageError as exc:
+            print(f"error: an image of the data set cannot be read: {exc}", file=sys.stderr)
+            return 2
         record = model_record(result, dataset, args.limit)
         stem = output_stem(result.model)
         write_text(out / f"{stem}.json", json.dumps(record, indent=2) + "\n")
