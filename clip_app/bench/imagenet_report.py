@@ -13,7 +13,7 @@ from typing import Sequence
 from ..images import ImageError, open_image
 from .imagenet_eval import MODE_HELP, MODES, ModelResult
 from .imagenet_readers import ImagenetSet
-from .report import grouped_bar_chart, image_grid, markdown_table, slugify, write_text
+from .report import grouped_bar_chart, image_grid, markdown_table, model_slug, write_text
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,7 @@ def published_for(model: str) -> dict[str, float]:
 
 def output_stem(model: str) -> str:
     """'imagenet-<model slug>' (a checkpoint file's suffix dropped)."""
-    for suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        if model.lower().endswith(suffix):
-            model = model[: -len(suffix)]
-    return f"imagenet-{slugify(model)}"
+    return f"imagenet-{model_slug(model)}"
 
 
 def model_record(result: ModelResult, dataset: ImagenetSet, limit: int | None) -> dict:

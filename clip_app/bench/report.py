@@ -14,6 +14,8 @@ from typing import Mapping, Sequence
 
 from PIL import Image
 
+from ..model import CHECKPOINT_SUFFIXES
+
 log = logging.getLogger(__name__)
 
 MISSING = "–"
@@ -23,6 +25,12 @@ def slugify(name: str) -> str:
     """A file-name-safe lower-case slug: 'ViT-B/32' -> 'vit-b-32', 'ViT-L/14@336px' -> 'vit-l-14-336px'."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     return slug or "model"
+
+
+def model_slug(name: str) -> str:
+    """A model's slug for file names: a checkpoint's suffix dropped, then slugify ('tiny-clip.pt' -> 'tiny-clip')."""
+    suffix = Path(name).suffix
+    return slugify(name[: -len(suffix)] if suffix.lower() in CHECKPOINT_SUFFIXES else name)
 
 
 def write_text(path: Path, text: str) -> Path:
