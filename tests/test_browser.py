@@ -78,7 +78,7 @@ def page(served):
 def screenshot(page, shots: list[Path], tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     folder = shots[0].parent if shots else tmp_path_factory.getbasetemp() / "screenshots0"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.png"
+    path = folder / f"app-{name}.png"
     page.screenshot(path=str(path), full_page=True)
     shots.append(path)
     assert path.stat().st_size > 1000
