@@ -48,6 +48,18 @@ def imagenet_ilsvrc_ids() -> dict[int, str]:
 
 
 @lru_cache(maxsize=None)
+def imagenet_short_names() -> dict[str, str]:
+    """WNID -> the short class name of the ILSVRC2012 table (underscores as spaces), e.g. 'kit fox'."""
+    table: dict[str, str] = {}
+    for line in _data_text("imagenet_ilsvrc2012_ids.tsv").splitlines():
+        parts = line.split("\t")
+        if line.startswith("#") or len(parts) < 3:
+            continue
+        table[parts[1]] = parts[2].strip().replace("_", " ")
+    return table
+
+
+@lru_cache(maxsize=None)
 def imagenet_wnids() -> tuple[str, ...]:
     """The 1000 WNIDs in sorted order: the class index of torchvision and of the curated names."""
     return tuple(sorted(imagenet_ilsvrc_ids().values()))

@@ -15,7 +15,8 @@ from clip_app.bench.__main__ import main
 from clip_app.bench.features import encode_image_files
 from clip_app.bench.flickr8k import Flickr8kOptions, evaluate
 from clip_app.bench.flickr8k_data import load_flickr8k
-from clip_app.bench.flickr8k_report import model_slug, reference_for
+from clip_app.bench.flickr8k_report import reference_for
+from clip_app.bench.report import model_slug
 from clip_app.bench.retrieval import image_to_text_ranks, text_to_image_ranks
 from tests.flickr8k_helpers import KNOWN_CAPTIONS, LAYOUTS, known_flickr8k
 
@@ -69,7 +70,7 @@ def test_evaluate_writes_the_analysis(tmp_path: Path, colour_encoder) -> None:
 
 
 def test_reference_and_slug() -> None:
-    assert model_slug("ViT-B/32") == "ViT-B-32" and model_slug("tiny-clip.pt") == "tiny-clip"
+    assert model_slug("ViT-B/32") == "vit-b-32" and model_slug("tiny-clip.pt") == "tiny-clip"
     assert reference_for("ViT-B/32") == {"text_to_image": 0.8054, "image_to_text": 0.9140}
     assert reference_for("ViT-B-32") == reference_for("ViT-B/32") and reference_for("RN50") is None
 

@@ -8,13 +8,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..images import open_image
+from ..images import ImageError, open_image
 from ..model import ClipEncoder
 from .timing import StageTimer
 
@@ -31,8 +31,24 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.preprocess(open_image(self.paths[index]))
+    def __getitem__(self, index: int) -> torch.Tensor | _Unreadable:
+        try:
+            return self.preprocess(open_image(self.paths[index]))
+        except ImageError as exc:  # re-raised by the main process with its type and message intact
+            return _Unreadable(exc.name, exc.reason)
+
+
+class _Unreadable(NamedTuple):
+    name: str
+    reason: str
+
+
+def _collate(items: list) -> torch.Tensor | _Unreadable:
+    """Stack pixel tensors into [B, 3, H, W], or pass on the first unreadable image of the batch."""
+    for item in items:
+        if isinstance(item, _Unreadable):
+            return item
+    return torch.stack(items)
 
 
 def encode_image_files(encoder: ClipEncoder, paths: Sequence[Path], *, batch_size: int = 64, workers: int = 2,
@@ -41,12 +57,13 @@ def encode_image_files(encoder: ClipEncoder, paths: Sequence[Path], *, batch_siz
     """Encode image files in batches: float32 unit rows [N, D] in file order.
 
     Time waiting for the loader goes to stage 'data_loading', the forward passes to 'image_encoding'.
+    An unreadable file raises ImageError naming it, also when it was read in a worker process.
     """
     timer = timer or StageTimer()
     if not paths:
         return torch.empty(0, encoder.dim)
     loader = DataLoader(ImageFiles(paths, encoder.preprocess), batch_size=batch_size, num_workers=workers,
-                        pin_memory=encoder.device.startswith("cuda"), persistent_workers=False)
+                        collate_fn=_collate, pin_memory=encoder.device.startswith("cuda"), persistent_workers=False)
     rows: list[torch.Tensor] = []
     iterator = iter(loader)
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
@@ -57,6 +74,8 @@ def encode_image_files(encoder: ClipEncoder, paths: Sequence[Path], *, batch_siz
             except StopIteration:
                 break
             timer.add("data_loading", time.perf_counter() - start)
+            if isinstance(pixels, _Unreadable):
+                raise ImageError(pixels.name, pixels.reason)
             with timer.stage("image_encoding"):
                 rows.append(encoder.encode_pixels(pixels))
             bar.update(len(pixels))
@@ -93,11 +112,17 @@ class FeatureCache:
         return self.folder / f"{name}-{key}.pt"
 
     def load(self, name: str, key: str) -> torch.Tensor | None:
+        entry = self.load_entry(name, key)
+        return None if entry is None else entry[0]
+
+    def load_entry(self, name: str, key: str) -> tuple[torch.Tensor, dict] | None:
+        """(features, meta dict saved with them), or None when absent or unreadable."""
         path = self.path(name, key)
         if not path.exists():
             return None
         try:
-            return torch.load(path, weights_only=True, map_location="cpu")["features"]
+            stored = torch.load(path, weights_only=True, map_location="cpu")
+            return stored["features"], json.loads(stored.get("meta") or "{}")
         except Exception as exc:  # a damaged cache entry is recomputed, never trusted
             log.warning("ignoring unreadable feature cache %s (%s)", path, exc)
             return None

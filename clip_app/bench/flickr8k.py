@@ -30,7 +30,8 @@ from .flickr8k_plots import (
     plot_prefixes,
     text_to_image_rows,
 )
-from .flickr8k_report import markdown_report, model_slug, reference_for, summary_markdown, write_json
+from .flickr8k_report import markdown_report, reference_for, summary_markdown, write_json
+from .report import model_slug
 from .retrieval import DEFAULT_KS, image_to_text_ranks, summarize, text_to_image_ranks
 from .timing import StageTimer
 

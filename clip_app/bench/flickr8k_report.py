@@ -4,35 +4,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 from pathlib import Path
 from typing import Sequence
 
-from ..model import CHECKPOINT_SUFFIXES
+from .report import slugify, write_text
 
 REFERENCE_SOURCE = "CLIP_benchmark benchmark/benchmark.csv (OpenAI weights, Flickr8k test split, raw captions)"
-#: published Recall@5 (fractions) by model; keys are normalised with reference_key()
+#: published Recall@5 (fractions) by model; keys are slugify()'d model names
 REFERENCES: dict[str, dict[str, float]] = {
     "vit-b-32": {"text_to_image": 0.8054, "image_to_text": 0.9140},
 }
 ARROWS = {"text_to_image": "text \u2192 image", "image_to_text": "image \u2192 text"}
 
 
-def model_slug(name: str) -> str:
-    """A file-name-safe model name: 'ViT-B/32' -> 'ViT-B-32', 'tiny-clip.pt' -> 'tiny-clip'."""
-    stem = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in CHECKPOINT_SUFFIXES else name
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
-
-
-def reference_key(name: str) -> str:
-    """'ViT-B/32', 'ViT-B-32' and 'vit_b_32' all map to 'vit-b-32'."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
 def reference_for(name: str) -> dict[str, float] | None:
     """Published CLIP_benchmark Recall@5 for this model, or None when there is none to compare with."""
-    return REFERENCES.get(reference_key(name))
+    return REFERENCES.get(slugify(name))
 
 
 def write_json(path: Path, result: dict) -> Path:
@@ -46,10 +33,7 @@ def write_json(path: Path, result: dict) -> Path:
             return [clean(v) for v in value]
         return value
 
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(clean(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(clean(result), indent=2, ensure_ascii=False) + "\n")
 
 
 def _f(value: float | None, digits: int = 4) -> str:
