@@ -113,6 +113,7 @@ def test_awkward_images_through_classify_are_judged_and_stored_as_uploaded(clien
     ((" \n\t ", 3), "/search", "empty query"),
     (("PHOTO", " , ,\n", "single"), "/classify", "no labels: type at least one label"),
     (("PHOTO", "red, green", "a photo without a slot"), "/classify", r"needs exactly one '\{\}'"),
+    (("PHOTO", "red, " + "x" * 1000, "single"), "/classify", r"label too long \(1000 characters, at most 300\)"),
 ])
 def test_bad_text_gets_a_clear_message(client: Client, server, tmp_path: Path, args, api_name: str,
                                        expected: str) -> None:
