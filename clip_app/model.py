@@ -112,6 +112,9 @@ class ClipEncoder:
         self.cache_misses = 0
         visual = getattr(model, "visual", None)
         self.input_resolution = int(getattr(visual, "input_resolution", 224))
+        #: encoding paths decode JPEGs at a reduced scale down to this shorter side (images.decode_image min_side):
+        #: twice the input size keeps the preprocessing's own bicubic downscale, so features barely change
+        self.decode_min_side = 2 * self.input_resolution
         self.dtype = getattr(model, "dtype", torch.float32)
         with torch.inference_mode():
             probe = self._forward_text(self._tokenize([""], truncate=True))
