@@ -1,0 +1,242 @@
+"""The index manager: `python -m clip_app.index [settings flags] <add|remove|list|stats|check|repair|rebuild> ...`.
+
+Exit status: 0 done; 1 the command could not do what was asked (nothing could be added, an unknown ID, `check`
+found a disagreement); 2 an error that stops everything (model cannot load, library of another model, corrupt or
+locked library file, a failed save).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from tqdm import tqdm
+
+from .config import Settings, add_settings_arguments
+from .images import IMAGE_EXTENSIONS
+from .library import AddReport, AddResult, FeatureLibrary, LibraryError, UnknownImageError
+from .model import ClipEncoder, ModelLoadError
+
+log = logging.getLogger("clip_app.index")
+
+ADD_CHUNK = 256  # images per add() call: each chunk is saved once, so an interrupted big add keeps what it did
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: shared settings flags, library options, then one sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m clip_app.index",
+        description="Manage the image library: gallery/ + features_library.pth, joined by integer image IDs.")
+    add_settings_arguments(parser)
+    parser.add_argument("--near-duplicate-threshold", type=float, default=0.97, metavar="COS",
+                        help="cosine similarity from which a new image is reported as a near-duplicate (default 0.97)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = commands.add_parser("add", help="add image files and folders (recursive)")
+    add.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively for "
+                     f"files ending in {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    remove = commands.add_parser("remove", help="remove images by ID (row first, then the file)")
+    remove.add_argument("ids", nargs="+", type=int, metavar="ID")
+    for name, text in (("list", "list the images: ID, file, sha256"),
+                       ("stats", "count, model, feature width, file size")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--json", action="store_true", help="print JSON")
+    check = commands.add_parser("check", help="list every disagreement between gallery, library file and model "
+                                "(exit status 1 when there is any)")
+    check.add_argument("--quick", action="store_true", help="do not read the image files to compare their hashes")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    commands.add_parser("repair", help="fix what check finds (index files without rows, drop rows without files, "
+                        "re-encode changed files, set aside what is not an image)")
+    commands.add_parser("rebuild", help="re-encode every gallery image with the running model into a new library "
+                        "file, swapped in atomically")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # noise from the clip package
+    warnings.filterwarnings("ignore", message=r"`torch.jit.load` is deprecated")  # clip.load tries TorchScript first
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_args(args)
+    try:
+        encoder = ClipEncoder(settings.model, settings.device, download_root=settings.model_dir,
+                              batch_size=args.batch_size)
+        return COMMANDS[args.command](args, settings, encoder)
+    except UnknownImageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ModelLoadError, LibraryError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: what was saved before stays valid", file=sys.stderr)
+        return 130
+
+
+def open_library(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder,
+                 strict: bool = True) -> FeatureLibrary:
+    """The library of these settings; strict=False skips the model check (list, stats, check, remove, rebuild)."""
+    opener = FeatureLibrary if strict else FeatureLibrary.open_for_rebuild
+    library = opener(settings.gallery_dir, settings.library_file, encoder,
+                     near_duplicate_threshold=args.near_duplicate_threshold, batch_size=args.batch_size)
+    if library.first_run_report is not None:
+        print(f"first run: indexed {len(library.first_run_report.indexed)} gallery images into "
+              f"{settings.library_file}", file=sys.stderr)
+    return library
+
+
+@contextmanager
+def progress_bar(desc: str, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar driven by (done, total) callbacks."""
+    bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def collect_paths(paths: Sequence[str]) -> tuple[list[Path], list[AddResult]]:
+    """Files to add (folders searched recursively for image extensions, sorted) and failures for bad paths."""
+    files: list[Path] = []
+    failures: list[AddResult] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                failures.append(AddResult(name=raw, status="failed", id=None, error=f"{raw}: no image files in "
+                                          "this folder"))
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            failures.append(AddResult(name=raw, status="failed", id=None, error=f"{raw}: no such file or folder"))
+    return files, failures
+
+
+def cmd_add(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
+    files, failures = collect_paths(args.paths)
+    library = open_library(args, settings, encoder)
+    results: list[AddResult] = []
+    with progress_bar("adding") as update:
+        for start in range(0, len(files), ADD_CHUNK):
+            chunk = files[start:start + ADD_CHUNK]
+            report = library.add(chunk, progress=lambda done, _total, s=start: update(s + done, len(files)))
+            results.extend(report.results)
+    report = AddReport(results=results + failures)
+    print(report.summary())
+    for result in report.duplicates:
+        print(f"duplicate: {result.name} is already ID {result.id}")
+    for result in report.near_duplicates:
+        print(f"near-duplicate: {result.name} (new ID {result.id}) looks like ID {result.near_duplicate_of} "
+              f"(cosine {result.similarity:.3f})")
+    for result in report.failed:
+        print(f"failed: {result.error}")
+    processed = len(report.added) + len(report.duplicates)
+    return 0 if processed else 1
+
+
+def cmd_remove(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
+    removed = open_library(args, settings, encoder, strict=False).remove(args.ids)
+    print(f"removed {len(removed)} image{'' if len(removed) == 1 else 's'}: {', '.join(map(str, removed))}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
+    library = open_library(args, settings, encoder, strict=False)
+    rows = [{"id": e.id, "file": e.file, "sha256": e.sha256, "size": e.size, "added": e.added,
+             "added_utc": _iso(e.added), "name": e.name} for e in library]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for row in rows:
+        print(f"{row['id']}\t{row['file']}\t{row['sha256']}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
+    stats = open_library(args, settings, encoder, strict=False).stats()
+    stats["running_model"] = encoder.identity
+    if args.json:
+        print(json.dumps(stats, indent=1))
+        return 0
+    per_image = stats["file_size"] / stats["count"] if stats["count"] else 0
+    print(f"images:        {stats['count']}")
+    print(f"model:         {stats['model_name']} ({stats['model']})"
+          + ("" if stats["model"] == encoder.identity else f"  [running model: {encoder.identity}: run rebuild]"))
+    print(f"feature width: {stats['dim']}")
+    print(f"library file:  {stats['library_file']} ({stats['file_size']:,} bytes, {per_image:,.0f} per image)")
+    print(f"gallery:       {stats['gallery_dir']} ({stats['gallery_bytes']:,} bytes)")
+    print(f"next ID:       {stats['next_id']}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
+    library = open_library(args, settings, encoder, strict=False)
+    with progress_bar("checking") as update:
+        report = library.check(hashes=not args.quick, progress=update)
+    if args.json:
+        print(json.dumps({"ok": report.ok, "problems": [p.__dict__ for p in report.problems]}, indent=1))
+    else:
+        for problem in report.problems:
+            print(problem)
+        print(report.summary() + ("" if report.ok else "; run `python -m clip_app.index repair` to fix"))
+    return 0 if report.ok else 1
+
+
+def cmd_repair(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
+    library = open_library(args, settings, encoder)
+    with progress_bar("indexing") as update:
+        report = library.repair(progress=update)
+    for action in report.actions:
+        print(action)
+    left = library.check(hashes=False)
+    print(f"{len(report.actions)} repair action(s)" if report.actions else "nothing to repair")
+    if not left.ok:
+        for problem in left.problems:
+            print(f"left: {problem}")
+        return 1
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
+    library = open_library(args, settings, encoder, strict=False)
+    with progress_bar("re-encoding") as update:
+        report = library.rebuild(progress=update)
+    for action in report.actions:
+        print(action)
+    print(f"rebuilt {settings.library_file} with {encoder.name}: {report.count} images "
+          f"(previous model {report.previous_model}, now {report.model})")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, ClipEncoder], int]] = {
+    "add": cmd_add, "remove": cmd_remove, "list": cmd_list, "stats": cmd_stats, "check": cmd_check,
+    "repair": cmd_repair, "rebuild": cmd_rebuild,
+}
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

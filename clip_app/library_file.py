@@ -1,0 +1,334 @@
+"""The feature library file (features_library.pth): its in-memory state, validation, loading and atomic saving.
+
+The file is a plain dict that loads with ``torch.load(path, weights_only=True)`` (it can never run code):
+
+    version   int, FORMAT_VERSION
+    model     str, the encoder identity that made the features (ClipEncoder.identity)
+    model_name str, a readable model name for messages
+    dim       int, feature width D
+    ids       int64 [N], ascending, unique; image ID i is stored as gallery/<ID padded to 6 digits>.<ext>
+    features  float16 [N, D], unit rows (float32 in memory)
+    files     list[str] [N], gallery file names relative to the gallery folder
+    sha256    list[str] [N], hex sha256 of each gallery file's bytes
+    added     float64 [N], unix time each image was added
+    sizes     int64 [N], bytes of each gallery file
+    names     list[str] [N], the name the image had when it was added (file name or "uploaded image")
+    next_id   int, the next ID to give; IDs are never reused, so it only grows
+    saved_at  float, unix time of the save
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+FIRST_ID = 1
+STORED_DTYPE = torch.float16
+REQUIRED_KEYS = ("version", "model", "dim", "ids", "features", "files", "sha256")
+
+
+class LibraryError(Exception):
+    """Base of every feature library error."""
+
+
+class LibraryCorruptError(LibraryError):
+    """The library file cannot be read or is not a valid library; the file is left untouched."""
+
+
+class ModelMismatchError(LibraryError):
+    """The library was made by another model than the running one; its features cannot be mixed."""
+
+    def __init__(self, library_model: str, running_model: str, library_file: Path | str | None = None,
+                 library_model_name: str | None = None, running_model_name: str | None = None) -> None:
+        self.library_model = library_model
+        self.running_model = running_model
+        where = f"the feature library {library_file}" if library_file else "the feature library"
+        lib = _describe(library_model, library_model_name)
+        run = _describe(running_model, running_model_name)
+        super().__init__(
+            f"{where} was made with model {lib}, but the running model is {run}; features of two models are "
+            f"never mixed. Re-encode the gallery with the running model: `python -m clip_app.index --model "
+            f"<the running model> rebuild`, or start with --model set to the library's model.")
+
+
+class UnknownImageError(LibraryError, KeyError):
+    """An image ID that is not in the library."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown image"
+
+
+class LibraryBusyError(LibraryError):
+    """Another process held the library's lock for too long."""
+
+
+class LibraryWriteError(LibraryError):
+    """Saving the library or writing a gallery file failed; the previous library file is still valid."""
+
+
+def _describe(identity: str, name: str | None) -> str:
+    return f"{name!r} ({identity})" if name and name != identity else repr(identity)
+
+
+@dataclass
+class LibraryState:
+    """Everything the library file holds, in memory (features float32). Treat as immutable: changes make a copy."""
+
+    model: str
+    model_name: str
+    dim: int
+    ids: torch.Tensor  # int64 [N]
+    features: torch.Tensor  # float32 [N, D]
+    files: list[str]
+    sha256: list[str]
+    added: torch.Tensor  # float64 [N]
+    sizes: torch.Tensor  # int64 [N]
+    names: list[str]
+    next_id: int = FIRST_ID
+    _row_of: dict[int, int] | None = field(default=None, repr=False, compare=False)
+    _id_of_hash: dict[str, int] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def empty(cls, model: str, model_name: str, dim: int) -> "LibraryState":
+        """An empty library for this model."""
+        return cls(model=model, model_name=model_name, dim=dim, ids=torch.empty(0, dtype=torch.int64),
+                   features=torch.empty(0, dim), files=[], sha256=[], added=torch.empty(0, dtype=torch.float64),
+                   sizes=torch.empty(0, dtype=torch.int64), names=[])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def row_of(self) -> dict[int, int]:
+        """ID -> row index."""
+        if self._row_of is None:
+            self._row_of = {int(i): row for row, i in enumerate(self.ids.tolist())}
+        return self._row_of
+
+    @property
+    def id_of_hash(self) -> dict[str, int]:
+        """sha256 -> ID (the first ID with those bytes)."""
+        if self._id_of_hash is None:
+            mapping: dict[str, int] = {}
+            for digest, i in zip(self.sha256, self.ids.tolist()):
+                mapping.setdefault(digest, int(i))
+            self._id_of_hash = mapping
+        return self._id_of_hash
+
+    def appended(self, ids: Sequence[int], features: torch.Tensor, files: Sequence[str], sha256: Sequence[str],
+                 sizes: Sequence[int], names: Sequence[str],
+                 added: float | Sequence[float] | None = None) -> "LibraryState":
+        """A copy with rows appended (features [M, D] are rounded to the stored precision), kept in ID order.
+
+        `added` is one unix time for all rows (default: now) or one per row.
+        """
+        if not ids:
+            return self
+        if added is None or isinstance(added, (int, float)):
+            times = torch.full((len(ids),), time.time() if added is None else float(added), dtype=torch.float64)
+        else:
+            times = torch.as_tensor(list(added), dtype=torch.float64)
+        new_ids = torch.tensor(list(ids), dtype=torch.int64)
+        rows = features.float().to(STORED_DTYPE).float()
+        state = replace(
+            self, ids=torch.cat([self.ids, new_ids]), features=torch.cat([self.features, rows]),
+            files=self.files + list(files), sha256=self.sha256 + list(sha256),
+            added=torch.cat([self.added, times]),
+            sizes=torch.cat([self.sizes, torch.tensor(list(sizes), dtype=torch.int64)]),
+            names=self.names + list(names), next_id=max(self.next_id, max(ids) + 1), _row_of=None,
+            _id_of_hash=None)
+        if (len(self.ids) and int(new_ids.min()) < int(self.ids[-1])) or not _ascending(new_ids):
+            state = state.reordered(torch.argsort(state.ids))
+        else:  # keep the lookup tables incrementally (cheap for large libraries)
+            if self._row_of is not None:
+                state._row_of = dict(self._row_of)
+                state._row_of.update({int(i): len(self) + k for k, i in enumerate(ids)})
+            if self._id_of_hash is not None:
+                state._id_of_hash = dict(self._id_of_hash)
+                for digest, i in zip(sha256, ids):
+                    state._id_of_hash.setdefault(digest, int(i))
+        return state
+
+    def reordered(self, order: torch.Tensor) -> "LibraryState":
+        """A copy with rows taken in this order (a permutation or a subset) [M]."""
+        index = order.tolist()
+        return replace(self, ids=self.ids[order], features=self.features[order], files=[self.files[i] for i in index],
+                       sha256=[self.sha256[i] for i in index], added=self.added[order], sizes=self.sizes[order],
+                       names=[self.names[i] for i in index], _row_of=None, _id_of_hash=None)
+
+    def without(self, ids: Sequence[int]) -> "LibraryState":
+        """A copy without the rows of these IDs (next_id unchanged: IDs are never reused)."""
+        drop = set(int(i) for i in ids)
+        keep = torch.tensor([row for row, i in enumerate(self.ids.tolist()) if i not in drop], dtype=torch.int64)
+        return self.reordered(keep)
+
+    def with_rows(self, ids: Sequence[int], features: torch.Tensor, sha256: Sequence[str],
+                  sizes: Sequence[int]) -> "LibraryState":
+        """A copy where the rows of these IDs get new features [M, D], hashes and sizes (files stay)."""
+        state = replace(self, features=self.features.clone(), sha256=list(self.sha256), sizes=self.sizes.clone(),
+                        _row_of=self._row_of, _id_of_hash=None)
+        rows = features.float().to(STORED_DTYPE).float()
+        for k, i in enumerate(ids):
+            row = self.row_of[int(i)]
+            state.features[row] = rows[k]
+            state.sha256[row] = sha256[k]
+            state.sizes[row] = int(sizes[k])
+        return state
+
+    def to_dict(self) -> dict:
+        """The dict that is saved (features in STORED_DTYPE)."""
+        return {
+            "version": FORMAT_VERSION, "model": self.model, "model_name": self.model_name, "dim": int(self.dim),
+            "ids": self.ids.contiguous(), "features": self.features.to(STORED_DTYPE).contiguous(),
+            "files": list(self.files), "sha256": list(self.sha256), "added": self.added.contiguous(),
+            "sizes": self.sizes.contiguous(), "names": list(self.names), "next_id": int(self.next_id),
+            "saved_at": time.time(),
+        }
+
+
+def _ascending(ids: torch.Tensor) -> bool:
+    return bool(len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()))
+
+
+def load_state(path: Path) -> LibraryState:
+    """Read and validate a library file; LibraryCorruptError (naming the file and the reason) on any problem."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # unpickling refused, truncated zip, permission denied, not a torch file ...
+        raise LibraryCorruptError(
+            f"the feature library {path} cannot be read ({type(exc).__name__}: {_short(exc)}); it was left "
+            "untouched. Move it away and restart to index the gallery again, or restore a backup.") from exc
+    try:
+        return state_from_dict(raw)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise LibraryCorruptError(
+            f"the feature library {path} is not a valid library file ({exc}); it was left untouched. Move it away "
+            "and restart to index the gallery again, or restore a backup.") from exc
+
+
+def _short(exc: Exception, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def state_from_dict(raw: object) -> LibraryState:
+    """Validate a loaded dict and build the state; ValueError/TypeError/KeyError describe what is wrong."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"expected a dict, found {type(raw).__name__}")
+    missing = [key for key in REQUIRED_KEYS if key not in raw]
+    if missing:
+        raise KeyError(f"missing keys {', '.join(missing)}")
+    version = raw["version"]
+    if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+        raise ValueError(f"unsupported format version {version!r} (this program reads 1..{FORMAT_VERSION})")
+    model, dim = raw["model"], raw["dim"]
+    if not isinstance(model, str) or not model:
+        raise TypeError("'model' must be a non-empty string")
+    if not isinstance(dim, int) or dim <= 0:
+        raise TypeError("'dim' must be a positive int")
+    ids, features = raw["ids"], raw["features"]
+    if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64 or ids.dim() != 1:
+        raise TypeError("'ids' must be an int64 tensor [N]")
+    n = len(ids)
+    if not isinstance(features, torch.Tensor) or not features.is_floating_point() or tuple(features.shape) != (n, dim):
+        raise TypeError(f"'features' must be a float tensor [{n}, {dim}]")
+    files, sha256 = _str_list(raw, "files", n), _str_list(raw, "sha256", n)
+    names = _str_list(raw, "names", n) if "names" in raw else list(files)
+    added = _tensor(raw, "added", n, torch.float64, fill=0.0)
+    sizes = _tensor(raw, "sizes", n, torch.int64, fill=-1)
+    if len(set(ids.tolist())) != n:
+        raise ValueError("'ids' holds the same ID twice")
+    if len(set(files)) != n:
+        raise ValueError("'files' holds the same file twice")
+    if n and int(ids.min()) < 0:
+        raise ValueError("'ids' holds a negative ID")
+    next_id = raw.get("next_id", FIRST_ID)
+    if not isinstance(next_id, int):
+        raise TypeError("'next_id' must be an int")
+    next_id = max(next_id, int(ids.max()) + 1 if n else FIRST_ID, FIRST_ID)
+    for name in files:
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"gallery file name {name!r} is not a plain file name")
+    state = LibraryState(model=model, model_name=str(raw.get("model_name") or model), dim=dim, ids=ids.clone(),
+                         features=features.float(), files=files, sha256=sha256, added=added, sizes=sizes, names=names,
+                         next_id=next_id)
+    if not _ascending(state.ids):
+        state = state.reordered(torch.argsort(state.ids))
+    return state
+
+
+def _str_list(raw: dict, key: str, n: int) -> list[str]:
+    value = raw[key]
+    if not isinstance(value, (list, tuple)) or len(value) != n or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"'{key}' must be a list of {n} strings")
+    return list(value)
+
+
+def _tensor(raw: dict, key: str, n: int, dtype: torch.dtype, fill: float) -> torch.Tensor:
+    value = raw.get(key)
+    if value is None:
+        return torch.full((n,), fill, dtype=dtype)
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != (n,):
+        raise TypeError(f"'{key}' must be a tensor [{n}]")
+    return value.to(dtype)
+
+
+def save_state(state: LibraryState, path: Path) -> None:
+    """Write atomically: a temp file in the same folder, flush, fsync, os.replace, fsync the folder.
+
+    On any failure the temp file is removed, the previous file is untouched, and LibraryWriteError is raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state.to_dict(), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        if isinstance(exc, Exception):
+            raise LibraryWriteError(f"could not save the feature library {path} ({exc}); the previous file is "
+                                    "unchanged") from exc
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames in a folder durable (best effort; not every platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime_ns, size) of a file, None when it does not exist: a change means another writer saved it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -1,0 +1,154 @@
+"""The index manager's command line: end to end in a subprocess, and each command's exit status in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from clip_app.index import main
+from tests.fakes import save_tiny_checkpoint
+from tests.library_helpers import image_bytes, write_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path: Path, model: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m clip_app.index --model M --gallery G --library L ARGS` in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for var in ("CLIP_APP_MODEL", "CLIP_APP_GALLERY", "CLIP_APP_LIBRARY", "CLIP_APP_DEVICE"):
+        env.pop(var, None)
+    command = [sys.executable, "-m", "clip_app.index", "--model", str(model), "--device", "cpu",
+               "--gallery", str(tmp_path / "gallery"), "--library", str(tmp_path / "lib.pth"), *args]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _cli(tmp_path: Path, model: Path, *args: str) -> list[str]:
+    return ["--model", str(model), "--device", "cpu", "--gallery", str(tmp_path / "gallery"),
+            "--library", str(tmp_path / "lib.pth"), *args]
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path) -> Path:
+    """A folder tree to add: three images (one nested, one a JPEG), one duplicate, one broken, one text file."""
+    folder = tmp_path / "inputs"
+    write_image(folder / "red.png", "red")
+    write_image(folder / "deeper" / "blue.jpg", "blue", "JPEG")
+    write_image(folder / "deeper" / "more" / "green.PNG", "green")
+    (folder / "copy of red.png").write_bytes((folder / "red.png").read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (folder / "notes.txt").write_text("skipped: not an image extension")
+    return folder
+
+
+def test_the_command_line_end_to_end(tmp_path: Path, tiny_checkpoint: Path, inputs: Path) -> None:
+    added = _run(tmp_path, tiny_checkpoint, "add", str(inputs), str(tmp_path / "missing.png"))
+    assert added.returncode == 0, added.stderr
+    out = added.stdout
+    assert "3 added, 1 duplicate" in out and "2 failed" in out
+    assert "failed: " + str(inputs / "broken.jpg") in out and "missing.png: no such file" in out
+    assert "duplicate: " in out and "notes.txt" not in out
+    assert "adding" in added.stderr  # the progress bar
+
+    listed = _run(tmp_path, tiny_checkpoint, "list", "--json")
+    rows = json.loads(listed.stdout)
+    assert [r["id"] for r in rows] == [1, 2, 3] and listed.returncode == 0
+    for row in rows:
+        assert (tmp_path / "gallery" / row["file"]).is_file()
+    raw = torch.load(tmp_path / "lib.pth", weights_only=True)
+    assert raw["files"] == [r["file"] for r in rows] and raw["sha256"] == [r["sha256"] for r in rows]
+
+    (tmp_path / "gallery" / rows[0]["file"]).unlink()
+    checked = _run(tmp_path, tiny_checkpoint, "check")
+    assert checked.returncode == 1 and "missing_file" in checked.stdout
+
+
+def test_add_reports_each_failure_and_fails_only_when_nothing_was_processed(tmp_path: Path, tiny_checkpoint: Path,
+                                                                            capsys) -> None:
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    assert main(_cli(tmp_path, tiny_checkpoint, "add", str(tmp_path / "bad.png"))) == 1
+    assert "failed: " in capsys.readouterr().out
+    write_image(tmp_path / "ok.png", "red")
+    assert main(_cli(tmp_path, tiny_checkpoint, "add", str(tmp_path / "ok.png"))) == 0
+    assert main(_cli(tmp_path, tiny_checkpoint, "add", str(tmp_path / "ok.png"))) == 0  # a duplicate is processed
+    assert "duplicate: " in capsys.readouterr().out
+
+
+def test_list_stats_remove_and_unknown_ids(tmp_path: Path, tiny_checkpoint: Path, inputs: Path, capsys) -> None:
+    assert main(_cli(tmp_path, tiny_checkpoint, "add", str(inputs))) == 0
+    capsys.readouterr()
+    assert main(_cli(tmp_path, tiny_checkpoint, "stats", "--json")) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["count"] == 3 and stats["dim"] == 32 and stats["file_size"] == (tmp_path / "lib.pth").stat().st_size
+    assert stats["model"].startswith("sha256:") and stats["model"] == stats["running_model"]
+    assert main(_cli(tmp_path, tiny_checkpoint, "remove", "2", "99")) == 1
+    assert "99" in capsys.readouterr().err
+    assert main(_cli(tmp_path, tiny_checkpoint, "remove", "2")) == 0
+    assert main(_cli(tmp_path, tiny_checkpoint, "list")) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines[1:]] == ["1", "3"]
+    assert main(_cli(tmp_path, tiny_checkpoint, "stats")) == 0
+    assert "images:        2" in capsys.readouterr().out
+
+
+def test_check_and_repair(tmp_path: Path, tiny_checkpoint: Path, inputs: Path, capsys) -> None:
+    assert main(_cli(tmp_path, tiny_checkpoint, "add", str(inputs))) == 0
+    (tmp_path / "gallery" / "000002.jpg").unlink()
+    write_image(tmp_path / "gallery" / "holiday.png", "yellow")
+    capsys.readouterr()
+    assert main(_cli(tmp_path, tiny_checkpoint, "check", "--json")) == 1
+    kinds = sorted(p["kind"] for p in json.loads(capsys.readouterr().out)["problems"])
+    assert kinds == ["foreign_file", "missing_file"]
+    assert main(_cli(tmp_path, tiny_checkpoint, "repair")) == 0
+    out = capsys.readouterr().out
+    assert "dropped the row of ID 2" in out and "holiday.png as ID 4" in out
+    assert main(_cli(tmp_path, tiny_checkpoint, "check")) == 0
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    write_image(tmp_path / "ok.png", "red")
+    assert main(_cli(tmp_path, tmp_path / "no-such-model.pt", "list")) == 2
+    assert capsys.readouterr().err.strip().startswith("error: CLIP checkpoint file not found")
+
+    assert main(_cli(tmp_path, tiny_checkpoint, "add", str(tmp_path / "ok.png"))) == 0
+    other = save_tiny_checkpoint(tmp_path / "other.pt", seed=1)
+    before = (tmp_path / "lib.pth").read_bytes()
+    capsys.readouterr()
+    assert main(_cli(tmp_path, other, "add", str(tmp_path / "ok.png"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "rebuild" in err and "other.pt" in err and "tiny-clip.pt" in err
+    assert main(_cli(tmp_path, other, "check")) == 1  # check lists the mismatch as a problem
+    assert "model_mismatch" in capsys.readouterr().out
+    assert (tmp_path / "lib.pth").read_bytes() == before
+
+    (tmp_path / "lib.pth").write_bytes(b"\x00garbage")
+    assert main(_cli(tmp_path, tiny_checkpoint, "stats")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot be read" in err
+    assert (tmp_path / "lib.pth").read_bytes() == b"\x00garbage"
+
+
+def test_rebuild_switches_the_library_to_the_running_model(tmp_path: Path, tiny_checkpoint: Path, inputs: Path,
+                                                           capsys) -> None:
+    assert main(_cli(tmp_path, tiny_checkpoint, "add", str(inputs))) == 0
+    other = save_tiny_checkpoint(tmp_path / "other.pt", seed=1)
+    assert main(_cli(tmp_path, other, "rebuild")) == 0
+    assert "3 images" in capsys.readouterr().out
+    assert main(_cli(tmp_path, other, "check")) == 0
+    assert main(_cli(tmp_path, other, "add", str(tmp_path / "inputs" / "red.png"))) == 0  # a duplicate now
+
+
+def test_first_run_indexes_the_gallery_from_the_command_line(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    gallery = tmp_path / "gallery"
+    (gallery / "000001.png").parent.mkdir()
+    (gallery / "000001.png").write_bytes(image_bytes("red"))
+    (gallery / "000002.jpg").write_bytes(image_bytes("blue", "JPEG"))
+    assert main(_cli(tmp_path, tiny_checkpoint, "list")) == 0
+    captured = capsys.readouterr()
+    assert "first run: indexed 2 gallery images" in captured.err
+    assert [line.split("\t")[1] for line in captured.out.strip().splitlines()] == ["000001.png", "000002.jpg"]
