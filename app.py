@@ -1,40 +1,122 @@
-"""clip-app launcher: `python app.py [--model M] [--device D] [--gallery DIR] [--library FILE] ...`."""
+"""clip-app launcher: `python app.py [--model M] [--gallery DIR] [--library FILE] [--device D] [--host H] [--port P]
+[--auth USER:PASSWORD] [--share] [--max-file-size 20MB]`.
+
+`demo` (what `gradio app.py` looks for) is built on first access from the CLIP_APP_* environment variables, so
+importing this module loads no model; `create_demo(args)` builds one from parsed flags.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import warnings
+from typing import TYPE_CHECKING, Any
 
 from clip_app.config import Settings, add_settings_arguments
-from clip_app.model import ClipEncoder, ModelLoadError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import gradio as gr
+
+    from clip_app.service import App
 
 log = logging.getLogger("clip_app")
 
+AUTH_ENV = "CLIP_APP_AUTH"
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """'USER:PASSWORD' -> (user, password); None or '' -> None; anything else is a ValueError."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth needs USER:PASSWORD (both non-empty)")
+    return user, password
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The launcher's flags: the shared settings flags plus the server's."""
     parser = argparse.ArgumentParser(description="clip-app: zero-shot classification and image search with CLIP")
     add_settings_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    return parser.parse_args(argv)
+    parser.add_argument("--auth", default=None,
+                        help=f"require a login, USER:PASSWORD [env {AUTH_ENV}; default: no login]")
+    parser.add_argument("--share", action="store_true", help="also open a public *.gradio.live link (off by default)")
+    parser.add_argument("--max-file-size", dest="max_file_size", default="20MB",
+                        help="largest upload accepted, e.g. 20MB or 500KB (default 20MB)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the flags (bad --auth / --max-file-size stop with a usage error)."""
+    from clip_app.service import parse_size
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV, ""))
+        args.max_file_size = parse_size(args.max_file_size)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def create_app(args: argparse.Namespace) -> "App":
+    """Load the model and the library once (ModelLoadError / LibraryError when they cannot be used)."""
+    from clip_app.service import App
+
+    return App.from_settings(Settings.from_args(args), max_file_size=args.max_file_size)
+
+
+def create_demo(args: argparse.Namespace | None = None) -> "gr.Blocks":
+    """The interface over a freshly loaded App (flags default to the environment's settings)."""
+    from clip_app.ui import build_demo
+
+    return build_demo(create_app(args if args is not None else parse_args([])))
+
+
+def launch(demo: "gr.Blocks", args: argparse.Namespace, settings: Settings, prevent_thread_lock: bool = False) -> Any:
+    """Serve the demo as the flags say."""
+    from clip_app.ui import launch as launch_ui
+
+    return launch_ui(demo, gallery_dir=settings.gallery_dir, host=args.host, port=args.port, auth=args.auth,
+                     share=args.share, max_file_size=args.max_file_size, prevent_thread_lock=prevent_thread_lock)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: load once, then serve until interrupted; 1 with a clear message when loading fails."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # noise from the clip package
     args = parse_args(argv)
     settings = Settings.from_args(args)
+    from clip_app.library import LibraryError
+    from clip_app.model import ModelLoadError
+    from clip_app.ui import build_demo
+
     try:
-        encoder = ClipEncoder(settings.model, settings.device, download_root=settings.model_dir)
-    except (ModelLoadError, ValueError) as exc:
+        app = create_app(args)
+    except (ModelLoadError, LibraryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    import gradio as gr
-
-    with gr.Blocks(title="clip-app") as demo:
-        gr.Markdown(f"# clip-app\nModel {encoder.name} on {encoder.device}. The full interface is being built.")
-    demo.launch(server_name=args.host, server_port=args.port)
+    launch(build_demo(app), args, settings)
     return 0
+
+
+_demo: "gr.Blocks | None" = None
+
+
+def __getattr__(name: str) -> Any:
+    """Module attribute `demo`, built from the environment on first access (not at import)."""
+    global _demo
+    if name == "demo":
+        if _demo is None:
+            _demo = create_demo()
+        return _demo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

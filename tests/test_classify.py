@@ -99,3 +99,17 @@ def test_classifier_cache_builds_a_label_set_once(colour_encoder):
     cache.get(colour_encoder, ["green"], [SINGLE_TEMPLATE])
     cache.get(colour_encoder, ["cyan"], [SINGLE_TEMPLATE])
     assert len(cache._items) == 2
+
+
+def test_a_thousand_labels(tiny_encoder):
+    labels = parse_labels(",".join(f"label {i}" for i in range(1000)))
+    weights = build_classifier(tiny_encoder, labels, [SINGLE_TEMPLATE])
+    feature = tiny_encoder.encode_images([solid_image("red")])[0]
+    ranking = rank(labels, feature, weights)
+    assert len(ranking) == 1000 and abs(sum(r.probability for r in ranking) - 1) < 1e-4
+
+
+def test_non_english_and_very_long_text_encode(tiny_encoder):
+    feats = tiny_encoder.encode_texts(["一只在草地上奔跑的狗", "chat noir sur un canapé", " ".join(["word"] * 1000)])
+    assert feats.shape == (3, tiny_encoder.dim)
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(3))

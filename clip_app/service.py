@@ -1,0 +1,367 @@
+"""The App: one loaded encoder, one feature library, the label sets and the locks; one method per user action.
+
+The UI (ui.py) and any other front end call these methods; every bad input raises a typed error (see USER_ERRORS)
+before anything is changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence, Union
+
+from PIL import Image
+
+from .classify import DEFAULT_TAG_THRESHOLD, ClassifierCache, LabelError, LabelScore, parse_labels, rank, tags
+from .config import Settings
+from .images import ImageError, decode_image
+from .label_sets import LabelSetError, LabelSetStore, default_label_sets_file
+from .library import AddReport, AddResult, CheckReport, Entry, FeatureLibrary, LibraryError, RebuildReport, RepairReport
+from .model import ClipEncoder
+from .prompts import templates_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_FILE_SIZE = 20 * 1024 * 1024  # bytes: the --max-file-size default, "20MB"
+PER_PAGE = 48
+MAX_K = 50
+DEFAULT_K = 12
+MAX_QUERY_CHARS = 1000
+
+#: An image as the front ends hand it over: a file path (Gradio's upload cache) or raw bytes.
+ImageInput = Union[str, Path, bytes, None]
+Progress = Callable[[int, int], None]
+
+
+class AppError(Exception):
+    """Base of the errors the App raises for a request it cannot serve; the message is for the user."""
+
+
+class InputError(AppError, ValueError):
+    """Missing or malformed input (no image, empty query, bad number, bad template)."""
+
+
+class FileTooLargeError(InputError):
+    """A file over the size limit (--max-file-size)."""
+
+
+#: Every error that means "the user's request cannot be served as given"; front ends show the message.
+USER_ERRORS: tuple[type[Exception], ...] = (AppError, ImageError, LabelError, LabelSetError, LibraryError)
+
+
+@dataclass(frozen=True)
+class Hit:
+    entry: Entry
+    score: float
+
+
+@dataclass
+class ClassifyResult:
+    labels: list[str]
+    templates: tuple[str, ...]
+    scores: list[LabelScore]                  # every label, best probability first
+    tags: list[LabelScore] | None = None      # tag mode: labels with cosine >= threshold (None when off)
+    threshold: float | None = None
+    saved: AddResult | None = None            # the gallery outcome when saving was asked for
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]                           # shown matches, best first
+    hidden: int = 0                           # matches under the minimum score
+    library_size: int = 0
+    min_score: float | None = None
+    note: str | None = None                   # e.g. the non-English query note
+
+
+@dataclass
+class GalleryPage:
+    entries: list[Entry]
+    page: int
+    pages: int
+    total: int
+    per_page: int = PER_PAGE
+
+
+@dataclass
+class LibraryStats:
+    count: int
+    model: str
+    dim: int
+    file_size: int
+    gallery_dir: str
+    library_file: str
+    extra: dict = field(default_factory=dict)
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from '20MB', '500kb', '1GB' or a plain number of bytes (units of 1024, as Gradio counts them)."""
+    if isinstance(text, int):
+        value = text
+    else:
+        raw = str(text).strip().upper().replace(" ", "")
+        unit = next((u for u in ("TB", "GB", "MB", "KB", "B") if raw.endswith(u)), "")
+        factor = {"TB": 1024 ** 4, "GB": 1024 ** 3, "MB": 1024 ** 2, "KB": 1024}.get(unit, 1)
+        try:
+            value = int(float(raw[: len(raw) - len(unit)]) * factor)
+        except ValueError:
+            raise ValueError(f"not a file size: {text!r} (use e.g. 20MB, 500KB or a number of bytes)") from None
+    if value <= 0:
+        raise ValueError(f"the file size limit must be positive, got {text!r}")
+    return value
+
+
+def format_size(size: int) -> str:
+    """A byte count for people: '512 B', '12.3 KB', '4.0 MB'."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"  # pragma: no cover
+
+
+#: Frequent short words of other languages written in Latin letters that do not occur in English queries.
+_FOREIGN_WORDS = frozenset(
+    "und der das ein eine einem einen mit auf im ist nicht le les une avec sur dans et est pas el los las "
+    "una unos con del y es il gli della delle nel sulla uma não com och är het een".split()
+)
+
+
+def english_note(query: str) -> str | None:
+    """A note when a query looks non-English (letters of a non-Latin script, or common foreign words), else None."""
+    letters = [ch for ch in query if ch.isalpha()]
+    if any(not unicodedata.name(ch, "").startswith("LATIN") for ch in letters):
+        foreign = True
+    else:
+        words = {w.strip(".,;:!?'\"()").casefold() for w in query.split()}
+        foreign = len(words & _FOREIGN_WORDS) >= 1 and len(words) >= 2
+    if not foreign:
+        return None
+    return ("This query does not look like English. CLIP was trained on English captions, so results for other "
+            "languages are usually weak: try the query in English.")
+
+
+class App:
+    """clip-app's actions over one encoder and one library; safe to share between threads (Gradio's workers)."""
+
+    def __init__(self, encoder: ClipEncoder, library: FeatureLibrary, label_sets: LabelSetStore | None = None,
+                 max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> None:
+        self.encoder = encoder
+        self.library = library
+        self.label_sets = label_sets or LabelSetStore(default_label_sets_file(library.stats()["library_file"]))
+        self.max_file_size = int(max_file_size)
+        self.classifiers = ClassifierCache()
+        self._write_lock = threading.Lock()  # one write at a time from this process (the library adds a file lock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> "App":
+        """Load the model and the library once (ModelLoadError / LibraryError when they cannot be used)."""
+        encoder = ClipEncoder(settings.model, settings.device, download_root=settings.model_dir)
+        library = FeatureLibrary(settings.gallery_dir, settings.library_file, encoder)
+        app = cls(encoder, library, LabelSetStore(default_label_sets_file(settings.library_file)), max_file_size)
+        log.info("clip-app ready: model %s on %s, %d images in %s (library %s)", encoder.name, encoder.device,
+                 len(library), settings.gallery_dir, settings.library_file)
+        return app
+
+    # ---- Classify -----------------------------------------------------------------------------------------
+    def classify(self, image: ImageInput, labels: str | Sequence[str], template: str = "single", *,
+                 save: bool = True, tag_threshold: float | None = None) -> ClassifyResult:
+        """Zero-shot classify one photo against labels; optionally save it to the gallery (known photos keep
+        their ID). Every input is checked before anything is stored."""
+        data, name = self._read(image)
+        label_list = parse_labels(labels if labels is not None else "")
+        templates = self._templates(template)
+        picture = decode_image(data, name)
+        feature = self.encoder.encode_images([picture])[0]  # [D]
+        weights = self.classifiers.get(self.encoder, label_list, templates)  # [D, C]
+        scores = rank(label_list, feature, weights)
+        result = ClassifyResult(label_list, templates, scores)
+        if tag_threshold is not None:
+            result.threshold = float(tag_threshold)
+            result.tags = tags(scores, result.threshold)
+        if save:
+            with self._write_lock:
+                result.saved = self.library.add([(data, name)]).results[0]
+        return result
+
+    # ---- Label sets ---------------------------------------------------------------------------------------
+    def label_set_names(self) -> list[str]:
+        """Names of the built-in and saved label sets."""
+        return self.label_sets.names()
+
+    def label_set(self, name: str) -> list[str]:
+        """The labels of one set."""
+        if not name:
+            raise InputError("pick a label set first")
+        return self.label_sets.get(name)
+
+    def save_label_set(self, name: str, labels: str | Sequence[str]) -> list[str]:
+        """Save the labels under a name (replacing a saved set of that name)."""
+        return self.label_sets.save(name, labels if labels is not None else "")
+
+    def rename_label_set(self, old: str, new: str) -> None:
+        """Rename a saved set."""
+        if not old:
+            raise InputError("pick the label set to rename first")
+        self.label_sets.rename(old, new)
+
+    def delete_label_set(self, name: str) -> None:
+        """Delete a saved set."""
+        if not name:
+            raise InputError("pick the label set to delete first")
+        self.label_sets.delete(name)
+
+    # ---- Search -------------------------------------------------------------------------------------------
+    def search_text(self, query: str, k: int = DEFAULT_K, min_score: float | None = None) -> SearchResult:
+        """The k gallery images closest to a text query (those under min_score are left out and counted)."""
+        query = " ".join((query or "").split())
+        if not query:
+            raise InputError("empty query: describe what you are looking for, e.g. 'a dog on a beach'")
+        if len(query) > MAX_QUERY_CHARS:
+            raise InputError(f"the query is too long ({len(query)} characters, at most {MAX_QUERY_CHARS})")
+        k = self._k(k)
+        feature = self.encoder.encode_texts([query])[0]  # [D]
+        result = self._search(feature, k, min_score)
+        result.note = english_note(query)
+        return result
+
+    def search_image(self, image: ImageInput, k: int = DEFAULT_K, min_score: float | None = None) -> SearchResult:
+        """The k gallery images closest to an example image (the example is not stored)."""
+        data, name = self._read(image)
+        k = self._k(k)
+        feature = self.encoder.encode_images([decode_image(data, name)])[0]  # [D]
+        return self._search(feature, k, min_score)
+
+    def _search(self, feature, k: int, min_score: float | None) -> SearchResult:
+        found = [Hit(entry, float(score)) for entry, score in self.library.search(feature, k)]
+        shown = found if min_score is None else [h for h in found if h.score >= float(min_score)]
+        return SearchResult(shown, hidden=len(found) - len(shown), library_size=len(self.library),
+                            min_score=None if min_score is None else float(min_score))
+
+    # ---- Gallery ------------------------------------------------------------------------------------------
+    def gallery_page(self, page: int | float | None = 1, per_page: int = PER_PAGE) -> GalleryPage:
+        """One page of the library in ID order; a page past either end shows the first or last page."""
+        number = self._integer(page if page not in (None, "") else 1, "page number")
+        total = len(self.library)
+        pages = max(1, -(-total // per_page))
+        number = min(max(1, number), pages)
+        return GalleryPage(self.library.page(number, per_page), number, pages, total, per_page)
+
+    def image_info(self, image_id: int | float | str | None) -> Entry:
+        """The library entry of one image (UnknownImageError when there is none)."""
+        return self.library.get(self._id(image_id))
+
+    def delete_image(self, image_id: int | float | str | None) -> Entry:
+        """Remove one image (its feature row, then its gallery file); returns what was removed."""
+        image_id = self._id(image_id)
+        with self._write_lock:
+            entry = self.library.get(image_id)
+            self.library.remove([image_id])
+        log.info("deleted image #%d (%s)", entry.id, entry.file)
+        return entry
+
+    # ---- Library ------------------------------------------------------------------------------------------
+    def add_images(self, files: Sequence[str | Path] | None, progress: Progress | None = None) -> AddReport:
+        """Add image files to the library (duplicates keep their ID; unreadable files are reported, not added).
+        A file over the size limit stops the whole request before anything is added."""
+        paths = [Path(f) for f in (files or []) if f]
+        if not paths:
+            raise InputError("no files: choose one or more images to add")
+        for path in paths:
+            self._check_size(path.stat().st_size if path.exists() else 0, path.name)
+        with self._write_lock:
+            report = self.library.add(paths, progress=progress)
+        for path, result in zip(paths, report.results):  # results come in input order: show file names only
+            if result.error and str(path) in result.error:
+                result.error = result.error.replace(str(path), path.name)
+            result.name = path.name
+        log.info("add: %s", report.summary())
+        return report
+
+    def stats(self) -> LibraryStats:
+        """Count, model, feature size and file size of the library."""
+        raw = dict(self.library.stats())
+        known = {k: raw.pop(k) for k in ("count", "model", "dim", "file_size", "gallery_dir", "library_file")}
+        return LibraryStats(int(known["count"]), str(known["model"]), int(known["dim"]), int(known["file_size"]),
+                            str(known["gallery_dir"]), str(known["library_file"]), raw)
+
+    def check(self) -> CheckReport:
+        """Look for disagreements between the library file and the gallery folder (changes nothing)."""
+        return self.library.check()
+
+    def repair(self) -> RepairReport:
+        """Fix what check finds."""
+        with self._write_lock:
+            return self.library.repair()
+
+    def rebuild(self, progress: Progress | None = None) -> RebuildReport:
+        """Re-encode every gallery image with the running model."""
+        with self._write_lock:
+            return self.library.rebuild(progress=progress)
+
+    # ---- input checks -------------------------------------------------------------------------------------
+    def _read(self, image: ImageInput) -> tuple[bytes, str]:
+        if image is None or image == "":
+            raise InputError("no image: upload a photo first")
+        if isinstance(image, Image.Image):
+            raise InputError("pass the image as a file path or bytes")
+        if isinstance(image, (bytes, bytearray)):
+            data, name = bytes(image), "uploaded image"
+        else:
+            path = Path(image)
+            name = path.name
+            try:
+                size = path.stat().st_size
+            except OSError:
+                raise ImageError(name, "file not found") from None
+            self._check_size(size, name)
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ImageError(name, f"cannot be read ({exc.strerror or exc})") from None
+        self._check_size(len(data), name)
+        return data, name
+
+    def _check_size(self, size: int, name: str) -> None:
+        if size > self.max_file_size:
+            raise FileTooLargeError(f"{name}: {format_size(size)} is over the size limit of "
+                                    f"{format_size(self.max_file_size)}; nothing was changed")
+
+    @staticmethod
+    def _templates(template: str | None) -> tuple[str, ...]:
+        try:
+            return templates_for((template or "single").strip())
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    @staticmethod
+    def _integer(value: object, what: str) -> int:
+        if isinstance(value, bool):
+            raise InputError(f"the {what} must be a whole number, got {value!r}")
+        try:
+            number = float(str(value).strip().lstrip("#"))
+        except ValueError:
+            raise InputError(f"the {what} must be a whole number, got {value!r}") from None
+        if not number.is_integer():
+            raise InputError(f"the {what} must be a whole number, got {value!r}")
+        return int(number)
+
+    def _id(self, image_id: object) -> int:
+        if image_id is None or image_id == "":
+            raise InputError("no image ID: pick an image first")
+        return self._integer(image_id, "image ID")
+
+    def _k(self, k: object) -> int:
+        k = self._integer(DEFAULT_K if k in (None, "") else k, "number of results")
+        if not 1 <= k <= MAX_K:
+            raise InputError(f"the number of results must be between 1 and {MAX_K}, got {k}")
+        return k
+
+
+__all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
+           "GalleryPage", "LibraryStats", "Hit", "english_note", "parse_size", "format_size",
+           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE"]

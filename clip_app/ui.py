@@ -1,0 +1,416 @@
+"""The Gradio interface: build_demo(app) -> gr.Blocks with the Classify, Search, Gallery and Library tabs.
+
+Thin by design: it declares components, wires each event to one App method, formats the results and turns the
+App's typed errors into gr.Error. No model code, no file access, no similarity math here.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import gradio as gr
+
+from .service import (
+    DEFAULT_K,
+    DEFAULT_TAG_THRESHOLD,
+    MAX_K,
+    PER_PAGE,
+    USER_ERRORS,
+    App,
+    ClassifyResult,
+    GalleryPage,
+    SearchResult,
+    format_size,
+)
+
+log = logging.getLogger(__name__)
+
+#: Read-only endpoints serve this many requests at once; writes are serialised (and locked again by the App).
+READ_CONCURRENCY = 4
+WRITE_CONCURRENCY_ID = "library-writes"
+TEMPLATE_CHOICES = [("single: a photo of a {}.", "single"), ("ensemble: CLIP's 80 ImageNet templates", "ensemble")]
+PRIVATE = "private"  # internal helper events: not in the API docs, not callable by clients
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a handler; the App's typed errors become a gr.Error with the same message (nothing was changed)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            raise gr.Error(str(exc), print_exception=False) from exc
+
+    return wrapper
+
+
+def md_escape(text: object) -> str:
+    """Text shown literally inside Markdown (file names, labels, reasons)."""
+    out = str(text)
+    for ch in "\\`*_[]<>|":
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+# ---- formatting (pure) ------------------------------------------------------------------------------------------
+def label_value(result: ClassifyResult) -> dict[str, float]:
+    """gr.Label value: label -> probability."""
+    return {s.label: round(s.probability, 6) for s in result.scores}
+
+
+def cosine_rows(result: ClassifyResult) -> list[list[Any]]:
+    """Table rows [label, probability, cosine], best first."""
+    return [[s.label, round(s.probability, 4), round(s.cosine, 4)] for s in result.scores]
+
+
+def tags_text(result: ClassifyResult) -> str:
+    """The tag-mode list, or '' when tag mode is off."""
+    if result.tags is None:
+        return ""
+    if not result.tags:
+        return f"**Tags** (cosine ≥ {result.threshold:.2f}): no label reaches the threshold."
+    listed = ", ".join(f"{md_escape(s.label)} ({s.cosine:.3f})" for s in result.tags)
+    return f"**Tags** (cosine ≥ {result.threshold:.2f}): {listed}"
+
+
+def saved_text(result: ClassifyResult) -> str:
+    """What happened to the photo in the gallery."""
+    saved = result.saved
+    if saved is None:
+        return "Not saved to the gallery."
+    if saved.status == "duplicate":
+        return f"Already in the gallery as **#{saved.id}** (recognised by its content)."
+    if saved.status == "added":
+        text = f"Saved to the gallery as **#{saved.id}**."
+        if saved.near_duplicate_of is not None:
+            text += f" It looks almost the same as #{saved.near_duplicate_of} (cosine {saved.similarity:.3f})."
+        return text
+    return f"Not saved to the gallery: {md_escape(saved.error or saved.status)}"
+
+
+def search_items(result: SearchResult) -> list[tuple[str, str]]:
+    """gr.Gallery value: (gallery file, '#ID · score') for each hit."""
+    return [(str(h.entry.path), f"#{h.entry.id} · {h.score:.3f}") for h in result.hits]
+
+
+def search_text(result: SearchResult) -> str:
+    """The line under the search results."""
+    if result.library_size == 0:
+        lines = ["The library is empty: add images in the Library tab."]
+    elif not result.hits and result.hidden:
+        lines = [f"No image reaches the minimum score of {result.min_score:.2f} ({result.hidden} weaker "
+                 "matches hidden): lower the minimum score."]
+    else:
+        lines = [f"{len(result.hits)} of {result.library_size} images shown"
+                 + (f"; {result.hidden} under the minimum score hidden." if result.hidden else ".")]
+    if result.note:
+        lines.append(f"*{result.note}*")
+    return "\n\n".join(lines)
+
+
+def page_items(page: GalleryPage) -> list[tuple[str, str]]:
+    """gr.Gallery value for one gallery page."""
+    return [(str(e.path), f"#{e.id}") for e in page.entries]
+
+
+def page_text(page: GalleryPage) -> str:
+    """'Page 2 of 3 · 130 images'."""
+    if page.total == 0:
+        return "The library is empty: add images in the Library tab (or classify with saving on)."
+    return f"Page {page.page} of {page.pages} · {page.total} image{'s' if page.total != 1 else ''}"
+
+
+def entry_text(entry: Any) -> str:
+    """ID, file name, size and date added of one image."""
+    added = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.added))
+    original = f" (uploaded as {md_escape(entry.name)})" if getattr(entry, "name", "") else ""
+    return f"**#{entry.id}** · file {md_escape(entry.file)}{original} · {format_size(entry.size)} · added {added}"
+
+
+def add_summary(report: Any) -> str:
+    """The upload summary: counts, then the duplicates, near-duplicates and failures by name."""
+    lines = [f"**Added {len(report.added)}**, duplicates {len(report.duplicates)}, near-duplicates "
+             f"{len(report.near_duplicates)}, failed {len(report.failed)}."]
+    for r in report.duplicates:
+        lines.append(f"- {md_escape(r.name)}: already in the library as #{r.id}")
+    for r in report.near_duplicates:
+        lines.append(f"- {md_escape(r.name)}: added as #{r.id}, almost the same as #{r.near_duplicate_of} "
+                     f"(cosine {r.similarity:.3f})")
+    for r in report.failed:
+        reason = (r.error or "failed").removeprefix(f"{r.name}: ")
+        lines.append(f"- {md_escape(r.name)}: failed: {md_escape(reason)}")
+    return "\n".join(lines)
+
+
+def stats_text(app: App) -> str:
+    """The library's count, model, feature size and file size."""
+    s = app.stats()
+    return (f"**{s.count}** images · model {md_escape(s.model)} ({s.dim}-d features) · library file "
+            f"{format_size(s.file_size)} · gallery {md_escape(s.gallery_dir)}")
+
+
+def report_text(title: str, lines: Sequence[str], ok_line: str) -> str:
+    """A check/repair/rebuild report as Markdown."""
+    body = "\n".join(f"- {md_escape(line)}" for line in lines) if lines else ok_line
+    return f"**{title}**\n\n{body}"
+
+
+# ---- the interface ----------------------------------------------------------------------------------------------
+def build_demo(app: App) -> gr.Blocks:
+    """The whole interface for one App (built once; every browser tab shares the App)."""
+    with gr.Blocks(title="clip-app", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+        gr.Markdown(f"# clip-app\nZero-shot classification and image search with CLIP · model "
+                    f"{md_escape(app.encoder.name)} on {app.encoder.device}")
+        with gr.Tabs():
+            with gr.Tab("Classify", id="classify"):
+                _classify_tab(app)
+            with gr.Tab("Search", id="search"):
+                _search_tab(app)
+            with gr.Tab("Gallery", id="gallery") as gallery_tab:
+                refresh = _gallery_tab(app)
+            with gr.Tab("Library", id="library") as library_tab:
+                refresh_stats = _library_tab(app)
+        gallery_tab.select(refresh.fn, refresh.inputs, refresh.outputs, api_visibility=PRIVATE,
+                           concurrency_limit=READ_CONCURRENCY)
+        library_tab.select(refresh_stats.fn, None, refresh_stats.outputs, api_visibility=PRIVATE)
+    demo.queue(default_concurrency_limit=READ_CONCURRENCY)
+    return demo
+
+
+class _Wiring:
+    """A handler with its inputs and outputs, for events wired in more than one place."""
+
+    def __init__(self, fn: Callable[..., Any], inputs: list[Any] | None, outputs: list[Any]) -> None:
+        self.fn, self.inputs, self.outputs = fn, inputs, outputs
+
+
+def _classify_tab(app: App) -> None:
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"], height=260,
+                             elem_id="classify-image")
+            labels = gr.Textbox(label="Labels", lines=4, max_lines=12, elem_id="classify-labels",
+                                placeholder="cat, dog, bicycle (separate labels with commas or new lines)")
+            template = gr.Dropdown(TEMPLATE_CHOICES, value="single", allow_custom_value=True,
+                                   label="Prompt template",
+                                   info="pick one, or type your own template containing {} where the label goes")
+            with gr.Row():
+                tag_mode = gr.Checkbox(False, label="Tag mode (every label over the threshold)")
+                threshold = gr.Slider(0.0, 1.0, DEFAULT_TAG_THRESHOLD, step=0.01, label="Tag threshold (cosine)")
+            save = gr.Checkbox(True, label="Save this photo to the gallery")
+            run = gr.Button("Classify", variant="primary", elem_id="classify-run")
+            with gr.Accordion("Label sets", open=False):
+                sets = gr.Dropdown(app.label_set_names(), value=None, label="Saved label sets",
+                                   info="picking a set fills the labels box")
+                set_name = gr.Textbox(label="Name", placeholder="name to save the labels under, or the new name")
+                with gr.Row():
+                    save_set = gr.Button("Save labels as set", size="sm")
+                    rename_set = gr.Button("Rename set", size="sm")
+                    delete_set = gr.Button("Delete set", size="sm", variant="stop")
+                set_message = gr.Markdown()
+        with gr.Column(scale=1):
+            with gr.Row():
+                top = gr.Label(num_top_classes=5, label="Top labels", elem_id="classify-top")
+                table = gr.Dataframe(headers=["label", "probability", "cosine"],
+                                     datatype=["str", "number", "number"], interactive=False,
+                                     label="Each label's raw cosine", max_height=360)
+            tag_list = gr.Markdown(elem_id="classify-tags")
+            saved = gr.Markdown(elem_id="classify-saved")
+
+    @user_errors
+    def classify(image: str | None, labels: str, template: str, tag_mode: bool = False,
+                 threshold: float = DEFAULT_TAG_THRESHOLD, save: bool = True):
+        result = app.classify(image, labels, template, save=bool(save),
+                              tag_threshold=float(threshold) if tag_mode else None)
+        return label_value(result), cosine_rows(result), tags_text(result), saved_text(result)
+
+    run.click(classify, [image, labels, template, tag_mode, threshold, save], [top, table, tag_list, saved],
+              api_name="classify", concurrency_limit=READ_CONCURRENCY)
+
+    @user_errors
+    def pick_set(name: str | None):
+        if not name:
+            return gr.skip(), gr.skip()
+        return "\n".join(app.label_set(name)), name
+
+    @user_errors
+    def save_labels(name: str, labels: str):
+        cleaned = app.save_label_set(name, labels)
+        name = " ".join(name.split())
+        return gr.Dropdown(choices=app.label_set_names(), value=name), f"Saved {len(cleaned)} labels as " \
+            f"“{md_escape(name)}”."
+
+    @user_errors
+    def rename(old: str | None, new: str):
+        app.rename_label_set(old or "", new)
+        new = " ".join((new or "").split())
+        return gr.Dropdown(choices=app.label_set_names(), value=new), f"Renamed to “{md_escape(new)}”."
+
+    @user_errors
+    def delete(name: str | None):
+        app.delete_label_set(name or "")
+        return gr.Dropdown(choices=app.label_set_names(), value=None), f"Deleted “{md_escape(name)}”."
+
+    sets.input(pick_set, [sets], [labels, set_name], api_visibility=PRIVATE)
+    save_set.click(save_labels, [set_name, labels], [sets, set_message], api_visibility=PRIVATE)
+    rename_set.click(rename, [sets, set_name], [sets, set_message], api_visibility=PRIVATE)
+    delete_set.click(delete, [sets], [sets, set_message], api_visibility=PRIVATE)
+
+
+def _search_tab(app: App) -> None:
+    with gr.Row():
+        with gr.Column(scale=2):
+            query = gr.Textbox(label="Describe the images you are looking for (English)",
+                               placeholder="a dog playing on the beach", elem_id="search-query")
+            run = gr.Button("Search", variant="primary", elem_id="search-run")
+        with gr.Column(scale=1):
+            example = gr.Image(type="filepath", label="…or search by an example image", height=160,
+                               sources=["upload", "clipboard"])
+            run_image = gr.Button("Search by image")
+    with gr.Row():
+        k = gr.Slider(1, MAX_K, DEFAULT_K, step=1, label="Top K")
+        min_score = gr.Slider(0.0, 1.0, 0.0, step=0.01, label="Minimum score (cosine): hide weaker matches")
+    results = gr.Gallery(label="Results", columns=6, height="auto", interactive=False, object_fit="cover",
+                         elem_id="search-results")
+    message = gr.Markdown(elem_id="search-message")
+
+    @user_errors
+    def by_text(query: str, k: int = DEFAULT_K, min_score: float = 0.0):
+        result = app.search_text(query, int(k), min_score)
+        return search_items(result), search_text(result)
+
+    @user_errors
+    def by_image(image: str | None, k: int = DEFAULT_K, min_score: float = 0.0):
+        result = app.search_image(image, int(k), min_score)
+        return search_items(result), search_text(result)
+
+    run.click(by_text, [query, k, min_score], [results, message], api_name="search",
+              concurrency_limit=READ_CONCURRENCY)
+    query.submit(by_text, [query, k, min_score], [results, message], api_visibility=PRIVATE,
+                 concurrency_limit=READ_CONCURRENCY)
+    run_image.click(by_image, [example, k, min_score], [results, message], api_name="search_by_image",
+                    concurrency_limit=READ_CONCURRENCY)
+
+
+def _gallery_tab(app: App) -> _Wiring:
+    with gr.Row():
+        previous = gr.Button("◀ Previous", size="sm", scale=0)
+        page = gr.Number(1, precision=0, minimum=1, label="Page", scale=0, min_width=100)
+        show = gr.Button("Show page", size="sm", scale=0)
+        following = gr.Button("Next ▶", size="sm", scale=0)
+        info = gr.Markdown(elem_id="gallery-info")
+    images = gr.Gallery(label=f"Library ({PER_PAGE} per page)", columns=8, height="auto", interactive=False,
+                        allow_preview=False, object_fit="cover", elem_id="gallery-images")
+    ids = gr.State([])
+    with gr.Row():
+        selected = gr.Number(None, precision=0, label="Selected image ID", scale=0, min_width=160)
+        details = gr.Markdown("Select an image to see its details.", elem_id="gallery-details")
+        delete = gr.Button("Delete this image…", variant="stop", scale=0, elem_id="gallery-delete")
+    with gr.Row(visible=False) as confirm:
+        question = gr.Markdown()
+        yes = gr.Button("Yes, delete it", variant="stop", scale=0, elem_id="gallery-confirm")
+        no = gr.Button("Cancel", scale=0)
+    message = gr.Markdown(elem_id="gallery-message")
+
+    @user_errors
+    def show_page(page: float | None = 1):
+        result = app.gallery_page(page)
+        return page_items(result), page_text(result), result.page, [e.id for e in result.entries]
+
+    outputs = [images, info, page, ids]
+    show.click(show_page, [page], outputs, api_name="gallery_page", concurrency_limit=READ_CONCURRENCY)
+    page.submit(show_page, [page], outputs, api_visibility=PRIVATE)
+    previous.click(lambda n: show_page((n or 1) - 1), [page], outputs, api_visibility=PRIVATE)
+    following.click(lambda n: show_page((n or 1) + 1), [page], outputs, api_visibility=PRIVATE)
+
+    @user_errors
+    def pick(page_ids: list[int], evt: gr.SelectData):
+        if evt.index is None or not 0 <= int(evt.index) < len(page_ids):
+            return gr.skip(), gr.skip(), gr.Row(visible=False)
+        entry = app.image_info(page_ids[int(evt.index)])
+        return entry.id, entry_text(entry), gr.Row(visible=False)
+
+    images.select(pick, [ids], [selected, details, confirm], api_visibility=PRIVATE)
+
+    @user_errors
+    def ask(image_id: float | None):
+        entry = app.image_info(image_id)
+        return gr.Row(visible=True), f"Delete image **#{entry.id}** ({md_escape(entry.file)}) for good?"
+
+    delete.click(ask, [selected], [confirm, question], api_visibility=PRIVATE)
+    no.click(lambda: gr.Row(visible=False), None, [confirm], api_visibility=PRIVATE)
+
+    @user_errors
+    def delete_image(id: float | None):  # the API's parameter name
+        entry = app.delete_image(id)
+        return f"Deleted image #{entry.id} ({md_escape(entry.file)}).", None, "", gr.Row(visible=False)
+
+    yes.click(delete_image, [selected], [message, selected, details, confirm], api_name="delete_image",
+              concurrency_limit=1, concurrency_id=WRITE_CONCURRENCY_ID
+              ).success(show_page, [page], outputs, api_visibility=PRIVATE)
+    return _Wiring(show_page, [page], outputs)
+
+
+def _library_tab(app: App) -> _Wiring:
+    files = gr.File(file_count="multiple", type="filepath", label="Images to add (several at once)",
+                    elem_id="library-files")
+    add = gr.Button("Add to library", variant="primary", elem_id="library-add")
+    summary = gr.Markdown(elem_id="library-summary")
+    stats = gr.Markdown(stats_text(app), elem_id="library-stats")
+    with gr.Row():
+        check = gr.Button("Check")
+        repair = gr.Button("Repair")
+        rebuild = gr.Button("Rebuild (re-encode every image)")
+    report = gr.Markdown()
+
+    @user_errors
+    def add_images(files: list[str] | None, progress=gr.Progress()):
+        def step(done: int, total: int) -> None:
+            progress((done, total), desc="Encoding images", unit="images")
+
+        result = app.add_images(files or [], progress=step)
+        return add_summary(result), stats_text(app)
+
+    add.click(add_images, [files], [summary, stats], api_name="add_images", concurrency_limit=1,
+              concurrency_id=WRITE_CONCURRENCY_ID)
+
+    @user_errors
+    def run_check():
+        result = app.check()
+        lines = [f"{p.kind}: {p.detail}" for p in result.problems]
+        return report_text("Check", lines, "Everything agrees: no problems found."), stats_text(app)
+
+    @user_errors
+    def run_repair():
+        result = app.repair()
+        return report_text("Repair", list(result.actions), "Nothing needed repairing."), stats_text(app)
+
+    @user_errors
+    def run_rebuild(progress=gr.Progress()):
+        result = app.rebuild(progress=lambda done, total: progress((done, total), desc="Re-encoding"))
+        lines = [f"{len(result.reencoded)} images re-encoded with {result.model} (before: {result.previous_model}); "
+                 f"{result.count} in the library.", *result.actions]
+        return report_text("Rebuild", lines, ""), stats_text(app)
+
+    check.click(run_check, None, [report, stats], api_visibility=PRIVATE)
+    repair.click(run_repair, None, [report, stats], api_visibility=PRIVATE, concurrency_limit=1,
+                 concurrency_id=WRITE_CONCURRENCY_ID)
+    rebuild.click(run_rebuild, None, [report, stats], api_visibility=PRIVATE, concurrency_limit=1,
+                  concurrency_id=WRITE_CONCURRENCY_ID)
+    return _Wiring(lambda: stats_text(app), None, [stats])
+
+
+# ---- launching --------------------------------------------------------------------------------------------------
+def launch(demo: gr.Blocks, *, gallery_dir: Path, host: str = "127.0.0.1", port: int | None = 7860,
+           auth: tuple[str, str] | None = None, share: bool = False, max_file_size: int | str | None = None,
+           prevent_thread_lock: bool = False, quiet: bool = False) -> Any:
+    """Start the server: files are served only from the gallery and Gradio's own cache."""
+    return demo.launch(server_name=host, server_port=port, auth=auth, share=share, max_file_size=max_file_size,
+                       allowed_paths=[str(Path(gallery_dir).resolve())], show_error=True,
+                       prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, inbrowser=False,
+                       auth_message="clip-app: sign in" if auth else None)

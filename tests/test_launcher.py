@@ -1,0 +1,111 @@
+"""app.py: flags, the lazily built `demo`, launch options, and clear failures when the model or library is unusable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+
+import app as launcher
+from clip_app.service import App
+from tests.app_helpers import write_png
+
+ROOT = Path(launcher.__file__).resolve().parent
+
+
+def test_defaults_bind_to_this_machine_only() -> None:
+    args = launcher.parse_args([])
+    assert (args.host, args.port, args.auth, args.share) == ("127.0.0.1", 7860, None, False)
+    assert args.max_file_size == 20 * 1024 * 1024
+
+
+def test_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = launcher.parse_args(["--host", "0.0.0.0", "--port", "8000", "--auth", "ada:pa:ss", "--share",
+                                "--max-file-size", "5MB", "--model", "m.pt", "--gallery", "g", "--library", "l.pth",
+                                "--device", "cpu", "--model-dir", "w"])
+    assert (args.host, args.port, args.auth, args.share) == ("0.0.0.0", 8000, ("ada", "pa:ss"), True)
+    assert args.max_file_size == 5 * 1024 * 1024
+    assert (args.model, args.gallery, args.library, args.device, args.model_dir) == ("m.pt", "g", "l.pth", "cpu", "w")
+    monkeypatch.setenv(launcher.AUTH_ENV, "bob:secret")
+    assert launcher.parse_args([]).auth == ("bob", "secret")
+    assert launcher.parse_args(["--auth", "eve:x"]).auth == ("eve", "x")
+
+
+@pytest.mark.parametrize("argv", [["--auth", "nopassword"], ["--auth", ":x"], ["--max-file-size", "big"],
+                                  ["--max-file-size", "0"]])
+def test_bad_flags_stop_with_a_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        launcher.parse_args(argv)
+    assert info.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def env_for(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model: Path) -> None:
+    monkeypatch.setenv("CLIP_APP_MODEL", str(model))
+    monkeypatch.setenv("CLIP_APP_DEVICE", "cpu")
+    monkeypatch.setenv("CLIP_APP_GALLERY", str(tmp_path / "gallery"))
+    monkeypatch.setenv("CLIP_APP_LIBRARY", str(tmp_path / "lib.pth"))
+    monkeypatch.delenv(launcher.AUTH_ENV, raising=False)
+
+
+def test_demo_is_built_on_first_access_not_at_import(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     tiny_checkpoint: Path) -> None:
+    env_for(monkeypatch, tmp_path, tiny_checkpoint)
+    monkeypatch.setattr(launcher, "_demo", None)
+    assert "demo" not in vars(launcher)
+    demo = launcher.demo
+    assert isinstance(demo, gr.Blocks) and launcher.demo is demo
+    assert "/classify" in demo.get_api_info()["named_endpoints"]
+    with pytest.raises(AttributeError):
+        launcher.no_such_thing  # noqa: B018
+
+
+def test_main_launches_with_safe_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                         tiny_checkpoint: Path) -> None:
+    env_for(monkeypatch, tmp_path, tiny_checkpoint)
+    seen: dict = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: seen.update(kwargs))
+    assert launcher.main(["--port", "7999", "--auth", "ada:pw", "--max-file-size", "1MB"]) == 0
+    assert seen["server_name"] == "127.0.0.1" and seen["server_port"] == 7999 and seen["share"] is False
+    assert seen["auth"] == ("ada", "pw") and seen["max_file_size"] == 1024 * 1024
+    assert seen["allowed_paths"] == [str((tmp_path / "gallery").resolve())]
+
+
+def test_main_fails_clearly_when_the_checkpoint_is_missing(capsys: pytest.CaptureFixture[str],
+                                                           tmp_path: Path) -> None:
+    assert launcher.main(["--model", str(tmp_path / "missing.pt"), "--device", "cpu",
+                          "--gallery", str(tmp_path / "g"), "--library", str(tmp_path / "l.pth")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: CLIP checkpoint file not found") and "missing.pt" in err
+
+
+def test_main_refuses_a_library_of_another_model(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                 tiny_checkpoint: Path, colour_encoder) -> None:
+    from clip_app.library import FeatureLibrary
+
+    library = FeatureLibrary(tmp_path / "g", tmp_path / "l.pth", colour_encoder)
+    library.add([write_png(tmp_path / "red.png", "red")])
+    assert launcher.main(["--model", str(tiny_checkpoint), "--device", "cpu", "--gallery", str(tmp_path / "g"),
+                          "--library", str(tmp_path / "l.pth")]) == 1
+    assert "rebuild" in capsys.readouterr().err
+
+
+def test_python_app_py_exits_1_with_the_message(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.pt"
+    torch.save({"not": torch.zeros(1)}, broken)
+    run = subprocess.run([sys.executable, str(ROOT / "app.py"), "--model", str(broken), "--device", "cpu",
+                          "--gallery", str(tmp_path / "g"), "--library", str(tmp_path / "l.pth")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 1
+    assert "error: could not load the CLIP checkpoint" in run.stderr and "broken.pt" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_create_app_uses_the_flags(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    args = launcher.parse_args(["--model", str(tiny_checkpoint), "--device", "cpu", "--gallery", str(tmp_path / "g"),
+                                "--library", str(tmp_path / "l.pth"), "--max-file-size", "2KB"])
+    app = launcher.create_app(args)
+    assert isinstance(app, App) and app.max_file_size == 2048 and app.encoder.name == "tiny-clip.pt"
