@@ -26,7 +26,8 @@ from .model import ClipEncoder, ModelLoadError
 
 log = logging.getLogger("clip_app.index")
 
-ADD_CHUNK = 256  # images per add() call: each chunk is saved once, so an interrupted big add keeps what it did
+ADD_CHUNK = 64  # files per add() call: each call is saved once (an interrupted big add keeps what it did) and
+# holds its new files' bytes until they are written, so memory stays bounded
 
 
 def build_parser() -> argparse.ArgumentParser:

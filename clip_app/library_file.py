@@ -2,19 +2,23 @@
 
 The file is a plain dict that loads with ``torch.load(path, weights_only=True)`` (it can never run code):
 
-    version   int, FORMAT_VERSION
-    model     str, the encoder identity that made the features (ClipEncoder.identity)
+    version    int, FORMAT_VERSION
+    model      str, the encoder identity that made the features (ClipEncoder.identity)
     model_name str, a readable model name for messages
-    dim       int, feature width D
-    ids       int64 [N], ascending, unique; image ID i is stored as gallery/<ID padded to 6 digits>.<ext>
-    features  float16 [N, D], unit rows (float32 in memory)
-    files     list[str] [N], gallery file names relative to the gallery folder
-    sha256    list[str] [N], hex sha256 of each gallery file's bytes
-    added     float64 [N], unix time each image was added
-    sizes     int64 [N], bytes of each gallery file
-    names     list[str] [N], the name the image had when it was added (file name or "uploaded image")
-    next_id   int, the next ID to give; IDs are never reused, so it only grows
-    saved_at  float, unix time of the save
+    dim        int, feature width D
+    ids        int64 [N], ascending, unique; image ID i is stored as gallery/<ID padded to 6 digits>.<ext>
+    features   float16 [N, D], unit rows (float32 in memory)
+    files      str, the N gallery file names (relative to the gallery folder), one per line, in row order
+    sha256     uint8 [N, 32], the sha256 digest of each gallery file's bytes
+    added      float64 [N], unix time each image was added
+    sizes      int64 [N], bytes of each gallery file
+    names      str, the N names the images had when they were added ("cat.jpg", "uploaded image"), one per line
+    next_id    int, the next ID to give; IDs are never reused, so it only grows
+    saved_at   float, unix time of the save
+
+Text columns are single strings and hashes a byte tensor, not Python lists, because the weights_only unpickler
+handles every list item in Python: three lists of 100,000 strings took about 2 s to load, these columns 0.05 s.
+The reader also accepts lists of strings (and hex strings for sha256).
 """
 
 from __future__ import annotations
@@ -55,10 +59,12 @@ class ModelMismatchError(LibraryError):
         where = f"the feature library {library_file}" if library_file else "the feature library"
         lib = _describe(library_model, library_model_name)
         run = _describe(running_model, running_model_name)
+        model_flag = running_model if not running_model.startswith("sha256:") else "<path of the checkpoint>"
         super().__init__(
             f"{where} was made with model {lib}, but the running model is {run}; features of two models are "
             f"never mixed. Re-encode the gallery with the running model: `python -m clip_app.index --model "
-            f"<the running model> rebuild`, or start with --model set to the library's model.")
+            f"{model_flag} rebuild` (the library file is replaced only when that succeeds), or start with --model "
+            "set to the library's model.")
 
 
 class UnknownImageError(LibraryError, KeyError):
@@ -80,49 +86,117 @@ def _describe(identity: str, name: str | None) -> str:
     return f"{name!r} ({identity})" if name and name != identity else repr(identity)
 
 
+class _Column:
+    """A growable row buffer [capacity, D] shared by successive states: appending to the newest state writes in
+    place (no copy of the existing rows); older states keep their own views of the first rows, which never change."""
+
+    def __init__(self, data: torch.Tensor, filled: int) -> None:
+        self.data = data
+        self.filled = filled
+
+    @classmethod
+    def of(cls, rows: torch.Tensor, dtype: torch.dtype) -> "_Column":
+        """A column holding these rows (converted to dtype), with room to append without copying."""
+        n = len(rows)
+        data = torch.empty((n + _slack(n),) + tuple(rows.shape[1:]), dtype=dtype)
+        data[:n] = rows
+        return cls(data, n)
+
+    def view(self, n: int) -> torch.Tensor:
+        return self.data[:n]
+
+    def extend(self, n: int, rows: torch.Tensor) -> "_Column":
+        """A column holding our first n rows followed by `rows` (in place when this column ends at row n)."""
+        m = len(rows)
+        if self.filled == n and n + m <= len(self.data):
+            self.data[n:n + m] = rows
+            self.filled = n + m
+            return self
+        capacity = n + m + _slack(n + m)
+        data = torch.empty((capacity,) + tuple(rows.shape[1:]), dtype=rows.dtype)
+        data[:n] = self.data[:n]
+        data[n:n + m] = rows
+        return _Column(data, n + m)
+
+
+def _slack(n: int) -> int:
+    """Spare rows kept after n rows: appends copy the buffer only every n/8 rows (amortised O(1) per row)."""
+    return max(256, n // 8)
+
+
+def _exact(view: torch.Tensor) -> torch.Tensor:
+    """The same memory as a contiguous leading view, in a storage of exactly its size (torch.save writes whole
+    storages, so saving a view of a larger buffer would write the buffer's spare rows too)."""
+    nbytes = view.numel() * view.element_size()
+    if view.untyped_storage().nbytes() == nbytes and view.storage_offset() == 0:
+        return view
+    storage = view.untyped_storage()[view.storage_offset() * view.element_size():][:nbytes]
+    return torch.empty(0, dtype=view.dtype).set_(storage, 0, tuple(view.shape))
+
+
 @dataclass
 class LibraryState:
-    """Everything the library file holds, in memory (features float32). Treat as immutable: changes make a copy."""
+    """Everything the library file holds, in memory. Treat as immutable: every change makes a new state (feature
+    rows live in shared append-only buffers, so appending does not copy the existing rows)."""
 
     model: str
     model_name: str
     dim: int
     ids: torch.Tensor  # int64 [N]
-    features: torch.Tensor  # float32 [N, D]
     files: list[str]
-    sha256: list[str]
+    sha256: list[str]  # hex
     added: torch.Tensor  # float64 [N]
     sizes: torch.Tensor  # int64 [N]
     names: list[str]
     next_id: int = FIRST_ID
+    _f16: _Column | None = field(default=None, repr=False, compare=False)  # rows as stored (float16)
+    _f32: _Column | None = field(default=None, repr=False, compare=False)  # the same rows as float32
     _row_of: dict[int, int] | None = field(default=None, repr=False, compare=False)
     _id_of_hash: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def empty(cls, model: str, model_name: str, dim: int) -> "LibraryState":
         """An empty library for this model."""
-        return cls(model=model, model_name=model_name, dim=dim, ids=torch.empty(0, dtype=torch.int64),
-                   features=torch.empty(0, dim), files=[], sha256=[], added=torch.empty(0, dtype=torch.float64),
-                   sizes=torch.empty(0, dtype=torch.int64), names=[])
+        return cls.build(model, model_name, dim, ids=torch.empty(0, dtype=torch.int64), features=torch.empty(0, dim),
+                         files=[], sha256=[], added=torch.empty(0, dtype=torch.float64),
+                         sizes=torch.empty(0, dtype=torch.int64), names=[])
+
+    @classmethod
+    def build(cls, model: str, model_name: str, dim: int, *, ids: torch.Tensor, features: torch.Tensor,
+              files: list[str], sha256: list[str], added: torch.Tensor, sizes: torch.Tensor, names: list[str],
+              next_id: int = FIRST_ID) -> "LibraryState":
+        """A state from whole columns; features [N, D] are rounded to the stored precision."""
+        f16 = _Column.of(features.to(STORED_DTYPE), STORED_DTYPE)
+        f32 = _Column.of(f16.view(len(features)), torch.float32)
+        return cls(model=model, model_name=model_name, dim=dim, ids=ids, files=files, sha256=sha256, added=added,
+                   sizes=sizes, names=names, next_id=next_id, _f16=f16, _f32=f32)
 
     def __len__(self) -> int:
         return len(self.files)
 
     @property
+    def features(self) -> torch.Tensor:
+        """Float32 unit rows [N, D] (exactly the stored float16 values)."""
+        return self._f32.view(len(self))  # type: ignore[union-attr]
+
+    @property
+    def features16(self) -> torch.Tensor:
+        """The rows as stored on disk: float16 [N, D]."""
+        return self._f16.view(len(self))  # type: ignore[union-attr]
+
+    @property
     def row_of(self) -> dict[int, int]:
         """ID -> row index."""
         if self._row_of is None:
-            self._row_of = {int(i): row for row, i in enumerate(self.ids.tolist())}
+            self._row_of = dict(zip(self.ids.tolist(), range(len(self))))
         return self._row_of
 
     @property
     def id_of_hash(self) -> dict[str, int]:
         """sha256 -> ID (the first ID with those bytes)."""
         if self._id_of_hash is None:
-            mapping: dict[str, int] = {}
-            for digest, i in zip(self.sha256, self.ids.tolist()):
-                mapping.setdefault(digest, int(i))
-            self._id_of_hash = mapping
+            # built from the end, so that the first (lowest) ID wins when two rows hold the same bytes
+            self._id_of_hash = dict(zip(reversed(self.sha256), reversed(self.ids.tolist())))
         return self._id_of_hash
 
     def appended(self, ids: Sequence[int], features: torch.Tensor, files: Sequence[str], sha256: Sequence[str],
@@ -139,20 +213,21 @@ class LibraryState:
         else:
             times = torch.as_tensor(list(added), dtype=torch.float64)
         new_ids = torch.tensor(list(ids), dtype=torch.int64)
-        rows = features.float().to(STORED_DTYPE).float()
+        n = len(self)
+        rows16 = features.float().to(STORED_DTYPE)
         state = replace(
-            self, ids=torch.cat([self.ids, new_ids]), features=torch.cat([self.features, rows]),
-            files=self.files + list(files), sha256=self.sha256 + list(sha256),
-            added=torch.cat([self.added, times]),
+            self, ids=torch.cat([self.ids, new_ids]), files=self.files + list(files),
+            sha256=self.sha256 + list(sha256), added=torch.cat([self.added, times]),
             sizes=torch.cat([self.sizes, torch.tensor(list(sizes), dtype=torch.int64)]),
-            names=self.names + list(names), next_id=max(self.next_id, max(ids) + 1), _row_of=None,
-            _id_of_hash=None)
-        if (len(self.ids) and int(new_ids.min()) < int(self.ids[-1])) or not _ascending(new_ids):
+            names=self.names + [clean_name(x) for x in names], next_id=max(self.next_id, max(ids) + 1),
+            _f16=self._f16.extend(n, rows16), _f32=self._f32.extend(n, rows16.float()),  # type: ignore[union-attr]
+            _row_of=None, _id_of_hash=None)
+        if (n and int(new_ids.min()) < int(self.ids[-1])) or not _ascending(new_ids):
             state = state.reordered(torch.argsort(state.ids))
         else:  # keep the lookup tables incrementally (cheap for large libraries)
             if self._row_of is not None:
                 state._row_of = dict(self._row_of)
-                state._row_of.update({int(i): len(self) + k for k, i in enumerate(ids)})
+                state._row_of.update({int(i): n + k for k, i in enumerate(ids)})
             if self._id_of_hash is not None:
                 state._id_of_hash = dict(self._id_of_hash)
                 for digest, i in zip(sha256, ids):
@@ -162,9 +237,10 @@ class LibraryState:
     def reordered(self, order: torch.Tensor) -> "LibraryState":
         """A copy with rows taken in this order (a permutation or a subset) [M]."""
         index = order.tolist()
-        return replace(self, ids=self.ids[order], features=self.features[order], files=[self.files[i] for i in index],
-                       sha256=[self.sha256[i] for i in index], added=self.added[order], sizes=self.sizes[order],
-                       names=[self.names[i] for i in index], _row_of=None, _id_of_hash=None)
+        return LibraryState.build(
+            self.model, self.model_name, self.dim, ids=self.ids[order], features=self.features16[order],
+            files=[self.files[i] for i in index], sha256=[self.sha256[i] for i in index], added=self.added[order],
+            sizes=self.sizes[order], names=[self.names[i] for i in index], next_id=self.next_id)
 
     def without(self, ids: Sequence[int]) -> "LibraryState":
         """A copy without the rows of these IDs (next_id unchanged: IDs are never reused)."""
@@ -175,47 +251,71 @@ class LibraryState:
     def with_rows(self, ids: Sequence[int], features: torch.Tensor, sha256: Sequence[str],
                   sizes: Sequence[int]) -> "LibraryState":
         """A copy where the rows of these IDs get new features [M, D], hashes and sizes (files stay)."""
-        state = replace(self, features=self.features.clone(), sha256=list(self.sha256), sizes=self.sizes.clone(),
-                        _row_of=self._row_of, _id_of_hash=None)
-        rows = features.float().to(STORED_DTYPE).float()
-        for k, i in enumerate(ids):
-            row = self.row_of[int(i)]
-            state.features[row] = rows[k]
-            state.sha256[row] = sha256[k]
-            state.sizes[row] = int(sizes[k])
-        return state
+        rows = [self.row_of[int(i)] for i in ids]
+        f16 = self.features16.clone()
+        f16[rows] = features.float().to(STORED_DTYPE)
+        digests, new_sizes = list(self.sha256), self.sizes.clone()
+        for k, row in enumerate(rows):
+            digests[row] = sha256[k]
+            new_sizes[row] = int(sizes[k])
+        return LibraryState.build(self.model, self.model_name, self.dim, ids=self.ids, features=f16,
+                                  files=list(self.files), sha256=digests, added=self.added, sizes=new_sizes,
+                                  names=list(self.names), next_id=self.next_id)
 
     def to_dict(self) -> dict:
-        """The dict that is saved (features in STORED_DTYPE)."""
+        """The dict that is saved: tensors and a few strings only, so that loading stays fast at 100k rows."""
+        digests = bytes.fromhex("".join(self.sha256))
         return {
             "version": FORMAT_VERSION, "model": self.model, "model_name": self.model_name, "dim": int(self.dim),
-            "ids": self.ids.contiguous(), "features": self.features.to(STORED_DTYPE).contiguous(),
-            "files": list(self.files), "sha256": list(self.sha256), "added": self.added.contiguous(),
-            "sizes": self.sizes.contiguous(), "names": list(self.names), "next_id": int(self.next_id),
-            "saved_at": time.time(),
+            "ids": self.ids.contiguous(), "features": _exact(self.features16),
+            "files": "\n".join(self.files),
+            "sha256": (torch.frombuffer(bytearray(digests), dtype=torch.uint8).reshape(len(self), 32) if digests
+                       else torch.empty(0, 32, dtype=torch.uint8)),
+            "added": self.added.contiguous(), "sizes": self.sizes.contiguous(), "names": "\n".join(self.names),
+            "next_id": int(self.next_id), "saved_at": time.time(),
         }
+
+
+def clean_name(name: str) -> str:
+    """A display name fit for the newline-separated `names` column."""
+    return " ".join(str(name).splitlines()) or "image"
 
 
 def _ascending(ids: torch.Tensor) -> bool:
     return bool(len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()))
 
 
-def load_state(path: Path) -> LibraryState:
-    """Read and validate a library file; LibraryCorruptError (naming the file and the reason) on any problem."""
+def load_raw(path: Path, what: str = "feature library") -> dict:
+    """torch.load(weights_only=True) of a library file; LibraryCorruptError (file untouched) when it cannot be."""
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as exc:  # unpickling refused, truncated zip, permission denied, not a torch file ...
         raise LibraryCorruptError(
-            f"the feature library {path} cannot be read ({type(exc).__name__}: {_short(exc)}); it was left "
-            "untouched. Move it away and restart to index the gallery again, or restore a backup.") from exc
+            f"the {what} {path} cannot be read ({type(exc).__name__}: {_short(exc)}); it was left untouched. "
+            f"{RECOVERY}") from exc
+    if not isinstance(raw, dict):
+        raise LibraryCorruptError(f"the {what} {path} is not a valid library file (it holds a "
+                                  f"{type(raw).__name__}, not a dict); it was left untouched. {RECOVERY}")
+    return raw
+
+
+RECOVERY = "Move it away and restart to index the gallery again, or restore a backup."
+
+
+def load_state(path: Path) -> LibraryState:
+    """Read and validate a library file; LibraryCorruptError (naming the file and the reason) on any problem."""
+    return parse_state(load_raw(path), path)
+
+
+def parse_state(raw: dict, path: Path, what: str = "feature library") -> LibraryState:
+    """state_from_dict, with any problem turned into LibraryCorruptError naming the file."""
     try:
         return state_from_dict(raw)
     except (ValueError, TypeError, KeyError) as exc:
-        raise LibraryCorruptError(
-            f"the feature library {path} is not a valid library file ({exc}); it was left untouched. Move it away "
-            "and restart to index the gallery again, or restore a backup.") from exc
+        raise LibraryCorruptError(f"the {what} {path} is not a valid library file ({exc}); it was left untouched. "
+                                  f"{RECOVERY}") from exc
 
 
 def _short(exc: Exception, limit: int = 200) -> str:
@@ -244,8 +344,9 @@ def state_from_dict(raw: object) -> LibraryState:
     n = len(ids)
     if not isinstance(features, torch.Tensor) or not features.is_floating_point() or tuple(features.shape) != (n, dim):
         raise TypeError(f"'features' must be a float tensor [{n}, {dim}]")
-    files, sha256 = _str_list(raw, "files", n), _str_list(raw, "sha256", n)
-    names = _str_list(raw, "names", n) if "names" in raw else list(files)
+    files = _text_column(raw, "files", n)
+    sha256 = _hash_column(raw["sha256"], n)
+    names = _text_column(raw, "names", n) if "names" in raw else list(files)
     added = _tensor(raw, "added", n, torch.float64, fill=0.0)
     sizes = _tensor(raw, "sizes", n, torch.int64, fill=-1)
     if len(set(ids.tolist())) != n:
@@ -261,19 +362,38 @@ def state_from_dict(raw: object) -> LibraryState:
     for name in files:
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"gallery file name {name!r} is not a plain file name")
-    state = LibraryState(model=model, model_name=str(raw.get("model_name") or model), dim=dim, ids=ids.clone(),
-                         features=features.float(), files=files, sha256=sha256, added=added, sizes=sizes, names=names,
-                         next_id=next_id)
+    state = LibraryState.build(model, str(raw.get("model_name") or model), dim, ids=ids.clone(), features=features,
+                               files=files, sha256=sha256, added=added, sizes=sizes, names=names, next_id=next_id)
     if not _ascending(state.ids):
         state = state.reordered(torch.argsort(state.ids))
     return state
 
 
-def _str_list(raw: dict, key: str, n: int) -> list[str]:
+def _text_column(raw: dict, key: str, n: int) -> list[str]:
+    """N strings stored as one newline-separated string (or as a list of strings)."""
     value = raw[key]
-    if not isinstance(value, (list, tuple)) or len(value) != n or not all(isinstance(v, str) for v in value):
-        raise TypeError(f"'{key}' must be a list of {n} strings")
-    return list(value)
+    if isinstance(value, str):
+        items = value.split("\n") if n else ([] if value == "" else [value])
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        items = list(value)
+    else:
+        raise TypeError(f"'{key}' must be a string of {n} lines")
+    if len(items) != n:
+        raise ValueError(f"'{key}' holds {len(items)} entries for {n} rows")
+    return items
+
+
+def _hash_column(value: object, n: int) -> list[str]:
+    """sha256 digests stored as uint8 [N, 32] (or as a list of hex strings) -> hex strings."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype != torch.uint8 or tuple(value.shape) != (n, 32):
+            raise TypeError(f"'sha256' must be a uint8 tensor [{n}, 32]")
+        text = value.contiguous().numpy().tobytes().hex()
+        return [text[i:i + 64] for i in range(0, len(text), 64)]
+    if isinstance(value, (list, tuple)) and len(value) == n and all(
+            isinstance(v, str) and len(v) == 64 for v in value):
+        return [v.lower() for v in value]
+    raise TypeError(f"'sha256' must be a uint8 tensor [{n}, 32]")
 
 
 def _tensor(raw: dict, key: str, n: int, dtype: torch.dtype, fill: float) -> torch.Tensor:
@@ -285,8 +405,15 @@ def _tensor(raw: dict, key: str, n: int, dtype: torch.dtype, fill: float) -> tor
     return value.to(dtype)
 
 
-def save_state(state: LibraryState, path: Path) -> None:
-    """Write atomically: a temp file in the same folder, flush, fsync, os.replace, fsync the folder.
+def save_state(state: LibraryState, path: Path, extra: dict | None = None) -> None:
+    """Write the state's dict (plus `extra` keys) atomically; see write_atomic."""
+    data = state.to_dict()
+    data.update(extra or {})
+    write_atomic(data, path)
+
+
+def write_atomic(data: dict, path: Path) -> None:
+    """torch.save to a temp file in the same folder, flush, fsync, os.replace, fsync the folder.
 
     On any failure the temp file is removed, the previous file is untouched, and LibraryWriteError is raised.
     """
@@ -295,7 +422,7 @@ def save_state(state: LibraryState, path: Path) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state.to_dict(), handle)
+            torch.save(data, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -305,8 +432,7 @@ def save_state(state: LibraryState, path: Path) -> None:
         except OSError:
             pass
         if isinstance(exc, Exception):
-            raise LibraryWriteError(f"could not save the feature library {path} ({exc}); the previous file is "
-                                    "unchanged") from exc
+            raise LibraryWriteError(f"could not save {path} ({exc}); the previous file is unchanged") from exc
         raise
     fsync_dir(path.parent)
 

@@ -6,13 +6,14 @@ import hashlib
 import multiprocessing
 import os
 import queue as queue_module
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-import clip_app.library_file as library_file
+import clip_app.library_store as library_store
 from clip_app.library import (
     FeatureLibrary,
     LibraryCorruptError,
@@ -38,9 +39,13 @@ def test_add_stores_original_bytes_and_rows_that_load_with_weights_only(tmp_path
     assert raw["ids"].dtype == torch.int64 and raw["ids"].tolist() == [1, 2]
     assert raw["features"].shape == (2, colour_encoder.dim)
     assert torch.allclose(raw["features"].float().norm(dim=1), torch.ones(2), atol=1e-2)
-    assert raw["files"] == ["000001.png", "000002.jpg"]
-    assert raw["sha256"] == [hashlib.sha256(red).hexdigest(), hashlib.sha256(blue).hexdigest()]
-    assert raw["added"].shape == (2,) and raw["next_id"] == 3 and raw["names"] == ["red.png", "blue.jpg"]
+    assert raw["features"].dtype == torch.float16 and raw["features"].untyped_storage().nbytes() == 2 * 13 * 2
+    assert raw["files"].split("\n") == ["000001.png", "000002.jpg"]
+    assert raw["sha256"].dtype == torch.uint8 and raw["sha256"].shape == (2, 32)
+    assert bytes(raw["sha256"][0].tolist()) == hashlib.sha256(red).digest()
+    assert bytes(raw["sha256"][1].tolist()) == hashlib.sha256(blue).digest()
+    assert raw["added"].dtype == torch.float64 and raw["added"].shape == (2,) and raw["next_id"] == 3
+    assert raw["names"].split("\n") == ["red.png", "blue.jpg"] and raw["sizes"].tolist() == [len(red), len(blue)]
 
     again = open_library(tmp_path, colour_encoder)
     ids, features = again.snapshot()
@@ -126,12 +131,13 @@ def test_failures_are_named_and_the_rest_is_added(tmp_path: Path, colour_encoder
 def test_encodes_in_batches_and_saves_once_per_call(tmp_path: Path, colour_encoder, monkeypatch) -> None:
     library = open_library(tmp_path, colour_encoder, batch_size=2)
     calls: list[int] = []
-    original_encode = colour_encoder.encode_images
-    monkeypatch.setattr(colour_encoder, "encode_images", lambda images, batch_size=None: (
-        calls.append(len(images)), original_encode(images, batch_size))[1])
+    original_encode = colour_encoder.encode_pixels
+    monkeypatch.setattr(colour_encoder, "encode_pixels", lambda pixels: (
+        calls.append(len(pixels)), original_encode(pixels))[1])
     saves: list[int] = []
-    original_save = library_file.save_state
-    monkeypatch.setattr("clip_app.library.save_state", lambda s, p: (saves.append(len(s)), original_save(s, p)))
+    original_save = library_store.save_state
+    monkeypatch.setattr(library_store, "save_state", lambda s, p, extra=None: (saves.append(len(s)),
+                                                                                original_save(s, p, extra)))
     progress: list[tuple[int, int]] = []
     report = library.add([(image_bytes(c), c) for c in COLOUR_NAMES[:5]], progress=lambda d, t: progress.append((d, t)))
     assert len(report.added) == 5
@@ -148,7 +154,7 @@ def test_a_failed_save_leaves_the_old_file_intact_and_no_new_files(tmp_path: Pat
     real_replace = os.replace
 
     def failing_replace(src, dst):
-        if Path(dst) == path:
+        if Path(dst).name.startswith(path.name):  # the library file and its journal; gallery files still work
             raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
@@ -194,7 +200,8 @@ def test_a_corrupt_file_is_reported_and_kept_byte_identical(tmp_path: Path, colo
         path.write_bytes(path.read_bytes()[:200])
     elif content == "wrong_dict":
         torch.save({"version": 1, "model": "color-test", "dim": 13, "ids": torch.tensor([1, 1]),
-                    "features": torch.zeros(2, 13), "files": ["a", "b"], "sha256": ["x", "y"]}, path)
+                    "features": torch.zeros(2, 13), "files": "a\nb", "sha256": torch.zeros(2, 32, dtype=torch.uint8)},
+                   path)
     elif content == "code":
         torch.save({"payload": FeatureLibrary}, path)  # a pickled class: weights_only refuses it
     else:
@@ -281,3 +288,26 @@ def test_two_processes_adding_at_once_lose_nothing(tmp_path: Path, colour_encode
     library = open_library(tmp_path, colour_encoder)
     assert sorted(e.id for e in library) == sorted(all_ids)
     assert library.check().ok
+
+
+def test_threads_adding_to_one_library_and_to_two_instances_lose_nothing(tmp_path: Path, colour_encoder) -> None:
+    shared = open_library(tmp_path, colour_encoder)
+    second = open_library(tmp_path, colour_encoder)  # another instance in the same process: its own file lock
+    errors: list[BaseException] = []
+
+    def worker(library: FeatureLibrary, k: int) -> None:
+        try:
+            for i in range(3):
+                library.add([(image_bytes((40 * k + 10, 30 * i + 5, 200 - 20 * k)), f"{k}-{i}.png")])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(shared if k % 2 else second, k)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    fresh = open_library(tmp_path, colour_encoder)
+    assert [e.id for e in fresh] == list(range(1, 13)) and fresh.check().ok
+    assert len(shared) == 12 and len(second) == 12

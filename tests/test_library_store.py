@@ -1,0 +1,118 @@
+"""The on-disk layout: main file + journal of recent changes, compaction, stale and corrupt journals; and the
+in-memory state's shared append buffers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import clip_app.library_store as store
+from clip_app.library import LibraryCorruptError
+from clip_app.library_file import LibraryState
+from tests.fakes import COLOUR_NAMES
+from tests.library_helpers import image_bytes, open_library
+
+LIB = "features_library.pth"
+JOURNAL = "features_library.pth.journal"
+
+
+def test_small_changes_go_to_the_journal_and_every_reader_sees_them(tmp_path: Path, colour_encoder) -> None:
+    library = open_library(tmp_path, colour_encoder)
+    library.add([(image_bytes(c), c) for c in COLOUR_NAMES[:3]])  # a new library: written whole
+    main = (tmp_path / LIB).read_bytes()
+    assert not (tmp_path / JOURNAL).exists()
+    library.add([(image_bytes("yellow"), "y")])
+    library.remove([2])
+    assert (tmp_path / LIB).read_bytes() == main  # the 110 MB main file of a big library is not rewritten
+    journal = torch.load(tmp_path / JOURNAL, weights_only=True)
+    generation = torch.load(tmp_path / LIB, weights_only=True)["generation"]
+    assert journal["kind"] == "journal" and journal["base"] == generation
+    assert journal["ids"].tolist() == [4] and journal["removed"].tolist() == [2] and journal["next_id"] == 5
+    fresh = open_library(tmp_path, colour_encoder)
+    assert [e.id for e in fresh] == [1, 3, 4] and torch.equal(fresh.snapshot()[1], library.snapshot()[1])
+    assert fresh.get(4).name == "y" and fresh.check().ok
+    stats = fresh.stats()
+    assert stats["file_size"] == len(main) + (tmp_path / JOURNAL).stat().st_size and stats["journal_size"] > 0
+
+
+def test_a_big_journal_is_compacted_into_a_new_main_file(tmp_path: Path, colour_encoder, monkeypatch) -> None:
+    monkeypatch.setattr(store, "COMPACT_MIN_ROWS", 2)
+    library = open_library(tmp_path, colour_encoder)
+    library.add([(image_bytes("red"), "r")])
+    first = torch.load(tmp_path / LIB, weights_only=True)["generation"]
+    library.add([(image_bytes("green"), "g")])
+    library.add([(image_bytes("blue"), "b")])
+    assert (tmp_path / JOURNAL).exists()
+    library.add([(image_bytes("cyan"), "c")])  # the third journal entry: over the limit
+    assert not (tmp_path / JOURNAL).exists()
+    raw = torch.load(tmp_path / LIB, weights_only=True)
+    assert raw["ids"].tolist() == [1, 2, 3, 4] and raw["generation"] != first
+    assert [e.id for e in open_library(tmp_path, colour_encoder)] == [1, 2, 3, 4]
+
+
+def test_a_stale_journal_is_ignored(tmp_path: Path, colour_encoder, caplog) -> None:
+    library = open_library(tmp_path, colour_encoder)
+    library.add([(image_bytes("red"), "r")])
+    library.add([(image_bytes("green"), "g")])
+    old_journal = (tmp_path / JOURNAL).read_bytes()
+    library.repair()  # nothing to repair: no write
+    library._save(library._state, compact=True)  # what a compaction does (repair, rebuild, a big journal)
+    assert not (tmp_path / JOURNAL).exists()
+    (tmp_path / JOURNAL).write_bytes(old_journal)  # a crash between replacing the main file and deleting it
+    with caplog.at_level(logging.WARNING):
+        again = open_library(tmp_path, colour_encoder)  # applied, it would add ID 2 a second time
+    assert [e.id for e in again] == [1, 2] and "stale journal" in caplog.text
+    again.remove([2])  # the next write replaces the stale journal
+    assert [e.id for e in open_library(tmp_path, colour_encoder)] == [1]
+
+
+def test_a_corrupt_journal_is_reported_and_both_files_kept(tmp_path: Path, colour_encoder) -> None:
+    library = open_library(tmp_path, colour_encoder)
+    library.add([(image_bytes("red"), "r")])
+    library.add([(image_bytes("green"), "g")])
+    journal = tmp_path / JOURNAL
+    journal.write_bytes(journal.read_bytes()[:100])
+    main, damaged = (tmp_path / LIB).read_bytes(), journal.read_bytes()
+    with pytest.raises(LibraryCorruptError, match="journal"):
+        open_library(tmp_path, colour_encoder)
+    with pytest.raises(LibraryCorruptError):
+        library.add([(image_bytes("blue"), "b")])  # a live instance refuses to write over it too
+    assert (tmp_path / LIB).read_bytes() == main and journal.read_bytes() == damaged
+
+
+def test_appending_shares_buffers_without_changing_older_states() -> None:
+    state = LibraryState.empty("m", "m", 4)
+    one = state.appended([1], torch.tensor([[1.0, 0, 0, 0]]), ["000001.png"], ["a" * 64], [10], ["a"])
+    before = one.features.clone()
+    view = one.features
+    two = one.appended([2], torch.tensor([[0, 1.0, 0, 0]]), ["000002.png"], ["b" * 64], [10], ["b"])
+    assert torch.equal(view, before) and len(two) == 2 and two.features.data_ptr() == one.features.data_ptr()
+    # a second branch from `one` (as after a failed save of `two`) must not overwrite two's rows
+    other = one.appended([3], torch.tensor([[0, 0, 1.0, 0]]), ["000003.png"], ["c" * 64], [10], ["c"])
+    assert two.features[1].tolist() == [0, 1.0, 0, 0] and other.features[1].tolist() == [0, 0, 1.0, 0]
+    saved = two.to_dict()["features"]
+    assert saved.untyped_storage().nbytes() == 2 * 4 * 2  # only the rows, not the spare capacity
+
+
+def test_sorted_member_matches_a_set_lookup() -> None:
+    values = torch.tensor([1, 3, 4, 9, 12, 15], dtype=torch.int64)
+    known = torch.tensor([2, 3, 9, 10, 15], dtype=torch.int64)
+    assert store.sorted_member(values, known).tolist() == [v in {2, 3, 9, 10, 15} for v in values.tolist()]
+    assert store.sorted_member(values, torch.empty(0, dtype=torch.int64)).tolist() == [False] * 6
+
+
+def test_an_empty_library_of_another_model_is_taken_over_with_a_whole_new_file(tmp_path: Path,
+                                                                                colour_encoder) -> None:
+    from tests.library_helpers import other_colour_encoder
+
+    library = open_library(tmp_path, colour_encoder)
+    library.add([(image_bytes("red"), "r")])
+    library.remove([1])
+    other = open_library(tmp_path, other_colour_encoder())  # nothing to mix: the empty library is taken over
+    assert other.add([(image_bytes("blue"), "b")]).results[0].id == 2
+    raw = torch.load(tmp_path / LIB, weights_only=True)
+    assert raw["model"] == "other-colour-model" and raw["ids"].tolist() == [2]
+    assert [e.id for e in open_library(tmp_path, other_colour_encoder())] == [2]
