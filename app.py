@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: load once, then serve until interrupted; 1 with a clear message when loading fails."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # noise from the clip package
+    warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated")  # clip.load tries TorchScript first
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     args = parse_args(argv)
     settings = Settings.from_args(args)
     from clip_app.library import LibraryError

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
+import torch
 from PIL import Image
 
 from .classify import DEFAULT_TAG_THRESHOLD, ClassifierCache, LabelError, LabelScore, parse_labels, rank, tags
@@ -175,18 +176,30 @@ class App:
         data, name = self._read(image)
         label_list = parse_labels(labels if labels is not None else "")
         templates = self._templates(template)
-        picture = decode_image(data, name)
-        feature = self.encoder.encode_images([picture])[0]  # [D]
+        picture = decode_image(data, name)  # a bad image stops here, before anything is stored
+        saved: AddResult | None = None
+        feature = None
+        if save:  # the library encodes a new photo and knows a stored one: use its row, never encode twice
+            with self._write_lock:
+                saved = self.library.add([(data, name)]).results[0]
+            feature = self._stored_feature(saved.id)
+        if feature is None:
+            feature = self.encoder.encode_images([picture])[0]  # [D]
         weights = self.classifiers.get(self.encoder, label_list, templates)  # [D, C]
         scores = rank(label_list, feature, weights)
-        result = ClassifyResult(label_list, templates, scores)
+        result = ClassifyResult(label_list, templates, scores, saved=saved)
         if tag_threshold is not None:
             result.threshold = float(tag_threshold)
             result.tags = tags(scores, result.threshold)
-        if save:
-            with self._write_lock:
-                result.saved = self.library.add([(data, name)]).results[0]
         return result
+
+    def _stored_feature(self, image_id: int | None) -> torch.Tensor | None:
+        """The library's feature row [D] of an image, or None (not stored, or removed meanwhile)."""
+        if image_id is None:
+            return None
+        ids, features = self.library.snapshot()  # [N], [N, D]
+        rows = (ids == int(image_id)).nonzero().flatten()
+        return features[int(rows[0])] if len(rows) else None
 
     # ---- Label sets ---------------------------------------------------------------------------------------
     def label_set_names(self) -> list[str]:
@@ -236,7 +249,7 @@ class App:
         feature = self.encoder.encode_images([decode_image(data, name)])[0]  # [D]
         return self._search(feature, k, min_score)
 
-    def _search(self, feature, k: int, min_score: float | None) -> SearchResult:
+    def _search(self, feature: torch.Tensor, k: int, min_score: float | None) -> SearchResult:
         found = [Hit(entry, float(score)) for entry, score in self.library.search(feature, k)]
         shown = found if min_score is None else [h for h in found if h.score >= float(min_score)]
         return SearchResult(shown, hidden=len(found) - len(shown), library_size=len(self.library),

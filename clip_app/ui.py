@@ -219,8 +219,8 @@ def _classify_tab(app: App) -> None:
                 table = gr.Dataframe(headers=["label", "probability", "cosine"],
                                      datatype=["str", "number", "number"], interactive=False,
                                      label="Each label's raw cosine", max_height=360)
-            tag_list = gr.Markdown(elem_id="classify-tags")
-            saved = gr.Markdown(elem_id="classify-saved")
+            tag_list = gr.Markdown(label="tags", elem_id="classify-tags")
+            saved = gr.Markdown(label="saved", elem_id="classify-saved")
 
     @user_errors
     def classify(image: str | None, labels: str, template: str, tag_mode: bool = False,
@@ -277,7 +277,7 @@ def _search_tab(app: App) -> None:
         min_score = gr.Slider(0.0, 1.0, 0.0, step=0.01, label="Minimum score (cosine): hide weaker matches")
     results = gr.Gallery(label="Results", columns=6, height="auto", interactive=False, object_fit="cover",
                          elem_id="search-results")
-    message = gr.Markdown(elem_id="search-message")
+    message = gr.Markdown(label="message", elem_id="search-message")
 
     @user_errors
     def by_text(query: str, k: int = DEFAULT_K, min_score: float = 0.0):
@@ -303,19 +303,19 @@ def _gallery_tab(app: App) -> _Wiring:
         page = gr.Number(1, precision=0, minimum=1, label="Page", scale=0, min_width=100)
         show = gr.Button("Show page", size="sm", scale=0)
         following = gr.Button("Next ▶", size="sm", scale=0)
-        info = gr.Markdown(elem_id="gallery-info")
-    images = gr.Gallery(label=f"Library ({PER_PAGE} per page)", columns=8, height="auto", interactive=False,
+        info = gr.Markdown(label="page_info", elem_id="gallery-info")
+    images = gr.Gallery(label=f"Images ({PER_PAGE} per page)", columns=8, height="auto", interactive=False,
                         allow_preview=False, object_fit="cover", elem_id="gallery-images")
     ids = gr.State([])
     with gr.Row():
         selected = gr.Number(None, precision=0, label="Selected image ID", scale=0, min_width=160)
-        details = gr.Markdown("Select an image to see its details.", elem_id="gallery-details")
+        details = gr.Markdown("Select an image to see its details.", label="details", elem_id="gallery-details")
         delete = gr.Button("Delete this image…", variant="stop", scale=0, elem_id="gallery-delete")
     with gr.Row(visible=False) as confirm:
         question = gr.Markdown()
         yes = gr.Button("Yes, delete it", variant="stop", scale=0, elem_id="gallery-confirm")
         no = gr.Button("Cancel", scale=0)
-    message = gr.Markdown(elem_id="gallery-message")
+    message = gr.Markdown(label="message", elem_id="gallery-message")
 
     @user_errors
     def show_page(page: float | None = 1):
@@ -360,8 +360,8 @@ def _library_tab(app: App) -> _Wiring:
     files = gr.File(file_count="multiple", type="filepath", label="Images to add (several at once)",
                     elem_id="library-files")
     add = gr.Button("Add to library", variant="primary", elem_id="library-add")
-    summary = gr.Markdown(elem_id="library-summary")
-    stats = gr.Markdown(stats_text(app), elem_id="library-stats")
+    summary = gr.Markdown(label="summary", elem_id="library-summary")
+    stats = gr.Markdown(stats_text(app), label="stats", elem_id="library-stats")
     with gr.Row():
         check = gr.Button("Check")
         repair = gr.Button("Repair")

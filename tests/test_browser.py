@@ -78,7 +78,7 @@ def page(served):
 def screenshot(page, shots: list[Path], tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     folder = shots[0].parent if shots else tmp_path_factory.getbasetemp() / "screenshots0"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.png"
+    path = folder / f"app-{name}.png"
     page.screenshot(path=str(path), full_page=True)
     shots.append(path)
     assert path.stat().st_size > 1000
@@ -91,8 +91,10 @@ def test_classify_an_uploaded_photo(page, served, shots, tmp_path_factory, tmp_p
     page.locator("#classify-image input[type=file]").set_input_files(str(photo))
     page.locator("#classify-image img").first.wait_for()
     page.locator("#classify-labels textarea").fill("red, yellow, blue")
+    page.get_by_label("Tag mode (every label over the threshold)").check()
     page.locator("#classify-run").click()
     page.locator("#classify-saved", has_text="Saved to the gallery as #4").wait_for()
+    assert page.locator("#classify-tags").inner_text().startswith("Tags (cosine ≥ 0.25): yellow")
     assert "yellow" in page.locator("#classify-top").inner_text()
     assert len(app.library) == 4
     screenshot(page, shots, tmp_path_factory, "classify")
@@ -140,3 +142,14 @@ def test_browse_and_delete_with_confirmation(page, served, shots, tmp_path_facto
     page.locator("#gallery-info", has_text="5 images").wait_for()
     assert 2 not in [e.id for e in app.library] and len(app.library) == 5
     assert len(shots) == 4
+
+
+def test_a_missing_chromium_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    monkeypatch.setattr(f"{__name__}.CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the browser test"):
+        _require_chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium"):
+        _require_chromium()

@@ -51,6 +51,19 @@ def test_classify_recognises_a_known_photo_by_its_bytes(app: App) -> None:
     assert len(app.library) == 4
 
 
+def test_classify_encodes_a_photo_at_most_once(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    passes: list[int] = []
+    original = app.encoder.encode_pixels
+    monkeypatch.setattr(app.encoder, "encode_pixels", lambda pixels: passes.append(len(pixels)) or original(pixels))
+    fresh = app.classify(png_bytes("purple"), "purple, red")
+    assert passes == [1] and fresh.scores[0].label == "purple"  # encoded once, by the library, and reused
+    known = app.classify(png_bytes("purple"), "purple, red")
+    assert passes == [1] and known.saved.status == "duplicate"  # a stored photo is not encoded again
+    assert [round(s.cosine, 3) for s in known.scores] == [round(s.cosine, 3) for s in fresh.scores]
+    app.classify(png_bytes("purple"), "purple, red", save=False)
+    assert passes == [1, 1]
+
+
 def test_classify_without_saving_changes_nothing(app: App) -> None:
     before = gallery_files(app)
     result = app.classify(png_bytes("magenta"), "magenta, red", save=False)
