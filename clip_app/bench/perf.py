@@ -126,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         raise SystemExit(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    for noisy in ("clip_app.library", "httpx"):  # one line per added image / HTTP request
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def cold_start(checkpoint: Path, photo: Path, folder: Path, timeout: float = 300
     script = app_script()
     if script is None:
         raise RuntimeError("app.py is not in this build")
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # an empty library: a kept --workdir holds the last run's
+    folder.mkdir(parents=True)
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", NO_PROXY="127.0.0.1,localhost",
                no_proxy="127.0.0.1,localhost", PYTHONUNBUFFERED="1")

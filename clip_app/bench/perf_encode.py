@@ -7,12 +7,12 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ..classify import ClassifierCache, parse_labels, rank
-from ..images import decode_image, read_bytes
+from ..images import decode_image, draft_size, read_bytes
 from ..model import ClipEncoder
 from ..prompts import SINGLE_TEMPLATE, imagenet_templates
 from . import perf_product
@@ -91,53 +91,59 @@ def measure_indexing(encoder: ClipEncoder, photos: dict[str, list[Path]], batch:
                      results: Results, workdir: Path) -> None:
     """index.<set>.*: images/s of each pipeline and its ratio to the bare forward pass over as many images.
 
-    Each repeat times the forward pass and then the pipeline, so that both see the same machine load.
+    The files go in chunks of `batch`; for each chunk the bare forward pass is timed right before the pipelines,
+    so that every ratio compares runs a few seconds apart (the machine's load changes slowly). The library
+    pipeline adds chunk after chunk to a fresh library (one add call, hence one save, per chunk).
     """
-    forward = image_forward(encoder, batch)
     has_library = perf_product.library_module() is not None
     min_side = encoder.decode_min_side
+    forwards: dict[int, Callable[[], None]] = {}
     for name, paths in photos.items():
-        n = len(paths)
-        batches = -(-n // batch)
-        variants: dict[str, Callable[[int], None]] = {
-            "decode_encode": lambda r, p=paths: decode_encode(encoder, p, batch, None),
+        chunks = [paths[i:i + batch] for i in range(0, len(paths), batch)]
+        variants: dict[str, Callable[[list[Path], Any], None]] = {
+            "decode_encode": lambda chunk, library: decode_encode(encoder, chunk, batch, None),
         }
-        if min_side:
-            variants["decode_encode_draft"] = lambda r, p=paths: decode_encode(encoder, p, batch, min_side)
+        if min_side and draft_size(_image_size(paths[0]), min_side) is not None:  # else the same as above
+            variants["decode_encode_draft"] = lambda chunk, library: decode_encode(encoder, chunk, batch, min_side)
         if has_library:
-            def library_add(r: int, p: list[Path] = paths, name: str = name) -> None:
-                folder = workdir / f"index-{name}-{r}"
-                shutil.rmtree(folder, ignore_errors=True)
-                library = perf_product.open_library(folder, encoder, batch)
-                report = library.add(p)
-                if len(report.added) != len(p):
-                    raise RuntimeError(f"library add: {report.summary()}")
-            variants["library_add"] = library_add
-        forward()
-        for run in variants.values():
-            run(-1)  # warm-up (and a check that each pipeline works)
+            variants["library_add"] = lambda chunk, library: _add_all(library, chunk)
         seconds: dict[str, list[float]] = {v: [] for v in variants}
         ratios: dict[str, list[float]] = {v: [] for v in variants}
+        warm = _fresh_library(workdir / f"index-{name}-warm-up", encoder, batch) if has_library else None
+        for run in variants.values():
+            run(chunks[0], warm)  # warm-up, and a check that each pipeline works
         for r in range(repeats):
-            for variant, run in variants.items():
-                reference = sum(timed(forward) for _ in range(batches))  # the same number of images, bare model
-                took = timed(lambda run=run, r=r: run(r))
-                seconds[variant].append(took)
-                ratios[variant].append((reference / (batches * batch)) / (took / n))
+            library = _fresh_library(workdir / f"index-{name}-{r}", encoder, batch) if has_library else None
+            for chunk in chunks:
+                forward = forwards.setdefault(len(chunk), image_forward(encoder, len(chunk)))
+                reference = timed(forward)
+                for variant, run in variants.items():
+                    took = timed(lambda run=run, chunk=chunk, library=library: run(chunk, library))
+                    seconds[variant].append(len(chunk) / took)
+                    ratios[variant].append(reference / took)
         size = "x".join(str(v) for v in _image_size(paths[0]))
         for variant in variants:
             what = {"decode_encode": "files -> decode -> preprocess -> encode",
-                    "decode_encode_draft": f"same with JPEG draft decoding (shorter side >= {min_side})",
+                    "decode_encode_draft": f"same, JPEG decoded at reduced scale (shorter side >= {min_side})",
                     "library_add": "FeatureLibrary.add (hash, decode, encode, store, save)"}[variant]
-            results.add(f"index.{name}.{variant}.rate", f"indexing {size} JPEGs: {what}", "img/s",
-                        [n / s for s in seconds[variant]])
+            results.add(f"index.{name}.{variant}.rate", f"indexing {size} JPEGs: {what}", "img/s", seconds[variant])
             results.add(f"index.{name}.{variant}.ratio", f"indexing {size}: {variant} / forward pass", "x",
                         ratios[variant])
-        for path in paths[:1]:
-            results.facts[f"index.{name}.file_bytes"] = path.stat().st_size
-        results.facts[f"index.{name}.images"] = n
+        results.facts[f"index.{name}.file_bytes"] = paths[0].stat().st_size
+        results.facts[f"index.{name}.images"] = len(paths)
     if not has_library:
         results.pending["index.library_add"] = "clip_app.library is not in this build: FeatureLibrary.add not timed"
+
+
+def _fresh_library(folder: Path, encoder: ClipEncoder, batch: int) -> Any:
+    shutil.rmtree(folder, ignore_errors=True)
+    return perf_product.open_library(folder, encoder, batch)
+
+
+def _add_all(library: Any, paths: list[Path]) -> None:
+    report = library.add(paths)
+    if len(report.added) != len(paths):
+        raise RuntimeError(f"library add: {report.summary()}")
 
 
 def _image_size(path: Path) -> tuple[int, int]:

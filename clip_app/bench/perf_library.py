@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,24 +32,27 @@ log = logging.getLogger(__name__)
 
 
 def write_library(folder: Path, n: int, identity: str, name: str, dim: int) -> Path:
-    """A library file of n synthetic rows (unit features, fake hashes) made by the library's own writer."""
-    from ..library_file import LibraryState, save_state
+    """A library file of n synthetic rows (unit features, made-up hashes) written by the library's own code."""
+    from ..library_file import LibraryState
+    from ..library_store import save_library
 
     path = folder / "features_library.pth"
-    (folder / "gallery").mkdir(parents=True, exist_ok=True)
-    ids = torch.arange(1, n + 1, dtype=torch.int64)
+    shutil.rmtree(folder, ignore_errors=True)  # a fresh gallery too (a kept --workdir holds the last run's)
+    (folder / "gallery").mkdir(parents=True)
     files = [f"{i:06d}.jpg" for i in range(1, n + 1)]
-    state = LibraryState(model=identity, model_name=name, dim=dim, ids=ids, features=unit_features(n, dim, seed=7),
-                         files=files, sha256=[f"{i:064x}" for i in range(1, n + 1)],
-                         added=torch.full((n,), time.time(), dtype=torch.float64),
-                         sizes=torch.full((n,), 60_000, dtype=torch.int64), names=list(files), next_id=n + 1)
-    save_state(state, path)
+    state = LibraryState.build(identity, name, dim, ids=torch.arange(1, n + 1, dtype=torch.int64),
+                               features=unit_features(n, dim, seed=7), files=files,
+                               sha256=[f"{i:064x}" for i in range(1, n + 1)],
+                               added=torch.full((n,), time.time(), dtype=torch.float64),
+                               sizes=torch.full((n,), 60_000, dtype=torch.int64), names=list(files), next_id=n + 1)
+    save_library(state, path, None)
     return path
 
 
 @contextmanager
 def counting(obj: Any, attribute: str, totals: dict[str, float]) -> Iterator[None]:
     """Count the calls of obj.attribute and the seconds spent in them (totals['calls'], totals['seconds'])."""
+    own = attribute in vars(obj)  # a module function or an instance attribute (else a method of the class)
     original = getattr(obj, attribute)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -63,18 +67,20 @@ def counting(obj: Any, attribute: str, totals: dict[str, float]) -> Iterator[Non
     try:
         yield
     finally:
-        if isinstance(obj, ClipEncoder):
-            delattr(obj, attribute)  # the instance attribute hid the method
-        else:
+        if own:
             setattr(obj, attribute, original)
+        else:
+            delattr(obj, attribute)
 
 
 def add_without_forward(library: Any, items: Sequence[Path], encoder: ClipEncoder) -> tuple[float, float, int]:
-    """(seconds of library.add(items) minus its forward passes, forward seconds, saves) for one add call."""
+    """(seconds of library.add(items) minus its forward passes, forward seconds, library saves) for one add call.
+
+    A save is one atomic write: of the journal (small changes) or of a whole new main file (compaction).
+    """
     forward: dict[str, float] = {}
     saves: dict[str, float] = {}
-    module = perf_product.library_module()
-    with counting(encoder, "encode_pixels", forward), counting(module, "save_state", saves):
+    with counting(encoder, "encode_pixels", forward), counting(library, "_save", saves):
         took = timed(lambda: _added(library.add(list(items)), len(items)))
     return took - forward.get("seconds", 0.0), forward.get("seconds", 0.0), int(saves.get("calls", 0))
 
@@ -109,9 +115,7 @@ def measure_library(encoder: ClipEncoder, sizes: Sequence[int], add_size: int, p
         results.facts[f"library.file_mb.{n}"] = round(path.stat().st_size / 2**20, 1)
         results.facts[f"library.peak_rss_mb.{n}"] = round(max(p["peak_rss"] for p in probes) / 2**20, 1)
         if n != add_size:
-            for leftover in target.glob("*"):
-                if leftover.is_file():
-                    leftover.unlink()
+            shutil.rmtree(target, ignore_errors=True)
 
 
 def _measure_adds(encoder: ClipEncoder, folder: Path, add_size: int, photos: list[Path], batch: int, repeats: int,

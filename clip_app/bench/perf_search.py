@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from ..model import ClipEncoder
-from ..search import top_k
+from ..search import half_candidates, top_k
 from .perf_encode import text_forward, timed
 from .perf_setup import query_text, unit_features
 from .perf_stats import Results
@@ -38,17 +38,23 @@ def measure_search(encoder: ClipEncoder, sizes: Sequence[int], repeats: int, k: 
 
 def _measure_size(encoder: ClipEncoder, n: int, repeats: int, k: int, results: Results,
                   reference: Callable[[], None], counter: Iterator[int], last: bool) -> None:
-    """The figures of one library size n: top-k alone, the whole query and its ratio to a text forward pass."""
-    features = unit_features(n, encoder.dim, seed=n)
+    """The figures of one library size n: top-k alone over float16 rows (as the library stores and searches them)
+    and over float32 rows (before the float16 scan), the whole query and its ratio to a text forward pass."""
+    rows32 = unit_features(n, encoder.dim, seed=n)
+    rows16 = rows32.half()
     ids = torch.arange(1, n + 1, dtype=torch.int64)
     query = unit_features(1, encoder.dim, seed=n + 1)[0]
-    top_k(query, features, ids, k)  # warm-up: first touch of the matrix
-    alone = [timed(lambda: top_k(query, features, ids, k)) for _ in range(fast_repeats(repeats, n))]
-    results.add(f"search.topk.{n}", f"top-{k} alone, {n:,} rows", "s", alone)
+    for rows in (rows16, rows32):
+        top_k(query, rows, ids, k)  # warm-up: first touch of the matrix
+    count = fast_repeats(repeats, n)
+    results.add(f"search.topk.{n}", f"top-{k} alone, {n:,} float16 rows (the library's search)", "s",
+                [timed(lambda: top_k(query, rows16, ids, k)) for _ in range(count)])
+    results.add(f"search.topk_float32.{n}", "  same over float32 rows (before the float16 scan)", "s",
+                [timed(lambda: top_k(query, rows32, ids, k)) for _ in range(count)])
 
     def query_once() -> None:
         feature = encoder.encode_texts([query_text(next(counter))])[0]
-        top_k(feature, features, ids, k)
+        top_k(feature, rows16, ids, k)
 
     whole, ratios = [], []
     for _ in range(repeats):
@@ -59,23 +65,29 @@ def _measure_size(encoder: ClipEncoder, n: int, repeats: int, k: int, results: R
     results.add(f"search.query.{n}", f"text query (encode + top-{k}), {n:,} rows", "s", whole)
     results.add(f"search.query.{n}.ratio", f"text query / one text forward pass, {n:,} rows", "x", ratios)
     if last:
-        _where_time_goes(query, features, k, repeats, results, n)
+        _where_time_goes(query, rows16, rows32, k, repeats, results, n)
 
 
-def _where_time_goes(query: torch.Tensor, features: torch.Tensor, k: int, repeats: int, results: Results,
-                     n: int) -> None:
-    """The parts of top-k at the largest size: the matrix-vector product (memory bound) and the selection."""
-    scores = features @ query
-    results.add(f"search.parts.matvec.{n}", f"  of which scores = features @ query, {n:,} rows", "s",
-                [timed(lambda: features @ query) for _ in range(fast_repeats(repeats, n))])
+def _where_time_goes(query: torch.Tensor, rows16: torch.Tensor, rows32: torch.Tensor, k: int, repeats: int,
+                     results: Results, n: int) -> None:
+    """The parts of top-k at the largest size: the scans (memory bound), the selection, the exact re-scoring."""
+    count = fast_repeats(repeats, n)
+    coarse = rows16 @ query.half()
+    candidates = half_candidates(query, rows16, k)
+    results.add(f"search.parts.scan16.{n}", f"  of which the float16 scan rows @ query, {n:,} rows", "s",
+                [timed(lambda: rows16 @ query.half()) for _ in range(count)])
     results.add(f"search.parts.select.{n}", f"  of which torch.topk(scores, {k}), {n:,} rows", "s",
-                [timed(lambda: torch.topk(scores, k)) for _ in range(fast_repeats(repeats, n))])
-    half = features.half()
-    results.add(f"search.parts.matvec_fp16.{n}", f"  scores from float16 rows (half the bytes), {n:,} rows", "s",
-                [timed(lambda: half @ query.half()) for _ in range(fast_repeats(repeats, n))])
-    results.facts[f"search.matrix_mb.{n}"] = round(features.numel() * features.element_size() / 2**20, 1)
-    median = results.figures[f"search.parts.matvec.{n}"].median
-    results.facts[f"search.matvec_gb_per_s.{n}"] = round(features.numel() * 4 / median / 1e9, 2)
+                [timed(lambda: torch.topk(coarse, k, sorted=False)) for _ in range(count)])
+    results.add(f"search.parts.rescore.{n}", f"  of which exact float32 scores of {len(candidates)} candidates", "s",
+                [timed(lambda: rows16[candidates].float() @ query) for _ in range(count)])
+    results.add(f"search.parts.scan32.{n}", f"  a float32 scan instead (one core), {n:,} rows", "s",
+                [timed(lambda: rows32 @ query) for _ in range(count)])
+    for name, rows in (("float16", rows16), ("float32", rows32)):
+        results.facts[f"search.matrix_mb.{name}.{n}"] = round(rows.numel() * rows.element_size() / 2**20, 1)
+    for part, rows in (("scan16", rows16), ("scan32", rows32)):
+        median = results.figures[f"search.parts.{part}.{n}"].median
+        results.facts[f"search.{part}_gb_per_s.{n}"] = round(rows.numel() * rows.element_size() / median / 1e9, 2)
+    results.facts[f"search.candidates.{n}"] = len(candidates)
 
 
 def _scaling_facts(sizes: Sequence[int], results: Results) -> None:
