@@ -83,15 +83,21 @@ def is_heif(data: bytes) -> bool:
     return len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
 
 
-def open_image(source: Source, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(source: Source, name: str | None = None, max_pixels: int = MAX_PIXELS,
+               min_side: int | None = None) -> Image.Image:
     """Decode a path or bytes into an upright RGB image (EXIF applied, alpha on white, first frame)."""
     data, label = read_bytes(source, name)
-    return decode_image(data, label, max_pixels=max_pixels)
+    return decode_image(data, label, max_pixels=max_pixels, min_side=min_side)
 
 
-def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode image bytes into an upright 8-bit RGB image; raise ImageError naming `name` on any failure."""
-    image = _open(data, name, max_pixels)
+def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS,
+                 min_side: int | None = None) -> Image.Image:
+    """Decode image bytes into an upright 8-bit RGB image; raise ImageError naming `name` on any failure.
+
+    min_side (for encoding, not for display): a JPEG is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT
+    scaling, several times faster for camera photos) as long as its shorter side stays at least min_side pixels.
+    """
+    image = _open(data, name, max_pixels, min_side=min_side)
     try:
         try:
             image = ImageOps.exif_transpose(image) or image
@@ -108,7 +114,16 @@ def image_extension(data: bytes, name: str = "image") -> str:
     return FORMAT_EXTENSIONS.get(image.format or "", ".img")
 
 
-def _open(data: bytes, name: str, max_pixels: int, load: bool = True) -> Image.Image:
+def draft_size(size: tuple[int, int], min_side: int) -> tuple[int, int] | None:
+    """The size to ask Image.draft for so that the shorter side stays >= min_side; None when no 2x reduction fits."""
+    width, height = size
+    shorter = min(width, height)
+    if min_side < 1 or shorter < 2 * min_side:
+        return None
+    return -(-width * min_side // shorter), -(-height * min_side // shorter)  # exact integer ceil
+
+
+def _open(data: bytes, name: str, max_pixels: int, load: bool = True, min_side: int | None = None) -> Image.Image:
     if not data:
         raise ImageError(name, "the file is empty (0 bytes)")
     if is_heif(data) and not HEIF_SUPPORTED:
@@ -126,6 +141,9 @@ def _open(data: bytes, name: str, max_pixels: int, load: bool = True) -> Image.I
                 raise ImageError(name, f"invalid size {width} x {height}")
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)  # first frame of an animation
+            target = draft_size(image.size, min_side) if min_side and image.format in ("JPEG", "MPO") else None
+            if target is not None:
+                image.draft(image.mode, target)  # reduced-scale JPEG decoding; the pixel cap above saw the full size
             if load:
                 image.load()
             return image

@@ -221,7 +221,7 @@ class FeatureLibrary(LibraryMaintenance):
         """The k entries most similar to a unit query [D], best first (ties to the lower ID)."""
         state = self._current()
         self._require_model(state)
-        scores, rows = top_k(query.float().reshape(-1), state.features, state.ids, k)
+        scores, rows = top_k(query.float().reshape(-1), state.features16, state.ids, k)  # float16: half the bytes
         return [(self._entry(state, int(row)), float(score)) for score, row in zip(scores, rows)]
 
     def stats(self) -> dict:
@@ -272,7 +272,7 @@ class FeatureLibrary(LibraryMaintenance):
                 continue
             try:
                 ext = image_extension(data, name)
-                image = decode_image(data, name)
+                image = decode_image(data, name, min_side=self.encoder.decode_min_side)
             except ImageError as exc:
                 results[index] = AddResult(name=name, status="failed", id=None, error=str(exc))
                 advance(1)

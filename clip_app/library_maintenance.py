@@ -175,7 +175,7 @@ class LibraryMaintenance:
                     continue
                 why = "its file changed" if digest != state.sha256[row] else "its row was not unit length"
                 try:
-                    image = decode_image(data, name)
+                    image = decode_image(data, name, min_side=self.encoder.decode_min_side)
                 except ImageError as exc:
                     drop.append(image_id)
                     moved = gal.quarantine(self.gallery_dir, name)
@@ -239,7 +239,7 @@ class LibraryMaintenance:
                 image_id, name = int(old.ids[row]), old.files[row]
                 try:
                     data, _ = read_bytes(self.gallery_dir / name, name)
-                    image = decode_image(data, name)
+                    image = decode_image(data, name, min_side=self.encoder.decode_min_side)
                 except ImageError as exc:
                     report.dropped.append(image_id)
                     report.actions.append(f"dropped ID {image_id}: {exc}")
@@ -311,7 +311,7 @@ class LibraryMaintenance:
             try:
                 data, _ = read_bytes(path, name)
                 ext = image_extension(data, name)
-                image = decode_image(data, name)
+                image = decode_image(data, name, min_side=self.encoder.decode_min_side)
             except ImageError as exc:
                 set_aside(name, f"not a usable image ({exc.reason})")
                 continue

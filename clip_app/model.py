@@ -112,6 +112,9 @@ class ClipEncoder:
         self.cache_misses = 0
         visual = getattr(model, "visual", None)
         self.input_resolution = int(getattr(visual, "input_resolution", 224))
+        #: encoding paths decode JPEGs at a reduced scale down to this shorter side (images.decode_image min_side):
+        #: twice the input size keeps the preprocessing's own bicubic downscale, so features barely change
+        self.decode_min_side = 2 * self.input_resolution
         self.dtype = getattr(model, "dtype", torch.float32)
         with torch.inference_mode():
             probe = self._forward_text(self._tokenize([""], truncate=True))
@@ -152,11 +155,15 @@ class ClipEncoder:
             self.cache_hits += len(texts) - len(missing)
             self.cache_misses += len(missing)
         fresh: dict[str, torch.Tensor] = dict(known)
-        for i in range(0, len(missing), TEXT_BATCH_SIZE):
-            chunk = missing[i:i + TEXT_BATCH_SIZE]
-            with torch.inference_mode():
-                rows = l2_normalize(self._forward_text(self._tokenize(chunk, truncate=True))).cpu()
-            fresh.update(zip(chunk, rows))
+        if missing:
+            tokens = self._tokenize(missing, truncate=True)
+            # shortest first, so each batch is trimmed to a similar length (see encode_text_trimmed)
+            order = torch.argsort(tokens.argmax(dim=-1), stable=True).tolist()
+            for i in range(0, len(order), TEXT_BATCH_SIZE):
+                rows_of = order[i:i + TEXT_BATCH_SIZE]
+                with torch.inference_mode():
+                    rows = l2_normalize(self._forward_text(tokens[rows_of])).cpu()
+                fresh.update(zip((missing[j] for j in rows_of), rows))
         with self._lock:
             for text, row in fresh.items():
                 self._text_cache[text] = row
@@ -166,7 +173,42 @@ class ClipEncoder:
         return torch.stack([fresh[t] for t in texts]) if texts else torch.empty(0, self.dim)
 
     def _forward_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens.to(self.device))
+        tokens = tokens.to(self.device)
+        if has_causal_text_tower(self.model):
+            return encode_text_trimmed(self.model, tokens)
+        return self.model.encode_text(tokens)
 
     def __repr__(self) -> str:
         return f"ClipEncoder({self.name!r}, device={self.device!r}, dim={getattr(self, 'dim', '?')})"
+
+
+def has_causal_text_tower(model: torch.nn.Module) -> bool:
+    """True for OpenAI CLIP's text tower: a causal-masked transformer read at the end-of-text token."""
+    blocks = getattr(getattr(model, "transformer", None), "resblocks", None)
+    if blocks is None or not len(blocks) or not all(hasattr(model, a) for a in (
+            "token_embedding", "positional_embedding", "ln_final", "text_projection")):
+        return False
+    mask = getattr(blocks[0], "attn_mask", None)
+    return isinstance(mask, torch.Tensor) and mask.dim() == 2 and bool(torch.isinf(mask.float()).triu(1).any())
+
+
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP's encode_text over the first L positions only, L = the latest end-of-text position + 1: [N, 77] -> [N, D].
+
+    Exact: the text transformer is causal and the feature is read at the end-of-text token (the largest token
+    ID), so the padding after it never reaches the feature. A 10-token prompt costs about 1/8 of the full 77.
+    """
+    eot = tokens.argmax(dim=-1)  # [N]
+    length = int(eot.max()) + 1
+    x = model.token_embedding(tokens[:, :length]).type(model.dtype)  # [N, L, W]
+    x = x + model.positional_embedding[:length].type(model.dtype)
+    x = x.permute(1, 0, 2)  # [L, N, W], the layout of CLIP's transformer
+    mask = None
+    for block in model.transformer.resblocks:
+        if mask is None:
+            mask = block.attn_mask[:length, :length].to(dtype=x.dtype, device=x.device)
+        y = block.ln_1(x)
+        x = x + block.attn(y, y, y, need_weights=False, attn_mask=mask)[0]
+        x = x + block.mlp(block.ln_2(x))
+    x = model.ln_final(x.permute(1, 0, 2)).type(model.dtype)  # [N, L, W]
+    return x[torch.arange(x.shape[0], device=x.device), eot] @ model.text_projection

@@ -176,7 +176,8 @@ class App:
         data, name = self._read(image)
         label_list = parse_labels(labels if labels is not None else "")
         templates = self._templates(template)
-        picture = decode_image(data, name)  # a bad image stops here, before anything is stored
+        # a bad image stops here, before anything is stored (JPEGs decode at a reduced scale: see ClipEncoder)
+        picture = decode_image(data, name, min_side=self.encoder.decode_min_side)
         saved: AddResult | None = None
         feature = None
         if save:  # the library encodes a new photo and knows a stored one: use its row, never encode twice
@@ -246,7 +247,7 @@ class App:
         """The k gallery images closest to an example image (the example is not stored)."""
         data, name = self._read(image)
         k = self._k(k)
-        feature = self.encoder.encode_images([decode_image(data, name)])[0]  # [D]
+        feature = self.encoder.encode_images([decode_image(data, name, min_side=self.encoder.decode_min_side)])[0]
         return self._search(feature, k, min_score)
 
     def _search(self, feature: torch.Tensor, k: int, min_score: float | None) -> SearchResult:

@@ -1,0 +1,203 @@
+"""Performance figures of the image side: the model's own forward passes (the reference), indexing throughput of
+the real pipeline against them, and classify latency."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..classify import ClassifierCache, parse_labels, rank
+from ..images import decode_image, draft_size, read_bytes
+from ..model import ClipEncoder
+from ..prompts import SINGLE_TEMPLATE, imagenet_templates
+from . import perf_product
+from .perf_setup import QUERIES, label_set
+from .perf_stats import Results
+from .timing import _sync
+
+log = logging.getLogger(__name__)
+
+
+# ---- the reference: the model's own forward passes ----------------------------------------------------------
+def image_forward(encoder: ClipEncoder, batch: int) -> Callable[[], None]:
+    """One forward pass of the bare image tower on random pixels [batch, 3, R, R] (no decode, no preprocess)."""
+    r = encoder.input_resolution
+    pixels = torch.randn(batch, 3, r, r).to(encoder.device, dtype=encoder.dtype)
+
+    def run() -> None:
+        with torch.inference_mode():
+            encoder.model.encode_image(pixels)
+        _sync()
+
+    return run
+
+
+def text_forward(encoder: ClipEncoder, text: str = QUERIES[0]) -> Callable[[], None]:
+    """One forward pass of the bare text tower on one tokenised text, as CLIP defines it (77-token context)."""
+    import clip
+
+    tokens = clip.tokenize([text], truncate=True).to(encoder.device)
+
+    def run() -> None:
+        with torch.inference_mode():
+            encoder.model.encode_text(tokens)
+        _sync()
+
+    return run
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of fn takes (CUDA work synchronised)."""
+    _sync()
+    start = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - start
+
+
+def measure_forward(encoder: ClipEncoder, batch: int, repeats: int, results: Results) -> None:
+    """forward.image.1, forward.image.B (per batch and images/s) and forward.text.1."""
+    one, many, text = image_forward(encoder, 1), image_forward(encoder, batch), text_forward(encoder)
+    for fn in (one, many, text):
+        fn()  # warm-up
+    singles, batches, texts = [], [], []
+    for _ in range(repeats):
+        singles.append(timed(one))
+        batches.append(timed(many))
+        texts.append(timed(text))
+    results.add("forward.image.1", "image forward pass, 1 image", "s", singles)
+    results.add(f"forward.image.{batch}", f"image forward pass, batch of {batch}", "s", batches)
+    results.add(f"forward.image.{batch}.rate", f"image forward pass, batch of {batch}", "img/s",
+                [batch / s for s in batches])
+    results.add("forward.text.1", "text forward pass, 1 text (77-token context)", "s", texts)
+
+
+# ---- indexing -----------------------------------------------------------------------------------------------
+def decode_encode(encoder: ClipEncoder, paths: Sequence[Path], batch: int, min_side: int | None) -> torch.Tensor:
+    """The encoding path without the library: read, decode, preprocess, encode, batch by batch -> [N, D]."""
+    rows = []
+    for start in range(0, len(paths), batch):
+        images = [decode_image(*read_bytes(p), min_side=min_side) for p in paths[start:start + batch]]
+        rows.append(encoder.encode_images(images, batch_size=batch))
+    return torch.cat(rows)
+
+
+def measure_indexing(encoder: ClipEncoder, photos: dict[str, list[Path]], batch: int, repeats: int,
+                     results: Results, workdir: Path) -> None:
+    """index.<set>.*: images/s of each pipeline and its ratio to the bare forward pass over as many images.
+
+    The files go in chunks of `batch`; for each chunk the bare forward pass is timed right before the pipelines,
+    so that every ratio compares runs a few seconds apart (the machine's load changes slowly). The library
+    pipeline adds chunk after chunk to a fresh library (one add call, hence one save, per chunk).
+    """
+    has_library = perf_product.library_module() is not None
+    min_side = encoder.decode_min_side
+    forwards: dict[int, Callable[[], None]] = {}
+    for name, paths in photos.items():
+        chunks = [paths[i:i + batch] for i in range(0, len(paths), batch)]
+        variants: dict[str, Callable[[list[Path], Any], None]] = {
+            "decode_encode": lambda chunk, library: decode_encode(encoder, chunk, batch, None),
+        }
+        if min_side and draft_size(_image_size(paths[0]), min_side) is not None:  # else the same as above
+            variants["decode_encode_draft"] = lambda chunk, library: decode_encode(encoder, chunk, batch, min_side)
+        if has_library:
+            variants["library_add"] = lambda chunk, library: _add_all(library, chunk)
+        seconds: dict[str, list[float]] = {v: [] for v in variants}
+        ratios: dict[str, list[float]] = {v: [] for v in variants}
+        warm = _fresh_library(workdir / f"index-{name}-warm-up", encoder, batch) if has_library else None
+        for run in variants.values():
+            run(chunks[0], warm)  # warm-up, and a check that each pipeline works
+        for r in range(repeats):
+            library = _fresh_library(workdir / f"index-{name}-{r}", encoder, batch) if has_library else None
+            for chunk in chunks:
+                forward = forwards.setdefault(len(chunk), image_forward(encoder, len(chunk)))
+                reference = timed(forward)
+                for variant, run in variants.items():
+                    took = timed(lambda run=run, chunk=chunk, library=library: run(chunk, library))
+                    seconds[variant].append(len(chunk) / took)
+                    ratios[variant].append(reference / took)
+        size = "x".join(str(v) for v in _image_size(paths[0]))
+        for variant in variants:
+            what = {"decode_encode": "files -> decode -> preprocess -> encode",
+                    "decode_encode_draft": f"same, JPEG decoded at reduced scale (shorter side >= {min_side})",
+                    "library_add": "FeatureLibrary.add (hash, decode, encode, store, save)"}[variant]
+            results.add(f"index.{name}.{variant}.rate", f"indexing {size} JPEGs: {what}", "img/s", seconds[variant])
+            results.add(f"index.{name}.{variant}.ratio", f"indexing {size}: {variant} / forward pass", "x",
+                        ratios[variant])
+        results.facts[f"index.{name}.file_bytes"] = paths[0].stat().st_size
+        results.facts[f"index.{name}.images"] = len(paths)
+    if not has_library:
+        results.pending["index.library_add"] = "clip_app.library is not in this build: FeatureLibrary.add not timed"
+
+
+def _fresh_library(folder: Path, encoder: ClipEncoder, batch: int) -> Any:
+    shutil.rmtree(folder, ignore_errors=True)
+    return perf_product.open_library(folder, encoder, batch)
+
+
+def _add_all(library: Any, paths: list[Path]) -> None:
+    report = library.add(paths)
+    if len(report.added) != len(paths):
+        raise RuntimeError(f"library add: {report.summary()}")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+# ---- classify -----------------------------------------------------------------------------------------------
+def classify_bytes(encoder: ClipEncoder, cache: ClassifierCache, data: bytes, labels: Sequence[str],
+                   templates: Sequence[str]) -> list:
+    """The classify path without the App (used when clip_app.service is not in the build): the same steps."""
+    picture = decode_image(data, "photo.jpg", min_side=encoder.decode_min_side)
+    feature = encoder.encode_images([picture])[0]
+    label_list = parse_labels(list(labels))
+    return rank(label_list, feature, cache.get(encoder, label_list, tuple(templates)))
+
+
+def measure_classify(encoder: ClipEncoder, photo: Path, repeats: int, results: Results, workdir: Path,
+                     batch: int) -> None:
+    """classify.*: one 640x480 JPEG against a cached label set (ratio to one image forward pass), and the first
+    call with a new label set (single template and the 80-template ensemble)."""
+    data = photo.read_bytes()
+    forward = image_forward(encoder, 1)
+    if perf_product.service_module() is not None:
+        app = perf_product.make_app(workdir / "classify-app", encoder, batch)
+        path = "App.classify(save=False)"
+
+        def classify(labels: Sequence[str], ensemble: bool) -> object:
+            return app.classify(data, list(labels), "ensemble" if ensemble else "single", save=False)
+    else:
+        cache = ClassifierCache()
+        path = "decode + encode + cached classifier + rank (no App in this build)"
+        results.pending["classify.app"] = "clip_app.service is not in this build: timed the same steps without App"
+
+        def classify(labels: Sequence[str], ensemble: bool) -> object:
+            return classify_bytes(encoder, cache, data, labels, imagenet_templates() if ensemble else
+                                  (SINGLE_TEMPLATE,))
+
+    cached = label_set(0)
+    classify(cached, True)  # builds and caches the classifier: every timed call below is a cache hit
+    forward()
+    latencies, ratios = [], []
+    for _ in range(repeats):
+        reference = timed(forward)
+        took = timed(lambda: classify(cached, True))
+        latencies.append(took)
+        ratios.append(took / reference)
+    results.add("classify.cached", f"classify 640x480 JPEG, cached 10-label set: {path}", "s", latencies)
+    results.add("classify.cached.ratio", "classify (cached labels) / one image forward pass", "x", ratios)
+    first_single = [timed(lambda r=r: classify(label_set(1000 + r), False)) for r in range(repeats)]
+    results.add("classify.first.single", "classify, first call, new 10 labels x 1 template", "s", first_single)
+    first_ensemble = [timed(lambda r=r: classify(label_set(2000 + r), True)) for r in range(max(1, repeats - 1))]
+    results.add("classify.first.ensemble", "classify, first call, new 10 labels x 80 templates", "s",
+                first_ensemble)
+    results.facts["classify.file_bytes"] = len(data)
