@@ -1,9 +1,12 @@
-"""The shared batched file encoder of the benchmarks."""
+"""The shared batched file encoder of the benchmarks and its feature cache."""
+
+import os
+import threading
 
 import pytest
 import torch
 
-from clip_app.bench.features import encode_image_files
+from clip_app.bench.features import FeatureCache, encode_image_files
 from clip_app.bench.timing import StageTimer
 from clip_app.images import ImageError
 from tests.fakes import COLOUR_NAMES, solid_image
@@ -35,3 +38,53 @@ def test_an_unreadable_file_raises_image_error_naming_it(tmp_path, colour_encode
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(ImageError, match="broken.jpg: "):
         encode_image_files(colour_encoder, [*paths, broken], batch_size=2, workers=workers, progress=False)
+
+
+def test_concurrent_saves_of_one_key_leave_one_valid_entry_and_no_temp_files(tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path / "cache")
+    real_save = torch.save
+    both_written = threading.Barrier(2, timeout=20)
+
+    def save_then_wait(obj, f, *args, **kwargs):  # both runs have written their temp file before either renames
+        real_save(obj, f, *args, **kwargs)
+        both_written.wait()
+
+    monkeypatch.setattr(torch, "save", save_then_wait)
+    candidates = [torch.full((3, 4), 1.0), torch.full((3, 4), 2.0)]
+    errors: list[BaseException] = []
+
+    def run(features):
+        try:
+            cache.save("images", "k", features, {"value": float(features[0, 0])})
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f,)) for f in candidates]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.path("images", "k").name]
+    features, meta = cache.load_entry("images", "k")
+    assert any(torch.equal(features, c) for c in candidates) and meta["value"] == float(features[0, 0])
+
+
+def test_a_failed_save_leaves_no_temp_file_and_keeps_the_old_entry(tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path)
+    old = torch.ones(2, 3)
+    cache.save("images", "k", old)
+
+    def fail_half_way(obj, f, *args, **kwargs):
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "wb") as handle:
+                handle.write(b"partial")
+        else:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", fail_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        cache.save("images", "k", torch.zeros(2, 3))
+    assert [p.name for p in tmp_path.iterdir()] == [cache.path("images", "k").name]
+    assert torch.equal(cache.load("images", "k"), old)

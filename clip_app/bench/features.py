@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -128,9 +129,20 @@ class FeatureCache:
             return None
 
     def save(self, name: str, key: str, features: torch.Tensor, meta: dict | None = None) -> Path:
+        """Store features [N, D] (+ meta) atomically: a temp file of this call only, fsync'd, then renamed.
+
+        Runs sharing the folder never write into each other's temp file; the last rename wins, and a failed
+        save leaves no temp file behind."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(name, key)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"features": features.contiguous(), "meta": json.dumps(meta or {})}, tmp)
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+        try:
+            with open(tmp, "xb") as handle:
+                torch.save({"features": features.contiguous(), "meta": json.dumps(meta or {})}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
