@@ -6,10 +6,16 @@ import threading
 import pytest
 import torch
 
-from clip_app.bench.features import FeatureCache, encode_image_files
+from clip_app.bench.features import (
+    FeatureCache,
+    cached_image_features,
+    encode_image_files,
+    image_features_key,
+    text_features_key,
+)
 from clip_app.bench.timing import StageTimer
 from clip_app.images import ImageError
-from tests.fakes import COLOUR_NAMES, solid_image
+from tests.fakes import COLOUR_NAMES, color_encoder, solid_image
 
 
 def write_images(folder, names):
@@ -88,3 +94,37 @@ def test_a_failed_save_leaves_no_temp_file_and_keeps_the_old_entry(tmp_path, mon
         cache.save("images", "k", torch.zeros(2, 3))
     assert [p.name for p in tmp_path.iterdir()] == [cache.path("images", "k").name]
     assert torch.equal(cache.load("images", "k"), old)
+
+
+def test_cached_image_features_reads_back_what_it_encoded_with_its_seconds(tmp_path, colour_encoder):
+    paths = write_images(tmp_path, COLOUR_NAMES[:3])
+    cache = FeatureCache(tmp_path / "cache")
+    timer = StageTimer()
+    first = cached_image_features(colour_encoder, paths, cache, label="x", batch_size=2, workers=0, timer=timer,
+                                  progress=False, meta={"note": "n"})
+    assert not first.cached and set(first.seconds) == {"data_loading", "image_encoding"}
+    assert timer.as_dict() == first.seconds
+    (entry,) = (tmp_path / "cache").iterdir()
+    assert entry.name.startswith("x-")
+    assert cache.load_entry("x", entry.stem[2:])[1]["note"] == "n"
+
+    timer = StageTimer()
+    second = cached_image_features(color_encoder(), paths, cache, label="x", workers=0, timer=timer, progress=False)
+    assert second.cached and second.seconds == first.seconds and timer.as_dict() == {}
+    torch.testing.assert_close(second.features, first.features)
+    assert not cached_image_features(colour_encoder, paths, None, workers=0, progress=False).cached
+
+
+def test_feature_keys_depend_on_model_precision_files_and_strings(tmp_path, monkeypatch):
+    paths = write_images(tmp_path, ["red", "blue"])
+    fp32, other, fp16 = color_encoder(), color_encoder(), color_encoder()
+    monkeypatch.setattr(other, "identity", "another-model")
+    monkeypatch.setattr(fp16, "dtype", torch.float16)
+    assert image_features_key(fp32, paths) == image_features_key(color_encoder(), paths)
+    keys = {image_features_key(e, paths) for e in (fp32, other, fp16)} | {image_features_key(fp32, paths[:1])}
+    assert len(keys) == 4
+    texts = ["a red thing", "a blue thing"]
+    base = text_features_key(fp32, texts, "p")
+    others = {text_features_key(other, texts, "p"), text_features_key(fp16, texts, "p"),
+              text_features_key(fp32, texts[::-1], "p"), text_features_key(fp32, texts, "q")}
+    assert base == text_features_key(color_encoder(), texts, "p") and base not in others and len(others) == 4

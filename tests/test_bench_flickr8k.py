@@ -13,11 +13,13 @@ import torch
 
 from clip_app.bench.__main__ import main
 from clip_app.bench.features import encode_image_files
-from clip_app.bench.flickr8k import Flickr8kOptions, evaluate
+from clip_app.bench.flickr8k import Flickr8kOptions, caption_features, evaluate, image_features
 from clip_app.bench.flickr8k_data import load_flickr8k
 from clip_app.bench.flickr8k_report import reference_for
 from clip_app.bench.report import model_slug
 from clip_app.bench.retrieval import image_to_text_ranks, text_to_image_ranks
+from clip_app.bench.timing import StageTimer
+from tests.fakes import color_encoder
 from tests.flickr8k_helpers import KNOWN_CAPTIONS, LAYOUTS, known_flickr8k
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,3 +134,36 @@ def test_text_cache_key_depends_on_model_texts_order_and_prefix() -> None:
     others = {text_cache_key("n", ["a", "b"], "p"), text_cache_key("m", ["b", "a"], "p"),
               text_cache_key("m", ["a", "b"], "q"), text_cache_key("m", ["ab"], "p"), text_cache_key("m", ["a"], "p")}
     assert base not in others and len(others) == 5
+
+
+def _as_fp16_run(encoder, monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:
+    """The same model as it reports itself on a GPU (dtype float16), its encoders stubbed: returns their row."""
+    row = torch.nn.functional.normalize(torch.arange(1.0, encoder.dim + 1), dim=0)
+    monkeypatch.setattr(encoder, "dtype", torch.float16)
+    monkeypatch.setattr(encoder, "encode_pixels", lambda pixels: row.repeat(len(pixels), 1))
+    monkeypatch.setattr(encoder, "encode_texts", lambda texts: row.repeat(len(texts), 1))
+    return row
+
+
+def test_features_cached_at_another_precision_are_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = load_flickr8k(known_flickr8k(tmp_path / "d", "original"), "test")
+    options = Flickr8kOptions(out=tmp_path / "out", batch_size=4, workers=0, progress=False)
+    captions = list(data.captions)
+    fp32_images, state = image_features(color_encoder(), data, options, StageTimer())
+    fp32_texts, text_state = caption_features(color_encoder(), captions, "", options, StageTimer())
+    assert (state, text_state) == ("miss", "miss")
+    again = color_encoder()  # same model and precision: both read from the cache
+    assert image_features(again, data, options, StageTimer())[1] == "hit"
+    assert caption_features(again, captions, "", options, StageTimer())[1] == "hit"
+
+    fp16 = color_encoder()
+    row = _as_fp16_run(fp16, monkeypatch)
+    timer = StageTimer()
+    images, state = image_features(fp16, data, options, timer)
+    texts, text_state = caption_features(fp16, captions, "", options, timer)
+    assert (state, text_state) == ("miss", "miss")
+    assert torch.equal(images, row.repeat(data.n_images, 1)) and torch.equal(texts, row.repeat(len(captions), 1))
+    assert {"image_encoding", "data_loading", "text_encoding"} <= set(timer.as_dict())
+    # and the fp32 entries are still there for the fp32 model
+    assert torch.equal(image_features(color_encoder(), data, options, StageTimer())[0], fp32_images)
+    assert torch.equal(caption_features(color_encoder(), captions, "", options, StageTimer())[0], fp32_texts)
