@@ -128,3 +128,15 @@ def test_feature_keys_depend_on_model_precision_files_and_strings(tmp_path, monk
     others = {text_features_key(other, texts, "p"), text_features_key(fp16, texts, "p"),
               text_features_key(fp32, texts[::-1], "p"), text_features_key(fp32, texts, "q")}
     assert base == text_features_key(color_encoder(), texts, "p") and base not in others and len(others) == 4
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(16, 8), (3, 3), (None, 1)])
+def test_every_benchmark_defaults_to_the_same_workers(monkeypatch, cpus, expected):
+    from clip_app.bench.__main__ import build_parser
+    from clip_app.bench.features import default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    assert default_workers() == expected
+    parser, _ = build_parser()
+    for benchmark in ("imagenet", "flickr8k"):
+        assert parser.parse_args([benchmark, "--root", "data"]).workers == expected, benchmark

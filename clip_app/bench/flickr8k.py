@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from tqdm import tqdm
 from ..config import Settings
 from ..images import ImageError
 from ..model import ClipEncoder, ModelLoadError
-from .features import FeatureCache, cached_image_features, text_features_key
+from .features import MAX_DEFAULT_WORKERS, FeatureCache, cached_image_features, default_workers, text_features_key
 from .flickr8k_analysis import GALLERY_SIZES, gallery_size_curve, pick_examples, recall_by_length
 from .flickr8k_data import SPLITS, DatasetError, Flickr8k, load_flickr8k
 from .flickr8k_plots import (
@@ -208,8 +207,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", action="append", help="text put before every caption; repeat to compare several; "
                         "the first is the headline [default: '' and 'a photo of ']")
     parser.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass [default 64]")
-    parser.add_argument("--workers", type=_non_negative, default=min(4, os.cpu_count() or 1),
-                        help="image decoding processes [default min(4, CPUs)]")
+    parser.add_argument("--workers", type=_non_negative, default=default_workers(),
+                        help=f"image decoding processes [default: CPU count, at most {MAX_DEFAULT_WORKERS}]")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
     parser.add_argument("--model-dir", help="where model weights are downloaded [env CLIP_APP_MODEL_DIR]")
     parser.add_argument("--out", default="results", help="folder for the JSON, Markdown and PNG files [results/]")
