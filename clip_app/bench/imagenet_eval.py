@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from ..classify import LOGIT_SCALE, build_classifier
+from ..classify import build_classifier, cosines, probabilities
 from ..model import ClipEncoder
 from ..prompts import SINGLE_TEMPLATE, imagenet_classnames, imagenet_templates
 from .features import FeatureCache, cached_image_features, text_features_key
@@ -139,9 +139,9 @@ def text_classifier(encoder: ClipEncoder, names: Sequence[str], templates: Seque
 def score_mode(features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> tuple[dict, torch.Tensor,
                                                                                                 torch.Tensor]:
     """Metrics and top-5 (classes, probabilities) of image features [N, D] against class weights [D, C]."""
-    cos = features.float() @ weights.float()  # [N, C]
+    cos = cosines(features, weights)  # [N, C]
     metrics = classification_metrics(cos, labels)
-    probs = (LOGIT_SCALE * cos).softmax(dim=1)
+    probs = probabilities(cos)  # softmax over the classes of LOGIT_SCALE * cos
     best = torch.topk(probs, min(TOP_K, probs.shape[1]), dim=1)
     return metrics, best.indices, best.values
 
