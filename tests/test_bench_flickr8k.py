@@ -15,6 +15,7 @@ from clip_app.bench.__main__ import main
 from clip_app.bench.features import encode_image_files
 from clip_app.bench.flickr8k import Flickr8kOptions, caption_features, evaluate, image_features
 from clip_app.bench.flickr8k_data import load_flickr8k
+from clip_app.bench.flickr8k_plots import image_to_text_rows, text_to_image_rows
 from clip_app.bench.flickr8k_report import reference_for
 from clip_app.bench.report import model_slug
 from clip_app.bench.retrieval import image_to_text_ranks, text_to_image_ranks
@@ -167,3 +168,16 @@ def test_features_cached_at_another_precision_are_not_reused(tmp_path: Path, mon
     # and the fp32 entries are still there for the fp32 model
     assert torch.equal(image_features(color_encoder(), data, options, StageTimer())[0], fp32_images)
     assert torch.equal(caption_features(color_encoder(), captions, "", options, StageTimer())[0], fp32_texts)
+
+
+def test_grid_rows_show_the_ranks_the_metrics_count(tmp_path: Path, colour_encoder) -> None:
+    data = load_flickr8k(known_flickr8k(tmp_path / "d", "original"), "test")
+    images = encode_image_files(colour_encoder, data.image_paths, batch_size=4, workers=0, progress=False)
+    texts = colour_encoder.encode_texts(list(data.captions))  # an image's two captions tie: same colour word
+    rows = text_to_image_rows(data, texts, images, range(data.n_captions), "q")
+    assert [[p.correct for p in row.results].index(True) + 1 for row in rows] == EXPECTED_T2I
+    assert all(row.extra is None and len(row.results) == 5 for row in rows)
+    rows = image_to_text_rows(data, images, texts, range(data.n_images), "q")
+    assert [[p.correct for p in row.results].index(True) + 1 for row in rows] == EXPECTED_I2T
+    # red.jpg's top caption is its second one ("a red ball ..."), not the purple one
+    assert rows[0].results[0].content == data.captions[1] and rows[0].results[0].correct
