@@ -181,3 +181,37 @@ def test_grid_rows_show_the_ranks_the_metrics_count(tmp_path: Path, colour_encod
     assert [[p.correct for p in row.results].index(True) + 1 for row in rows] == EXPECTED_I2T
     # red.jpg's top caption is its second one ("a red ball ..."), not the purple one
     assert rows[0].results[0].content == data.captions[1] and rows[0].results[0].correct
+
+
+def _hand_made_result(model: str, reference: dict | None) -> dict:
+    t2i = {"R@1": 0.91666, "R@5": 1.0, "R@10": 1.0, "median_rank": 2.5}
+    i2t = {"R@1": 0.5, "R@5": 0.75, "R@10": 1.0, "median_rank": 1.0}
+    return {"model": model, "split": "test", "layout": "original", "split_source": "split.txt", "n_images": 6,
+            "n_captions": 12, "device": "cpu", "prefix": "", "text_to_image": t2i, "image_to_text": i2t,
+            "reference": reference, "prefixes": [{"prefix": "", "text_to_image": t2i, "image_to_text": i2t},
+                                                 {"prefix": "a | b ", "text_to_image": t2i, "image_to_text": i2t}],
+            "gallery_size": [{"size": 3, "subsets": 2, "text_to_image": t2i, "image_to_text": i2t,
+                              "text_to_image_std": {"R@1": 0.1234, "R@5": 0.0, "R@10": 0.0},
+                              "image_to_text_std": {"R@1": 0.0, "R@5": 0.0, "R@10": 0.0}}],
+            "caption_length": [{"words": "1-6", "n_captions": 12, "R@1": 0.91666, "R@5": 1.0, "R@10": 1.0}],
+            "timings": {"image_encoding": 1.23456, "total": 2.0}, "images_per_second": 4.86,
+            "cache": {"images": "miss", "texts": {"": "miss"}}, "figures": {}}
+
+
+def test_markdown_report_tables_hold_the_numbers() -> None:
+    from clip_app.bench.flickr8k_report import markdown_report, summary_markdown
+    from clip_app.bench.report import MISSING
+
+    lines = markdown_report(_hand_made_result("m", {"text_to_image": 0.8054, "image_to_text": 0.914})).splitlines()
+    assert "| text \u2192 image | 0.9167 | 1.0000 | 1.0000 | 2.5 | 0.8054 |" in lines
+    assert "| image \u2192 text | 0.5000 | 0.7500 | 1.0000 | 1 | 0.9140 |" in lines
+    assert "|---|---:|---:|---:|---:|---:|" in lines  # the shared table writer: numbers right-aligned
+    assert "| `'a \\| b '` | 0.9167 | 1.0000 | 1.0000 | 0.5000 | 0.7500 | 1.0000 | 2.5 | 1 |" in lines
+    assert ("| 3 | 2 | 0.917 \u00b1 0.123 | 1.000 \u00b1 0.000 | 1.000 \u00b1 0.000 | 0.500 \u00b1 0.000 "
+            "| 0.750 \u00b1 0.000 | 1.000 \u00b1 0.000 |") in lines
+    assert "| 1-6 | 12 | 0.9167 | 1.0000 | 1.0000 |" in lines
+    assert "| image_encoding | 1.235 |" in lines and "| total | 2.000 |" in lines
+    summary = summary_markdown([_hand_made_result("m", {"text_to_image": 0.8054, "image_to_text": 0.914}),
+                                _hand_made_result("n", None)]).splitlines()
+    assert "| m | `''` | 0.9167 | 1.0000 | 0.8054 | 1.0000 | 0.5000 | 0.7500 | 0.9140 | 1.0000 |" in summary
+    assert f"| n | `''` | 0.9167 | 1.0000 | {MISSING} | 1.0000 | 0.5000 | 0.7500 | {MISSING} | 1.0000 |" in summary
