@@ -13,11 +13,14 @@ import torch
 
 from clip_app.bench.__main__ import main
 from clip_app.bench.features import encode_image_files
-from clip_app.bench.flickr8k import Flickr8kOptions, evaluate
+from clip_app.bench.flickr8k import Flickr8kOptions, caption_features, evaluate, image_features
 from clip_app.bench.flickr8k_data import load_flickr8k
+from clip_app.bench.flickr8k_plots import image_to_text_rows, text_to_image_rows
 from clip_app.bench.flickr8k_report import reference_for
 from clip_app.bench.report import model_slug
 from clip_app.bench.retrieval import image_to_text_ranks, text_to_image_ranks
+from clip_app.bench.timing import StageTimer
+from tests.fakes import color_encoder
 from tests.flickr8k_helpers import KNOWN_CAPTIONS, LAYOUTS, known_flickr8k
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,3 +135,83 @@ def test_text_cache_key_depends_on_model_texts_order_and_prefix() -> None:
     others = {text_cache_key("n", ["a", "b"], "p"), text_cache_key("m", ["b", "a"], "p"),
               text_cache_key("m", ["a", "b"], "q"), text_cache_key("m", ["ab"], "p"), text_cache_key("m", ["a"], "p")}
     assert base not in others and len(others) == 5
+
+
+def _as_fp16_run(encoder, monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:
+    """The same model as it reports itself on a GPU (dtype float16), its encoders stubbed: returns their row."""
+    row = torch.nn.functional.normalize(torch.arange(1.0, encoder.dim + 1), dim=0)
+    monkeypatch.setattr(encoder, "dtype", torch.float16)
+    monkeypatch.setattr(encoder, "encode_pixels", lambda pixels: row.repeat(len(pixels), 1))
+    monkeypatch.setattr(encoder, "encode_texts", lambda texts: row.repeat(len(texts), 1))
+    return row
+
+
+def test_features_cached_at_another_precision_are_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = load_flickr8k(known_flickr8k(tmp_path / "d", "original"), "test")
+    options = Flickr8kOptions(out=tmp_path / "out", batch_size=4, workers=0, progress=False)
+    captions = list(data.captions)
+    fp32_images, state = image_features(color_encoder(), data, options, StageTimer())
+    fp32_texts, text_state = caption_features(color_encoder(), captions, "", options, StageTimer())
+    assert (state, text_state) == ("miss", "miss")
+    again = color_encoder()  # same model and precision: both read from the cache
+    assert image_features(again, data, options, StageTimer())[1] == "hit"
+    assert caption_features(again, captions, "", options, StageTimer())[1] == "hit"
+
+    fp16 = color_encoder()
+    row = _as_fp16_run(fp16, monkeypatch)
+    timer = StageTimer()
+    images, state = image_features(fp16, data, options, timer)
+    texts, text_state = caption_features(fp16, captions, "", options, timer)
+    assert (state, text_state) == ("miss", "miss")
+    assert torch.equal(images, row.repeat(data.n_images, 1)) and torch.equal(texts, row.repeat(len(captions), 1))
+    assert {"image_encoding", "data_loading", "text_encoding"} <= set(timer.as_dict())
+    # and the fp32 entries are still there for the fp32 model
+    assert torch.equal(image_features(color_encoder(), data, options, StageTimer())[0], fp32_images)
+    assert torch.equal(caption_features(color_encoder(), captions, "", options, StageTimer())[0], fp32_texts)
+
+
+def test_grid_rows_show_the_ranks_the_metrics_count(tmp_path: Path, colour_encoder) -> None:
+    data = load_flickr8k(known_flickr8k(tmp_path / "d", "original"), "test")
+    images = encode_image_files(colour_encoder, data.image_paths, batch_size=4, workers=0, progress=False)
+    texts = colour_encoder.encode_texts(list(data.captions))  # an image's two captions tie: same colour word
+    rows = text_to_image_rows(data, texts, images, range(data.n_captions), "q")
+    assert [[p.correct for p in row.results].index(True) + 1 for row in rows] == EXPECTED_T2I
+    assert all(row.extra is None and len(row.results) == 5 for row in rows)
+    rows = image_to_text_rows(data, images, texts, range(data.n_images), "q")
+    assert [[p.correct for p in row.results].index(True) + 1 for row in rows] == EXPECTED_I2T
+    # red.jpg's top caption is its second one ("a red ball ..."), not the purple one
+    assert rows[0].results[0].content == data.captions[1] and rows[0].results[0].correct
+
+
+def _hand_made_result(model: str, reference: dict | None) -> dict:
+    t2i = {"R@1": 0.91666, "R@5": 1.0, "R@10": 1.0, "median_rank": 2.5}
+    i2t = {"R@1": 0.5, "R@5": 0.75, "R@10": 1.0, "median_rank": 1.0}
+    return {"model": model, "split": "test", "layout": "original", "split_source": "split.txt", "n_images": 6,
+            "n_captions": 12, "device": "cpu", "prefix": "", "text_to_image": t2i, "image_to_text": i2t,
+            "reference": reference, "prefixes": [{"prefix": "", "text_to_image": t2i, "image_to_text": i2t},
+                                                 {"prefix": "a | b ", "text_to_image": t2i, "image_to_text": i2t}],
+            "gallery_size": [{"size": 3, "subsets": 2, "text_to_image": t2i, "image_to_text": i2t,
+                              "text_to_image_std": {"R@1": 0.1234, "R@5": 0.0, "R@10": 0.0},
+                              "image_to_text_std": {"R@1": 0.0, "R@5": 0.0, "R@10": 0.0}}],
+            "caption_length": [{"words": "1-6", "n_captions": 12, "R@1": 0.91666, "R@5": 1.0, "R@10": 1.0}],
+            "timings": {"image_encoding": 1.23456, "total": 2.0}, "images_per_second": 4.86,
+            "cache": {"images": "miss", "texts": {"": "miss"}}, "figures": {}}
+
+
+def test_markdown_report_tables_hold_the_numbers() -> None:
+    from clip_app.bench.flickr8k_report import markdown_report, summary_markdown
+    from clip_app.bench.report import MISSING
+
+    lines = markdown_report(_hand_made_result("m", {"text_to_image": 0.8054, "image_to_text": 0.914})).splitlines()
+    assert "| text \u2192 image | 0.9167 | 1.0000 | 1.0000 | 2.5 | 0.8054 |" in lines
+    assert "| image \u2192 text | 0.5000 | 0.7500 | 1.0000 | 1 | 0.9140 |" in lines
+    assert "|---|---:|---:|---:|---:|---:|" in lines  # the shared table writer: numbers right-aligned
+    assert "| `'a \\| b '` | 0.9167 | 1.0000 | 1.0000 | 0.5000 | 0.7500 | 1.0000 | 2.5 | 1 |" in lines
+    assert ("| 3 | 2 | 0.917 \u00b1 0.123 | 1.000 \u00b1 0.000 | 1.000 \u00b1 0.000 | 0.500 \u00b1 0.000 "
+            "| 0.750 \u00b1 0.000 | 1.000 \u00b1 0.000 |") in lines
+    assert "| 1-6 | 12 | 0.9167 | 1.0000 | 1.0000 |" in lines
+    assert "| image_encoding | 1.235 |" in lines and "| total | 2.000 |" in lines
+    summary = summary_markdown([_hand_made_result("m", {"text_to_image": 0.8054, "image_to_text": 0.914}),
+                                _hand_made_result("n", None)]).splitlines()
+    assert "| m | `''` | 0.9167 | 1.0000 | 0.8054 | 1.0000 | 0.5000 | 0.7500 | 0.9140 | 1.0000 |" in summary
+    assert f"| n | `''` | 0.9167 | 1.0000 | {MISSING} | 1.0000 | 0.5000 | 0.7500 | {MISSING} | 1.0000 |" in summary

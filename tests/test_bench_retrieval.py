@@ -9,11 +9,11 @@ from clip_app.bench.flickr8k_analysis import gallery_size_curve, pick_examples, 
 from clip_app.bench.retrieval import (
     image_to_text_ranks,
     median_rank,
+    rank_gallery,
     recall_at_k,
     retrieval_metrics,
     subset_captions,
     text_to_image_ranks,
-    top_indices,
 )
 
 # 3 images, 5 captions; with identity image features the score of caption t and image i is SCORES[t, i]
@@ -51,6 +51,27 @@ def test_image_to_text_ties_put_a_lower_index_negative_first() -> None:
     assert ranks.tolist() == [1, 2]
 
 
+def test_rank_gallery_puts_ties_at_the_lower_index_as_the_ranks_do() -> None:
+    order, scores = rank_gallery(torch.tensor([1.0]), torch.tensor([[0.5], [0.9], [0.5], [0.9], [0.1]]))
+    assert order.tolist() == [1, 3, 0, 2, 4] and scores.tolist() == pytest.approx([0.5, 0.9, 0.5, 0.9, 0.1])
+    ranks = text_to_image_ranks(SCORES, IMAGES, OWNER)
+    for t in range(len(SCORES)):  # where the grids show a caption's image is the rank the metrics count
+        order, _ = rank_gallery(SCORES[t], IMAGES)
+        assert order.tolist().index(int(OWNER[t])) + 1 == ranks[t]
+    # 300 rows of 4 kinds (exact scores 1, .5, .75, .25): mostly ties
+    kinds = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    gallery = kinds[torch.randint(0, 4, (300,), generator=torch.Generator().manual_seed(2))]
+    query = torch.tensor([1.0, 0.5, 0.25])
+    order, scores = rank_gallery(query, gallery)
+    ordered = scores[order]
+    tie = ordered[:-1] == ordered[1:]
+    assert int(tie.sum()) == 296 and bool((ordered[:-1] >= ordered[1:]).all())
+    assert bool((order[:-1][tie] < order[1:][tie]).all())
+    expected = torch.empty(300, dtype=torch.long)
+    expected[order] = torch.arange(1, 301)
+    assert torch.equal(text_to_image_ranks(query.repeat(300, 1), gallery, torch.arange(300)), expected)
+
+
 def test_recall_and_median() -> None:
     ranks = torch.tensor([1, 3, 2, 2, 1])
     assert recall_at_k(ranks, (1, 2, 5)) == {"R@1": pytest.approx(0.4), "R@2": pytest.approx(0.8), "R@5": 1.0}
@@ -78,7 +99,6 @@ def test_chunked_ranks_equal_a_full_stable_sort() -> None:
     order_i = torch.sort(-scores.T, dim=1, stable=True).indices  # [I, T]
     hit = owner[order_i] == torch.arange(40)[:, None]
     assert torch.equal(image_to_text_ranks(images, texts, owner), hit.float().argmax(dim=1) + 1)
-    assert top_indices(texts[0], images, 3) == order[0, :3].tolist()
 
 
 def test_subset_captions_reindexes() -> None:

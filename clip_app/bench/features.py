@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -19,6 +20,15 @@ from ..model import ClipEncoder
 from .timing import StageTimer
 
 log = logging.getLogger(__name__)
+
+
+#: most DataLoader workers by default: more seldom speeds up decoding 224 px crops and costs memory per process
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """The --workers default of every benchmark: the CPU count, at most MAX_DEFAULT_WORKERS."""
+    return max(0, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
 
 
 class ImageFiles(Dataset):
@@ -128,9 +138,72 @@ class FeatureCache:
             return None
 
     def save(self, name: str, key: str, features: torch.Tensor, meta: dict | None = None) -> Path:
+        """Store features [N, D] (+ meta) atomically: a temp file of this call only, fsync'd, then renamed.
+
+        Runs sharing the folder never write into each other's temp file; the last rename wins, and a failed
+        save leaves no temp file behind."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(name, key)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"features": features.contiguous(), "meta": json.dumps(meta or {})}, tmp)
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+        try:
+            with open(tmp, "xb") as handle:
+                torch.save({"features": features.contiguous(), "meta": json.dumps(meta or {})}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
+
+
+def image_features_key(encoder: ClipEncoder, paths: Sequence[Path]) -> str:
+    """The cache key of this model's image features of these files: model identity, precision (dtype) and every
+    file (path, size, mtime), so fp16 features of a GPU run are never reused by an fp32 run, nor the reverse."""
+    return cache_key(encoder.identity, paths, extra=f"images\0{encoder.dtype}")
+
+
+def text_features_key(encoder: ClipEncoder, texts: Sequence[str], purpose: str = "") -> str:
+    """The cache key of features computed from these exact strings (in order) by this model at its precision;
+    `purpose` tells apart different things computed from the same strings (a caption prefix, prompt templates)."""
+    return text_cache_key(encoder.identity, texts, extra=f"texts\0{encoder.dtype}\0{purpose}")
+
+
+class CachedFeatures(NamedTuple):
+    """Image features [N, D], the seconds of the run that encoded them, and whether they came from the cache."""
+
+    features: torch.Tensor
+    seconds: dict[str, float]  # 'data_loading' and 'image_encoding'
+    cached: bool
+
+
+IMAGE_STAGES = ("data_loading", "image_encoding")
+
+
+def cached_image_features(encoder: ClipEncoder, paths: Sequence[Path], cache: FeatureCache | None, *,
+                          label: str = "images", batch_size: int = 64, workers: int = 2,
+                          timer: StageTimer | None = None, desc: str = "encoding images", progress: bool = True,
+                          meta: dict | None = None) -> CachedFeatures:
+    """This model's unit image features [N, D] of these files: read from the cache (key: image_features_key), or
+    encoded with encode_image_files and saved under `label` (with `meta`). No cache: always encoded, never saved.
+
+    Only an encoding run adds its 'data_loading' / 'image_encoding' seconds to `timer`; a cache hit returns the
+    seconds stored by the run that encoded the features."""
+    key = image_features_key(encoder, paths)
+    if cache is not None:
+        entry = cache.load_entry(label, key)
+        if entry is not None and tuple(entry[0].shape) == (len(paths), encoder.dim):
+            log.info("image features of %d files read from %s", len(paths), cache.path(label, key))
+            return CachedFeatures(entry[0].float(), {k: float(entry[1].get(k, 0.0)) for k in IMAGE_STAGES}, True)
+    stages = StageTimer()
+    features = encode_image_files(encoder, paths, batch_size=batch_size, workers=workers, timer=stages, desc=desc,
+                                  progress=progress)
+    seconds = {k: stages.seconds.get(k, 0.0) for k in IMAGE_STAGES}
+    if timer is not None:
+        for stage, value in seconds.items():
+            timer.add(stage, value)
+    if cache is not None:
+        cache.save(label, key, features, {**seconds, "model": encoder.identity, "dtype": str(encoder.dtype),
+                                          "n_images": len(paths), "batch_size": batch_size, "workers": workers,
+                                          "device": str(encoder.device), **(meta or {})})
+    return CachedFeatures(features, seconds, False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from tqdm import tqdm
 from ..config import Settings
 from ..images import ImageError
 from ..model import ClipEncoder, ModelLoadError
-from .features import FeatureCache, cache_key, encode_image_files, text_cache_key
+from .features import MAX_DEFAULT_WORKERS, FeatureCache, cached_image_features, default_workers, text_features_key
 from .flickr8k_analysis import GALLERY_SIZES, gallery_size_curve, pick_examples, recall_by_length
 from .flickr8k_data import SPLITS, DatasetError, Flickr8k, load_flickr8k
 from .flickr8k_plots import (
@@ -68,22 +67,17 @@ class Flickr8kOptions:
 def image_features(encoder: ClipEncoder, data: Flickr8k, options: Flickr8kOptions,
                    timer: StageTimer) -> tuple[torch.Tensor, str]:
     """Unit features of the split's images [I, D], from the cache when the files and model are unchanged."""
-    paths = data.image_paths
-    key = cache_key(encoder.identity, paths, extra="flickr8k-images")
-    cached = options.cache.load("flickr8k-images", key)
-    if cached is not None and cached.shape == (len(paths), encoder.dim):
-        log.info("image features of %d images read from the cache", len(paths))
-        return cached.float(), "hit"
-    features = encode_image_files(encoder, paths, batch_size=options.batch_size, workers=options.workers,
-                                  timer=timer, desc=f"Flickr8k images ({encoder.name})", progress=options.progress)
-    options.cache.save("flickr8k-images", key, features, {"model": encoder.identity, "images": list(data.images)})
-    return features, "miss"
+    found = cached_image_features(encoder, data.image_paths, options.cache, label="flickr8k-images",
+                                  batch_size=options.batch_size, workers=options.workers, timer=timer,
+                                  desc=f"Flickr8k images ({encoder.name})", progress=options.progress,
+                                  meta={"images": list(data.images)})
+    return found.features, "hit" if found.cached else "miss"
 
 
 def caption_features(encoder: ClipEncoder, texts: list[str], prefix: str, options: Flickr8kOptions,
                      timer: StageTimer) -> tuple[torch.Tensor, str]:
-    """Unit features of the (prefixed) captions [T, D], cached on disk by model + prefix + captions."""
-    key = text_cache_key(encoder.identity, texts, extra=f"flickr8k-captions\0{prefix}")
+    """Unit features of the (prefixed) captions [T, D], cached on disk by model, precision, prefix and captions."""
+    key = text_features_key(encoder, texts, purpose=f"flickr8k-captions\0{prefix}")
     cached = options.cache.load("flickr8k-captions", key)
     if cached is not None and cached.shape == (len(texts), encoder.dim):
         return cached.float(), "hit"
@@ -94,7 +88,8 @@ def caption_features(encoder: ClipEncoder, texts: list[str], prefix: str, option
             rows.append(encoder.encode_texts(texts[start:start + TEXT_CHUNK]))
             bar.update(len(rows[-1]))
     features = torch.cat(rows) if rows else torch.empty(0, encoder.dim)
-    options.cache.save("flickr8k-captions", key, features, {"model": encoder.identity, "prefix": prefix})
+    options.cache.save("flickr8k-captions", key, features, {"model": encoder.identity, "dtype": str(encoder.dtype),
+                                                            "prefix": prefix})
     return features, "miss"
 
 
@@ -212,8 +207,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", action="append", help="text put before every caption; repeat to compare several; "
                         "the first is the headline [default: '' and 'a photo of ']")
     parser.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass [default 64]")
-    parser.add_argument("--workers", type=_non_negative, default=min(4, os.cpu_count() or 1),
-                        help="image decoding processes [default min(4, CPUs)]")
+    parser.add_argument("--workers", type=_non_negative, default=default_workers(),
+                        help=f"image decoding processes [default: CPU count, at most {MAX_DEFAULT_WORKERS}]")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
     parser.add_argument("--model-dir", help="where model weights are downloaded [env CLIP_APP_MODEL_DIR]")
     parser.add_argument("--out", default="results", help="folder for the JSON, Markdown and PNG files [results/]")

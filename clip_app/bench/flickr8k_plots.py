@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from ..images import ImageError, open_image
 from .flickr8k_data import Flickr8k
-from .retrieval import similarities
+from .retrieval import rank_gallery
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +42,12 @@ class GridRow:
     extra: Panel | None = None  # the correct item when it is not among the results
 
 
-def _ranked(query: torch.Tensor, gallery: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scores = similarities(query.reshape(1, -1), gallery)[0]
-    order = torch.sort(-scores, stable=True).indices
-    return order, scores
-
-
 def text_to_image_rows(data: Flickr8k, texts: torch.Tensor, images: torch.Tensor, queries: Sequence[int],
                        label: str, prefix: str = "") -> list[GridRow]:
     """Grid rows for caption queries: the caption, its top-5 images, and its own image if it is not among them."""
     rows = []
     for t in queries:
-        order, scores = _ranked(texts[t], images)
+        order, scores = rank_gallery(texts[t], images)
         target = data.caption_image[t]
         rank = int((order == target).nonzero()[0, 0]) + 1
         results = [Panel("image", data.image_paths[i], f"#{k + 1}  {float(scores[i]):.3f}", i == target)
@@ -70,7 +64,7 @@ def image_to_text_rows(data: Flickr8k, images: torch.Tensor, texts: torch.Tensor
     rows = []
     owner = torch.tensor(data.caption_image)
     for i in queries:
-        order, scores = _ranked(images[i], texts)
+        order, scores = rank_gallery(images[i], texts)
         correct = owner[order] == i
         first = int(correct.nonzero()[0, 0])
         results = [Panel("text", prefix + data.captions[t], f"#{k + 1}  {float(scores[t]):.3f}", bool(correct[k]))

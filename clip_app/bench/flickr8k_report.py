@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .report import slugify, write_text
+from .report import format_cell, markdown_table, slugify, write_text
 
 REFERENCE_SOURCE = "CLIP_benchmark benchmark/benchmark.csv (OpenAI weights, Flickr8k test split, raw captions)"
 #: published Recall@5 (fractions) by model; keys are slugify()'d model names
@@ -36,19 +36,14 @@ def write_json(path: Path, result: dict) -> Path:
     return write_text(path, json.dumps(clean(result), indent=2, ensure_ascii=False) + "\n")
 
 
-def _f(value: float | None, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "\u2014"
-    return f"{value:.{digits}f}"
+def _median(value: float | None) -> str | None:
+    """A median rank as few digits as it needs ('1', '2.5'); None (a dash in the table) when there is none."""
+    return None if value is None or not math.isfinite(value) else f"{value:g}"
 
 
-def _rank(value: float | None) -> str:
-    return "\u2014" if value is None else f"{value:g}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+def _table_lines(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 4) -> list[str]:
+    """report.markdown_table as a list of lines (recalls with 4 decimals unless told)."""
+    return markdown_table(header, rows, digits=digits).splitlines()
 
 
 def recall_table(result: dict) -> list[str]:
@@ -57,15 +52,16 @@ def recall_table(result: dict) -> list[str]:
     rows = []
     for direction, label in ARROWS.items():
         ours = result[direction]
-        rows.append([label, _f(ours["R@1"]), _f(ours["R@5"]), _f(ours["R@10"]), _rank(ours["median_rank"]),
-                     _f(reference.get(direction))])
-    return _table(["direction", "R@1", "R@5", "R@10", "median rank", "published R@5 (CLIP_benchmark)"], rows)
+        rows.append([label, ours["R@1"], ours["R@5"], ours["R@10"], _median(ours["median_rank"]),
+                     reference.get(direction)])
+    return _table_lines(["direction", "R@1", "R@5", "R@10", "median rank", "published R@5 (CLIP_benchmark)"], rows)
 
 
 def prefix_table(prefixes: Sequence[dict]) -> list[str]:
-    rows = [[f"`{p['prefix']!r}`"] + [_f(p[d][f"R@{k}"]) for d in ARROWS for k in (1, 5, 10)]
-            + [_rank(p["text_to_image"]["median_rank"]), _rank(p["image_to_text"]["median_rank"])] for p in prefixes]
-    return _table(["prefix", "t\u2192i R@1", "t\u2192i R@5", "t\u2192i R@10", "i\u2192t R@1", "i\u2192t R@5",
+    rows = [[f"`{p['prefix']!r}`"] + [p[d][f"R@{k}"] for d in ARROWS for k in (1, 5, 10)]
+            + [_median(p["text_to_image"]["median_rank"]), _median(p["image_to_text"]["median_rank"])]
+            for p in prefixes]
+    return _table_lines(["prefix", "t\u2192i R@1", "t\u2192i R@5", "t\u2192i R@10", "i\u2192t R@1", "i\u2192t R@5",
                    "i\u2192t R@10", "t\u2192i median", "i\u2192t median"], rows)
 
 
@@ -83,19 +79,19 @@ def markdown_report(result: dict) -> str:
     if result.get("gallery_size"):
         lines += ["", "## Recall against gallery size (random image subsets with their captions, mean \u00b1 std)",
                   ""]
-        rows = [[str(r["size"]), str(r["subsets"])]
-                + [f"{_f(r[d][f'R@{k}'], 3)} \u00b1 {_f(r[d + '_std'][f'R@{k}'], 3)}"
+        rows = [[r["size"], r["subsets"]]
+                + [f"{format_cell(r[d][f'R@{k}'], 3)} \u00b1 {format_cell(r[d + '_std'][f'R@{k}'], 3)}"
                    for d in ARROWS for k in (1, 5, 10)]
                 for r in result["gallery_size"]]
-        lines += _table(["images", "subsets", "t\u2192i R@1", "t\u2192i R@5", "t\u2192i R@10", "i\u2192t R@1",
+        lines += _table_lines(["images", "subsets", "t\u2192i R@1", "t\u2192i R@5", "t\u2192i R@10", "i\u2192t R@1",
                          "i\u2192t R@5", "i\u2192t R@10"], rows)
     if result.get("caption_length"):
         lines += ["", "## Text \u2192 image recall by caption length", ""]
-        rows = [[r["words"], str(r["n_captions"]), _f(r["R@1"]), _f(r["R@5"]), _f(r["R@10"])]
+        rows = [[r["words"], r["n_captions"], r["R@1"], r["R@5"], r["R@10"]]
                 for r in result["caption_length"]]
-        lines += _table(["words", "captions", "R@1", "R@5", "R@10"], rows)
+        lines += _table_lines(["words", "captions", "R@1", "R@5", "R@10"], rows)
     lines += ["", "## Timings (seconds)", ""]
-    lines += _table(["stage", "seconds"], [[k, f"{v:.3f}"] for k, v in result["timings"].items()])
+    lines += _table_lines(["stage", "seconds"], [[k, v] for k, v in result["timings"].items()], digits=3)
     if result.get("images_per_second"):
         lines += ["", f"Image loading + encoding: {result['images_per_second']:.1f} images/s."]
     cache = result.get("cache", {})
@@ -110,13 +106,12 @@ def summary_markdown(results: Sequence[dict]) -> str:
     rows = []
     for r in results:
         reference = r.get("reference") or {}
-        rows.append([r["model"], f"`{r['prefix']!r}`", _f(r["text_to_image"]["R@1"]), _f(r["text_to_image"]["R@5"]),
-                     _f(reference.get("text_to_image")), _f(r["text_to_image"]["R@10"]),
-                     _f(r["image_to_text"]["R@1"]), _f(r["image_to_text"]["R@5"]),
-                     _f(reference.get("image_to_text")), _f(r["image_to_text"]["R@10"])])
+        rows.append([r["model"], f"`{r['prefix']!r}`", r["text_to_image"]["R@1"], r["text_to_image"]["R@5"],
+                     reference.get("text_to_image"), r["text_to_image"]["R@10"], r["image_to_text"]["R@1"],
+                     r["image_to_text"]["R@5"], reference.get("image_to_text"), r["image_to_text"]["R@10"]])
     header = ["model", "prefix", "t\u2192i R@1", "t\u2192i R@5", "published", "t\u2192i R@10", "i\u2192t R@1",
               "i\u2192t R@5", "published", "i\u2192t R@10"]
     first = results[0] if results else {}
     intro = (f"# Flickr8k retrieval summary\n\nSplit {first.get('split', '?')}: {first.get('n_images', '?')} images, "
              f"{first.get('n_captions', '?')} captions. Published R@5: {REFERENCE_SOURCE}.\n\n")
-    return intro + "\n".join(_table(header, rows)) + "\n"
+    return intro + markdown_table(header, rows, digits=4)

@@ -12,7 +12,6 @@ import argparse
 import gc
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +20,7 @@ from ..config import Settings
 from ..images import ImageError
 from ..model import ClipEncoder, ModelLoadError
 from ..prompts import imagenet_classnames, imagenet_templates
-from .features import FeatureCache
+from .features import MAX_DEFAULT_WORKERS, FeatureCache, default_workers
 from .imagenet_eval import MODES, ModelResult, evaluate_model, mode_prompts, parse_modes
 from .imagenet_readers import DatasetError, ImagenetSet, limit_set, read_imagenet
 from .imagenet_report import csv_rows, log_text, misclassified_grid, model_record, output_stem, write_summary
@@ -30,11 +29,6 @@ from .report import append_csv, write_text
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
-
-
-def default_workers() -> int:
-    """DataLoader workers: the CPU count, at most 8."""
-    return max(0, min(8, os.cpu_count() or 1))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per forward pass [default {DEFAULT_BATCH_SIZE}]")
     parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="DataLoader worker processes decoding images [default: CPU count, at most 8]")
+                        help="DataLoader worker processes decoding images [default: CPU count, at most "
+                        f"{MAX_DEFAULT_WORKERS}]")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [default: CLIP_APP_DEVICE or auto]")
     parser.add_argument("--out", default="results", help="output folder [default results/]")
     parser.add_argument("--cache-dir", help="feature cache folder [default <out>/cache]")

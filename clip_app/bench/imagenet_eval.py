@@ -11,13 +11,12 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from ..classify import LOGIT_SCALE, build_classifier
+from ..classify import build_classifier, cosines, probabilities
 from ..model import ClipEncoder
 from ..prompts import SINGLE_TEMPLATE, imagenet_classnames, imagenet_templates
-from .features import FeatureCache, cache_key, encode_image_files
+from .features import FeatureCache, cached_image_features, text_features_key
 from .imagenet_readers import ImagenetSet
 from .metrics import classification_metrics
-from .timing import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +105,9 @@ def image_features(encoder: ClipEncoder, dataset: ImagenetSet, cache: FeatureCac
     """Unit image features [N, D] of the data set's files, from the cache or encoded (then cached).
 
     Returns (features, {'data_loading': s, 'image_encoding': s} of the run that encoded them, cached?)."""
-    key = cache_key(encoder.identity, dataset.files, extra=f"imagenet-images|{encoder.dtype}")
-    if cache is not None:
-        entry = cache.load_entry("imagenet-images", key)
-        if entry is not None and entry[0].shape[0] == len(dataset):
-            log.info("image features of %d files loaded from %s", len(dataset), cache.path("imagenet-images", key))
-            meta = entry[1]
-            return entry[0], {k: float(meta.get(k, 0.0)) for k in ("data_loading", "image_encoding")}, True
-    timer = StageTimer()
-    features = encode_image_files(encoder, dataset.files, batch_size=batch_size, workers=workers, timer=timer,
-                                  desc=f"{encoder.name}: images", progress=progress)
-    seconds = {k: timer.seconds.get(k, 0.0) for k in ("data_loading", "image_encoding")}
-    if cache is not None:
-        cache.save("imagenet-images", key, features, meta={**seconds, "model": encoder.identity,
-                                                           "n_images": len(dataset), "batch_size": batch_size,
-                                                           "workers": workers, "device": encoder.device})
-    return features, seconds, False
+    found = cached_image_features(encoder, dataset.files, cache, label="imagenet-images", batch_size=batch_size,
+                                  workers=workers, desc=f"{encoder.name}: images", progress=progress)
+    return found.features, found.seconds, found.cached
 
 
 def text_classifier(encoder: ClipEncoder, names: Sequence[str], templates: Sequence[str],
@@ -130,8 +116,7 @@ def text_classifier(encoder: ClipEncoder, names: Sequence[str], templates: Seque
     """Zero-shot weights [D, C] (templates averaged per class), from the cache or encoded; (weights, s, cached?).
 
     The seconds are those of the run that encoded the texts."""
-    key = cache_key(encoder.identity, [], extra=json.dumps(["imagenet-text", str(encoder.dtype), list(names),
-                                                            list(templates)]))
+    key = text_features_key(encoder, names, purpose=json.dumps(["imagenet-classifier", list(templates)]))
     if cache is not None:
         entry = cache.load_entry("imagenet-text", key)
         if entry is not None and entry[0].shape[1] == len(names):
@@ -154,9 +139,9 @@ def text_classifier(encoder: ClipEncoder, names: Sequence[str], templates: Seque
 def score_mode(features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> tuple[dict, torch.Tensor,
                                                                                                 torch.Tensor]:
     """Metrics and top-5 (classes, probabilities) of image features [N, D] against class weights [D, C]."""
-    cos = features.float() @ weights.float()  # [N, C]
+    cos = cosines(features, weights)  # [N, C]
     metrics = classification_metrics(cos, labels)
-    probs = (LOGIT_SCALE * cos).softmax(dim=1)
+    probs = probabilities(cos)  # softmax over the classes of LOGIT_SCALE * cos
     best = torch.topk(probs, min(TOP_K, probs.shape[1]), dim=1)
     return metrics, best.indices, best.values
 

@@ -1,7 +1,7 @@
 """Bidirectional retrieval metrics (pure): ranks, Recall@K and median rank from unit features.
 
 Ranks are 1-based. Equal scores are ordered by the lower gallery index (a stable sort of the scores), the same rule
-the grids use to show the top retrievals, so a rank never depends on the order torch happens to return ties in.
+rank_gallery applies for the grids' top retrievals, so a rank never depends on the order torch returns ties in.
 Everything is computed in row chunks so a 30,000 x 6,000 score matrix never has to be sorted whole.
 """
 
@@ -93,11 +93,11 @@ def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
     }
 
 
-def top_indices(query: torch.Tensor, gallery: torch.Tensor, k: int) -> list[int]:
-    """The k best gallery rows for one unit query [D] against gallery [G, D], ties to the lower index."""
+def rank_gallery(query: torch.Tensor, gallery: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One unit query [D] against gallery [G, D]: (gallery indices [G] best first, equal scores to the lower index
+    as in the ranks above; scores [G] in gallery order)."""
     scores = similarities(query.reshape(1, -1), gallery)[0]
-    order = torch.sort(-scores, stable=True).indices
-    return order[:k].tolist()
+    return torch.sort(-scores, stable=True).indices, scores
 
 
 def subset_captions(caption_image: Sequence[int] | torch.Tensor,
