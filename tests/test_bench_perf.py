@@ -54,13 +54,14 @@ def test_the_issue_figures_are_there(perf_run):
                 "index.small.library_add.ratio", "index.small.library_add.share", "index.large.decode_encode.share",
                 "index.large.decode_encode.ratio",
                 "index.large.decode_encode_draft.ratio", "index.large.library_add.ratio", "classify.cached",
-                "classify.cached.ratio", "classify.first.single", "classify.first.ensemble", "search.encode_text",
+                "classify.cached.ratio", "classify.cached.in_run", "classify.first.single", "classify.first.ensemble",
+                "search.encode_text",
                 f"library.add_one.{big}", f"library.add_one.forward.{big}", f"library.bulk_add.{big}",
                 f"library.search.{big}", f"library.load.{big}", f"library.rss.{big}", "app.cold_start.ready",
                 "app.cold_start.server", "app.cold_start.first_answer", f"search.parts.scan16.{big}",
                 f"search.parts.scan32.{big}", f"search.parts.rescore.{big}", f"search.parts.select.{big}"]
     expected += [f"search.{kind}.{n}" for n in SIZES for kind in ("topk", "topk_float32", "query")]
-    expected += [f"search.query.{n}.ratio" for n in SIZES]
+    expected += [f"search.query.{n}.{kind}" for n in SIZES for kind in ("ratio", "in_run")]
     assert [key for key in expected if key not in figures] == []
     assert figures[f"library.bulk_add.saves.{big}"]["values"] == [1.0]  # one save for a bulk add
 
