@@ -10,7 +10,7 @@ import torch
 from clip_app.bench.__main__ import build_parser
 from clip_app.bench.perf import parse_sizes, targets
 from clip_app.bench.perf_setup import ARCHITECTURES, random_checkpoint, unit_features, write_photos
-from clip_app.bench.perf_stats import Figure, Target, format_value
+from clip_app.bench.perf_stats import Figure, Target, counting, format_value
 
 SIZES = (300, 3000)
 
@@ -51,15 +51,17 @@ def test_the_issue_figures_are_there(perf_run):
     figures = perf_run[1]["figures"]
     big = max(SIZES)
     expected = ["forward.image.1", "forward.image.4", "forward.text.1", "index.small.library_add.rate",
-                "index.small.library_add.ratio", "index.large.decode_encode.ratio",
+                "index.small.library_add.ratio", "index.small.library_add.share", "index.large.decode_encode.share",
+                "index.large.decode_encode.ratio",
                 "index.large.decode_encode_draft.ratio", "index.large.library_add.ratio", "classify.cached",
-                "classify.cached.ratio", "classify.first.single", "classify.first.ensemble", "search.encode_text",
+                "classify.cached.ratio", "classify.cached.in_run", "classify.first.single", "classify.first.ensemble",
+                "search.encode_text",
                 f"library.add_one.{big}", f"library.add_one.forward.{big}", f"library.bulk_add.{big}",
                 f"library.search.{big}", f"library.load.{big}", f"library.rss.{big}", "app.cold_start.ready",
                 "app.cold_start.server", "app.cold_start.first_answer", f"search.parts.scan16.{big}",
                 f"search.parts.scan32.{big}", f"search.parts.rescore.{big}", f"search.parts.select.{big}"]
     expected += [f"search.{kind}.{n}" for n in SIZES for kind in ("topk", "topk_float32", "query")]
-    expected += [f"search.query.{n}.ratio" for n in SIZES]
+    expected += [f"search.query.{n}.{kind}" for n in SIZES for kind in ("ratio", "in_run")]
     assert [key for key in expected if key not in figures] == []
     assert figures[f"library.bulk_add.saves.{big}"]["values"] == [1.0]  # one save for a bulk add
 
@@ -108,3 +110,22 @@ def test_sizes_are_parsed_and_checked():
     for bad in ("", "a,b", "0,10"):
         with pytest.raises(ValueError):
             parse_sizes(bad)
+
+
+class Worker:
+    def work(self, x):
+        return x + 1
+
+
+def test_counting_counts_and_restores():
+    worker, totals = Worker(), {}
+    with counting(worker, "work", totals):
+        assert worker.work(1) == 2 and worker.work(2) == 3
+    assert totals["calls"] == 2 and totals["seconds"] >= 0
+    assert "work" not in vars(worker) and worker.work(5) == 6  # the class method again
+    import clip_app.bench.perf_setup as module
+
+    original, seen = module.query_text, {}
+    with counting(module, "query_text", seen):
+        module.query_text(3)
+    assert module.query_text is original and seen["calls"] == 1

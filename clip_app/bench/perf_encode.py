@@ -17,7 +17,7 @@ from ..model import ClipEncoder
 from ..prompts import SINGLE_TEMPLATE, imagenet_templates
 from . import perf_product
 from .perf_setup import QUERIES, label_set
-from .perf_stats import Results
+from .perf_stats import Results, counting
 from .timing import _sync
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,11 @@ def measure_indexing(encoder: ClipEncoder, photos: dict[str, list[Path]], batch:
                      results: Results, workdir: Path) -> None:
     """index.<set>.*: images/s of each pipeline and its ratio to the bare forward pass over as many images.
 
-    The files go in chunks of `batch`; for each chunk the bare forward pass is timed right before the pipelines,
-    so that every ratio compares runs a few seconds apart (the machine's load changes slowly). The library
-    pipeline adds chunk after chunk to a fresh library (one add call, hence one save, per chunk).
+    The files go in chunks of `batch`; for each chunk the bare forward pass is timed right before the pipelines
+    (ratio: pipeline speed / bare forward speed, runs a few seconds apart). The share is the time the pipeline
+    spends in its own forward passes (encode_pixels) over its whole time, F / (F + overhead): the same ratio
+    measured inside one run, so a busy machine moves it much less. The library pipeline adds chunk after chunk to
+    a fresh library (one add call, hence one save, per chunk).
     """
     has_library = perf_product.library_module() is not None
     min_side = encoder.decode_min_side
@@ -109,6 +111,7 @@ def measure_indexing(encoder: ClipEncoder, photos: dict[str, list[Path]], batch:
             variants["library_add"] = lambda chunk, library: _add_all(library, chunk)
         seconds: dict[str, list[float]] = {v: [] for v in variants}
         ratios: dict[str, list[float]] = {v: [] for v in variants}
+        shares: dict[str, list[float]] = {v: [] for v in variants}
         warm = _fresh_library(workdir / f"index-{name}-warm-up", encoder, batch) if has_library else None
         for run in variants.values():
             run(chunks[0], warm)  # warm-up, and a check that each pipeline works
@@ -118,17 +121,22 @@ def measure_indexing(encoder: ClipEncoder, photos: dict[str, list[Path]], batch:
                 forward = forwards.setdefault(len(chunk), image_forward(encoder, len(chunk)))
                 reference = timed(forward)
                 for variant, run in variants.items():
-                    took = timed(lambda run=run, chunk=chunk, library=library: run(chunk, library))
+                    inside: dict[str, float] = {}
+                    with counting(encoder, "encode_pixels", inside):
+                        took = timed(lambda run=run, chunk=chunk, library=library: run(chunk, library))
                     seconds[variant].append(len(chunk) / took)
                     ratios[variant].append(reference / took)
+                    shares[variant].append(inside["seconds"] / took)
         size = "x".join(str(v) for v in _image_size(paths[0]))
         for variant in variants:
             what = {"decode_encode": "files -> decode -> preprocess -> encode",
                     "decode_encode_draft": f"same, JPEG decoded at reduced scale (shorter side >= {min_side})",
                     "library_add": "FeatureLibrary.add (hash, decode, encode, store, save)"}[variant]
             results.add(f"index.{name}.{variant}.rate", f"indexing {size} JPEGs: {what}", "img/s", seconds[variant])
-            results.add(f"index.{name}.{variant}.ratio", f"indexing {size}: {variant} / forward pass", "x",
+            results.add(f"index.{name}.{variant}.ratio", "  speed / bare forward pass speed (paired runs)", "x",
                         ratios[variant])
+            results.add(f"index.{name}.{variant}.share", "  the forward passes' share of its own time", "x",
+                        shares[variant])
         results.facts[f"index.{name}.file_bytes"] = paths[0].stat().st_size
         results.facts[f"index.{name}.images"] = len(paths)
     if not has_library:
@@ -187,14 +195,18 @@ def measure_classify(encoder: ClipEncoder, photo: Path, repeats: int, results: R
     cached = label_set(0)
     classify(cached, True)  # builds and caches the classifier: every timed call below is a cache hit
     forward()
-    latencies, ratios = [], []
-    for _ in range(repeats):
+    latencies, ratios, in_run = [], [], []
+    for _ in range(max(repeats, 5)):
         reference = timed(forward)
-        took = timed(lambda: classify(cached, True))
+        inside: dict[str, float] = {}
+        with counting(encoder, "encode_pixels", inside):
+            took = timed(lambda: classify(cached, True))
         latencies.append(took)
         ratios.append(took / reference)
+        in_run.append(took / inside["seconds"])
     results.add("classify.cached", f"classify 640x480 JPEG, cached 10-label set: {path}", "s", latencies)
-    results.add("classify.cached.ratio", "classify (cached labels) / one image forward pass", "x", ratios)
+    results.add("classify.cached.ratio", "  / one bare image forward pass (paired runs)", "x", ratios)
+    results.add("classify.cached.in_run", "  / its own image forward pass (same run)", "x", in_run)
     first_single = [timed(lambda r=r: classify(label_set(1000 + r), False)) for r in range(repeats)]
     results.add("classify.first.single", "classify, first call, new 10 labels x 1 template", "s", first_single)
     first_ensemble = [timed(lambda r=r: classify(label_set(2000 + r), True)) for r in range(max(1, repeats - 1))]

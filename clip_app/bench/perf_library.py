@@ -15,10 +15,9 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -26,7 +25,7 @@ from ..model import ClipEncoder
 from . import perf_product
 from .perf_encode import timed
 from .perf_setup import unit_features
-from .perf_stats import Results, peak_rss_bytes, rss_bytes
+from .perf_stats import Results, counting, peak_rss_bytes, rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +46,6 @@ def write_library(folder: Path, n: int, identity: str, name: str, dim: int) -> P
                                sizes=torch.full((n,), 60_000, dtype=torch.int64), names=list(files), next_id=n + 1)
     save_library(state, path, None)
     return path
-
-
-@contextmanager
-def counting(obj: Any, attribute: str, totals: dict[str, float]) -> Iterator[None]:
-    """Count the calls of obj.attribute and the seconds spent in them (totals['calls'], totals['seconds'])."""
-    own = attribute in vars(obj)  # a module function or an instance attribute (else a method of the class)
-    original = getattr(obj, attribute)
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            totals["calls"] = totals.get("calls", 0) + 1
-            totals["seconds"] = totals.get("seconds", 0.0) + time.perf_counter() - start
-
-    setattr(obj, attribute, wrapper)
-    try:
-        yield
-    finally:
-        if own:
-            setattr(obj, attribute, original)
-        else:
-            delattr(obj, attribute)
 
 
 def add_without_forward(library: Any, items: Sequence[Path], encoder: ClipEncoder) -> tuple[float, float, int]:

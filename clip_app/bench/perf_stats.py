@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 @dataclass
@@ -94,6 +95,30 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[
         fn()
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+@contextmanager
+def counting(obj: Any, attribute: str, totals: dict[str, float]) -> Iterator[None]:
+    """Count the calls of obj.attribute and the seconds spent in them (totals['calls'], totals['seconds'])."""
+    own = attribute in vars(obj)  # a module function or an instance attribute (else a method of the class)
+    original = getattr(obj, attribute)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals["calls"] = totals.get("calls", 0) + 1
+            totals["seconds"] = totals.get("seconds", 0.0) + time.perf_counter() - start
+
+    setattr(obj, attribute, wrapper)
+    try:
+        yield
+    finally:
+        if own:
+            setattr(obj, attribute, original)
+        else:
+            delattr(obj, attribute)
 
 
 def load_average() -> list[float] | None:
