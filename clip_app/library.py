@@ -1,9 +1,12 @@
 """FeatureLibrary: the gallery folder and features_library.pth, joined by a shared integer image ID.
 
 Safety rules (see also library_file.py for the file format and gallery.py for file naming):
-- Every write takes a threading lock and a file lock (``<library_file>.lock``), reloads the file first when another
-  process changed it, and saves once, atomically (temp file, fsync, os.replace). Until os.replace the old file is
-  the valid library.
+- Every write takes the writers' mutex and a file lock (``<library_file>.lock``), reloads the file first when
+  another process changed it, and saves once, atomically (temp file, fsync, os.replace). Until os.replace the old
+  file is the valid library.
+- Reads never wait for a writer: a state is never changed once made, so a read only takes the state lock for the
+  moment it needs to reload a file another process saved, or to pick up the state a writer swapped in. No lock is
+  held while images are encoded, and the state lock is never held while waiting for the file lock.
 - Adding: the image file is written first (``gallery/000042.jpg``, original bytes), then the row is saved; if the
   save fails the new files are removed again. Removing: the row is saved first, then the file is deleted. A crash in
   between leaves an image file without a row, which `check` reports and `repair` indexes: no image is ever lost.
@@ -75,7 +78,9 @@ class FeatureLibrary(LibraryMaintenance):
         self.near_duplicate_threshold = float(near_duplicate_threshold)
         self.batch_size = max(1, int(batch_size))
         self._check_model = check_model
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the in-memory state: held only to reload it or swap it, never for long
+        self._write_mutex = threading.Lock()  # one writer at a time in this process, for the whole write
+        self._writer_holds_file_lock = False  # then only our writer changes the file: readers need not reload it
         self._file_lock = filelock.FileLock(str(self.library_file) + ".lock", timeout=lock_timeout)
         self._signature: Signature | None = None
         self._on_disk: OnDisk | None = None
@@ -101,7 +106,7 @@ class FeatureLibrary(LibraryMaintenance):
             if scan.id_files or any(gal.has_image_extension(n) for n in scan.foreign):
                 log.info("no feature library at %s: indexing the gallery %s", self.library_file, self.gallery_dir)
                 report = RepairReport()
-                state = self._index_files(self._state, self._candidates_from_scan(self._state, scan), report,
+                state = self._index_files(self._state, self._candidates_from_scan((), scan), report, self._reader(),
                                           quarantine_rest=False)
                 self._save(state, compact=True)
                 self.first_run_report = report
@@ -144,28 +149,40 @@ class FeatureLibrary(LibraryMaintenance):
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """One writer at a time (threads and processes); the state is fresh from disk inside."""
-        with self._lock:
+        """One writer at a time (threads and processes); the state is fresh from disk inside. Readers go on
+        meanwhile: they see the previous state until _save swaps in the new one."""
+        with self._write_mutex:
             try:
                 self._file_lock.acquire()
             except filelock.Timeout:
                 raise LibraryBusyError(f"the feature library {self.library_file} is locked by another process "
                                        f"(lock file {self._file_lock.lock_file}); try again later") from None
             try:
-                self._refresh()
-                yield
+                with self._lock:
+                    self._refresh()
+                    self._writer_holds_file_lock = True
+                try:
+                    yield
+                finally:
+                    with self._lock:
+                        self._writer_holds_file_lock = False
             finally:
                 self._file_lock.release()
 
     def _current(self) -> LibraryState:
+        """The newest state (reloaded when another process saved the file); never waits for a writer."""
         with self._lock:
-            self._refresh()
+            if not self._writer_holds_file_lock:  # else the file changes only through our writer's _save
+                self._refresh()
             return self._state
 
     def _save(self, state: LibraryState, compact: bool = False) -> None:
-        """Save atomically: small changes into the journal, else (or when compact) a whole new main file."""
-        self._on_disk = save_library(state, self.library_file, self._on_disk, compact=compact)
-        self._state, self._signature = state, signature(self.library_file)
+        """Save atomically: small changes into the journal, else (or when compact) a whole new main file. Called by
+        the writer holding the file lock; readers see the new state from the moment it is on disk."""
+        on_disk = save_library(state, self.library_file, self._on_disk, compact=compact)
+        saved = signature(self.library_file)
+        with self._lock:
+            self._on_disk, self._state, self._signature = on_disk, state, saved
 
     def _require_model(self, state: LibraryState) -> None:
         if state.model != self.encoder.identity:
