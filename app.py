@@ -83,8 +83,9 @@ def launch(demo: "gr.Blocks", args: argparse.Namespace, settings: Settings, prev
     """Serve the demo as the flags say."""
     from clip_app.ui import launch as launch_ui
 
-    return launch_ui(demo, gallery_dir=settings.gallery_dir, host=args.host, port=args.port, auth=args.auth,
-                     share=args.share, max_file_size=args.max_file_size, prevent_thread_lock=prevent_thread_lock)
+    return launch_ui(demo, gallery_dir=settings.gallery_dir, library_file=settings.library_file, host=args.host,
+                     port=args.port, auth=args.auth, share=args.share, max_file_size=args.max_file_size,
+                     prevent_thread_lock=prevent_thread_lock)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,8 @@ format of the bytes (images.image_extension). A name is *ID-shaped* only in that
 
 Names the library ignores in the gallery folder (never reported, never moved): hidden names (starting with '.',
 which covers the library's own temp files and the `.quarantine/` folder), ``CREDITS.md``, any ``README*`` or
-``LICENSE*`` file, ``Thumbs.db`` and ``desktop.ini`` (case-insensitive), and the library file and its lock when the
-library file lives inside the gallery folder.
+``LICENSE*`` file, ``Thumbs.db`` and ``desktop.ini`` (case-insensitive), and the library file, its lock, journal and
+label sets file when the library file lives inside the gallery folder (library_store.companion_files).
 """
 
 from __future__ import annotations

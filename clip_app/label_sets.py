@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .classify import parse_labels
+from .library_store import LABEL_SETS_NAME
 from .prompts import imagenet_classnames
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ class LabelSetError(ValueError):
 
 def default_label_sets_file(library_file: Path) -> Path:
     """The label sets file that belongs to a library: `label_sets.json` in the same folder."""
-    return Path(library_file).with_name("label_sets.json")
+    return Path(library_file).with_name(LABEL_SETS_NAME)
 
 
 class LabelSetStore:

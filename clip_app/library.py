@@ -51,14 +51,23 @@ from .library_reports import (
     RebuildReport,
     RepairReport,
 )
-from .library_store import OnDisk, Signature, journal_path, load_library, save_library, signature
+from .library_store import (
+    OnDisk,
+    Signature,
+    companion_files,
+    journal_path,
+    load_library,
+    lock_path,
+    save_library,
+    signature,
+)
 from .model import ClipEncoder
 from .search import top_k
 
 __all__ = [
     "PROBLEM_KINDS", "AddReport", "AddResult", "CheckReport", "Entry", "FeatureLibrary", "LibraryBusyError",
     "LibraryCorruptError", "LibraryError", "LibraryWriteError", "ModelMismatchError", "Problem", "RebuildReport",
-    "RepairReport", "UnknownImageError",
+    "RepairReport", "UnknownImageError", "private_paths",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,7 +90,7 @@ class FeatureLibrary(LibraryMaintenance):
         self._lock = threading.RLock()  # the in-memory state: held only to reload it or swap it, never for long
         self._write_mutex = threading.Lock()  # one writer at a time in this process, for the whole write
         self._writer_holds_file_lock = False  # then only our writer changes the file: readers need not reload it
-        self._file_lock = filelock.FileLock(str(self.library_file) + ".lock", timeout=lock_timeout)
+        self._file_lock = filelock.FileLock(str(lock_path(self.library_file)), timeout=lock_timeout)
         self._signature: Signature | None = None
         self._on_disk: OnDisk | None = None
         self._state = LibraryState.empty(encoder.identity, encoder.name, encoder.dim)
@@ -190,10 +199,13 @@ class FeatureLibrary(LibraryMaintenance):
                                      self.encoder.name)
 
     def _scan(self) -> gal.GalleryScan:
-        name = self.library_file.name
-        extra = {name, name + ".lock", journal_path(self.library_file).name}
+        extra = {path.name for path in companion_files(self.library_file)}  # the library file, lock, journal, ...
         same_folder = self.library_file.parent == self.gallery_dir
         return gal.scan_gallery(self.gallery_dir, extra if same_folder else ())
+
+    def private_paths(self) -> list[Path]:
+        """See private_paths(): what a web server must never serve."""
+        return private_paths(self.gallery_dir, self.library_file)
 
     # ---- reading ----------------------------------------------------------------------------------------
     def _entry(self, state: LibraryState, row: int) -> Entry:
@@ -401,6 +413,15 @@ class FeatureLibrary(LibraryMaintenance):
             fsync_dir(self.gallery_dir)
         log.info("removed %s", ", ".join(map(str, wanted)))
         return wanted
+
+
+def private_paths(gallery_dir: Path | str, library_file: Path | str | None) -> list[Path]:
+    """Absolute paths a web server must never serve although they may lie in the gallery folder: the library file,
+    its lock, journal and label sets file, and the gallery's quarantine folder (files that are not images)."""
+    quarantine = Path(gallery_dir).expanduser().absolute() / gal.QUARANTINE_DIR
+    if library_file is None:
+        return [quarantine]
+    return companion_files(Path(library_file).expanduser().absolute()) + [quarantine]
 
 
 def _item_bytes(item: Item) -> tuple[bytes, str]:

@@ -38,6 +38,7 @@ from .library_file import (
 
 log = logging.getLogger(__name__)
 
+LABEL_SETS_NAME = "label_sets.json"  # the App's saved label sets, kept beside the library file (label_sets.py)
 COMPACT_MIN_ROWS = 2048
 COMPACT_FRACTION = 20  # compact when the journal holds more than N / 20 entries (and more than COMPACT_MIN_ROWS)
 
@@ -47,6 +48,17 @@ Signature = tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]
 def journal_path(path: Path) -> Path:
     """The journal file of a library file: features_library.pth -> features_library.pth.journal."""
     return path.with_name(path.name + ".journal")
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of a library file: features_library.pth -> features_library.pth.lock."""
+    return path.with_name(path.name + ".lock")
+
+
+def companion_files(path: Path) -> list[Path]:
+    """The library file and the files that live beside it: its lock, its journal and the label sets file. None of
+    them belongs to the gallery when the library file lies in the gallery folder, and none is ever served."""
+    return [path, lock_path(path), journal_path(path), path.with_name(LABEL_SETS_NAME)]
 
 
 def signature(path: Path) -> Signature:

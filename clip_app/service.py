@@ -19,7 +19,17 @@ from .classify import DEFAULT_TAG_THRESHOLD, ClassifierCache, LabelError, LabelS
 from .config import Settings
 from .images import ImageError, decode_image
 from .label_sets import LabelSetError, LabelSetStore, default_label_sets_file
-from .library import AddReport, AddResult, CheckReport, Entry, FeatureLibrary, LibraryError, RebuildReport, RepairReport
+from .library import (
+    AddReport,
+    AddResult,
+    CheckReport,
+    Entry,
+    FeatureLibrary,
+    LibraryError,
+    RebuildReport,
+    RepairReport,
+    private_paths,
+)
 from .model import ClipEncoder
 from .prompts import templates_for
 
@@ -374,4 +384,4 @@ class App:
 
 __all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
            "GalleryPage", "LibraryStats", "Hit", "english_note", "parse_size", "format_size",
-           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE"]
+           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "private_paths"]

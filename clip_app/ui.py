@@ -26,6 +26,7 @@ from .service import (
     GalleryPage,
     SearchResult,
     format_size,
+    private_paths,
 )
 
 log = logging.getLogger(__name__)
@@ -428,11 +429,18 @@ def _library_tab(app: App) -> _Wiring:
 
 
 # ---- launching --------------------------------------------------------------------------------------------------
-def launch(demo: gr.Blocks, *, gallery_dir: Path, host: str = "127.0.0.1", port: int | None = 7860,
-           auth: tuple[str, str] | None = None, share: bool = False, max_file_size: int | str | None = None,
-           prevent_thread_lock: bool = False, quiet: bool = False) -> Any:
-    """Start the server: files are served only from the gallery and Gradio's own cache."""
+def launch(demo: gr.Blocks, *, gallery_dir: Path, library_file: Path | None = None, host: str = "127.0.0.1",
+           port: int | None = 7860, auth: tuple[str, str] | None = None, share: bool = False,
+           max_file_size: int | str | None = None, prevent_thread_lock: bool = False, quiet: bool = False) -> Any:
+    """Start the server: files are served only from the gallery and Gradio's own cache, never the library file,
+    its lock, journal or label sets (when they lie in the gallery folder) nor the gallery's quarantine folder."""
     return demo.launch(server_name=host, server_port=port, auth=auth, share=share, max_file_size=max_file_size,
                        allowed_paths=[str(Path(gallery_dir).resolve())], show_error=True,
+                       blocked_paths=launch_blocked_paths(gallery_dir, library_file),
                        prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, inbrowser=False,
                        auth_message="clip-app: sign in" if auth else None)
+
+
+def launch_blocked_paths(gallery_dir: Path, library_file: Path | None) -> list[str]:
+    """Gradio's blocked_paths (absolute, links resolved): see launch()."""
+    return [str(path.resolve()) for path in private_paths(gallery_dir, library_file)]
