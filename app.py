@@ -101,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     from clip_app.ui import build_demo
 
     try:
-        app = create_app(args)
+        demo = build_demo(create_app(args))
     except (ModelLoadError, LibraryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    launch(build_demo(app), args, settings)
+    launch(demo, args, settings)
     return 0
 
 

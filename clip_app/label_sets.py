@@ -58,6 +58,10 @@ class LabelSetStore:
             raise LabelSetError(f"there is no label set named {name!r}")
         return list(sets[name])
 
+    def builtin_names(self) -> list[str]:
+        """The names of the built-in sets (they never need the file)."""
+        return list(self._builtin)
+
     def is_builtin(self, name: str) -> bool:
         """True for the read-only sets that ship with the app."""
         return name in self._builtin

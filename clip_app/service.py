@@ -214,8 +214,17 @@ class App:
 
     # ---- Label sets ---------------------------------------------------------------------------------------
     def label_set_names(self) -> list[str]:
-        """Names of the built-in and saved label sets."""
+        """Names of the built-in and saved label sets (LabelSetError when the saved sets cannot be read)."""
         return self.label_sets.names()
+
+    def label_set_choices(self) -> tuple[list[str], str | None]:
+        """(the label set names to offer, a message or None): when the saved sets cannot be read, only the built-in
+        sets and the reason."""
+        try:
+            return self.label_sets.names(), None
+        except LabelSetError as exc:
+            log.warning("%s", exc)
+            return self.label_sets.builtin_names(), str(exc)
 
     def label_set(self, name: str) -> list[str]:
         """The labels of one set."""

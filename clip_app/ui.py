@@ -227,15 +227,16 @@ def _classify_tab(app: App) -> None:
                 threshold = gr.Slider(0.0, 1.0, DEFAULT_TAG_THRESHOLD, step=0.01, label="Tag threshold (cosine)")
             save = gr.Checkbox(True, label="Save this photo to the gallery")
             run = gr.Button("Classify", variant="primary", elem_id="classify-run")
-            with gr.Accordion("Label sets", open=False):
-                sets = gr.Dropdown(app.label_set_names(), value=None, label="Saved label sets",
+            set_names, set_problem = app.label_set_choices()  # a damaged file: the built-in sets and why
+            with gr.Accordion("Label sets", open=set_problem is not None):
+                sets = gr.Dropdown(set_names, value=None, label="Saved label sets",
                                    info="picking a set fills the labels box")
                 set_name = gr.Textbox(label="Name", placeholder="name to save the labels under, or the new name")
                 with gr.Row():
                     save_set = gr.Button("Save labels as set", size="sm")
                     rename_set = gr.Button("Rename set", size="sm")
                     delete_set = gr.Button("Delete set", size="sm", variant="stop")
-                set_message = gr.Markdown()
+                set_message = gr.Markdown(md_escape(set_problem) if set_problem else "")
         with gr.Column(scale=1):
             with gr.Row():
                 top = gr.Label(num_top_classes=5, label="Top labels", elem_id="classify-top")

@@ -93,6 +93,32 @@ def test_main_refuses_a_library_of_another_model(capsys: pytest.CaptureFixture[s
     assert "rebuild" in capsys.readouterr().err
 
 
+def test_main_starts_with_a_damaged_label_sets_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    tiny_checkpoint: Path) -> None:
+    env_for(monkeypatch, tmp_path, tiny_checkpoint)
+    (tmp_path / "label_sets.json").write_text('{"version": 1, "sets": [', encoding="utf-8")  # beside lib.pth
+    seen: dict = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: seen.update(kwargs))
+    assert launcher.main(["--port", "7998"]) == 0 and seen["server_port"] == 7998
+
+
+def test_main_reports_a_failure_while_building_the_interface(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             tiny_checkpoint: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import clip_app.ui
+    from clip_app.library import LibraryError
+
+    env_for(monkeypatch, tmp_path, tiny_checkpoint)
+
+    def broken(app):
+        raise LibraryError("the library went away")
+
+    monkeypatch.setattr(clip_app.ui, "build_demo", broken)
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: pytest.fail("must not launch"))
+    assert launcher.main(["--port", "7997"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: the library went away"
+
+
 def test_python_app_py_exits_1_with_the_message(tmp_path: Path) -> None:
     broken = tmp_path / "broken.pt"
     torch.save({"not": torch.zeros(1)}, broken)

@@ -177,6 +177,17 @@ def test_label_set_events(demo: gr.Blocks, app: App) -> None:
     assert dropdown.value is None and app.label_set_names() == [IMAGENET_SET]
 
 
+def test_a_damaged_label_sets_file_offers_the_built_in_set_and_says_why(tmp_path: Path, colour_encoder) -> None:
+    app = make_app(tmp_path, colour_encoder)
+    app.label_sets.path.write_text("{not json", encoding="utf-8")
+    demo = ui.build_demo(app)  # no exception: the page still comes up
+    sets = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Saved label sets")
+    assert [choice[0] for choice in sets.choices] == [IMAGENET_SET]
+    notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and "cannot be read" in str(b.value)]
+    assert len(notes) == 1 and "label\\_sets.json" in notes[0]
+    assert app.label_sets.path.read_text(encoding="utf-8") == "{not json"  # left untouched
+
+
 def test_the_ui_module_stays_thin() -> None:
     tree = ast.parse(Path(ui.__file__).read_text(encoding="utf-8"))
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
