@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     args = parse_args(argv)
     settings = Settings.from_args(args)
+    from clip_app.index import describe_os_error
     from clip_app.library import LibraryError
     from clip_app.model import ModelLoadError
     from clip_app.ui import build_demo
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         demo = build_demo(create_app(args))
     except (ModelLoadError, LibraryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a folder that cannot be read or written ...
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
     launch(demo, args, settings)
     return 0

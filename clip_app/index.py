@@ -79,9 +79,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelLoadError, LibraryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a folder that cannot be read or written, a file that cannot be moved ...
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: what was saved before stays valid", file=sys.stderr)
         return 130
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError in one line: what failed and on which file."""
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}" if where else reason
 
 
 def open_library(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder,

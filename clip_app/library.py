@@ -19,6 +19,7 @@ Safety rules (see also library_file.py for the file format and gallery.py for fi
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -161,11 +162,14 @@ class FeatureLibrary(LibraryMaintenance):
         """One writer at a time (threads and processes); the state is fresh from disk inside. Readers go on
         meanwhile: they see the previous state until _save swaps in the new one."""
         with self._write_mutex:
+            self._check_lock_file()
             try:
                 self._file_lock.acquire()
             except filelock.Timeout:
                 raise LibraryBusyError(f"the feature library {self.library_file} is locked by another process "
                                        f"(lock file {self._file_lock.lock_file}); try again later") from None
+            except OSError as exc:
+                raise self._lock_file_error(exc) from None
             try:
                 with self._lock:
                     self._refresh()
@@ -177,6 +181,22 @@ class FeatureLibrary(LibraryMaintenance):
                         self._writer_holds_file_lock = False
             finally:
                 self._file_lock.release()
+
+    def _check_lock_file(self) -> None:
+        """Create the lock file (and its folder) if needed: a file that cannot be created is an error now, not a
+        lock that seems held by someone else until the timeout."""
+        path = lock_path(self.library_file)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+        except OSError as exc:
+            raise self._lock_file_error(exc) from None
+
+    def _lock_file_error(self, exc: OSError) -> LibraryWriteError:
+        path = lock_path(self.library_file)
+        return LibraryWriteError(f"cannot write to the feature library {self.library_file}: its lock file {path} "
+                                 f"cannot be created or opened ({exc.strerror or exc}); the folder {path.parent} "
+                                 "must exist (or be creatable) and be writable")
 
     def _current(self) -> LibraryState:
         """The newest state (reloaded when another process saved the file); never waits for a writer."""

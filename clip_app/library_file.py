@@ -474,6 +474,6 @@ def file_signature(path: Path) -> tuple[int, int, int] | None:
     """(inode, mtime_ns, size) of a file, None when it does not exist: a change means another writer saved it."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a path under a file cannot exist either
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)

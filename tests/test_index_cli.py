@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,38 @@ def test_first_run_indexes_the_gallery_from_the_command_line(tmp_path: Path, tin
     captured = capsys.readouterr()
     assert "first run: indexed 2 gallery images" in captured.err
     assert [line.split("\t")[1] for line in captured.out.strip().splitlines()] == ["000001.png", "000002.jpg"]
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_a_library_that_cannot_be_written_is_one_error_line_and_exit_2(tmp_path: Path, tiny_checkpoint: Path,
+                                                                      capsys, where: str) -> None:
+    (tmp_path / "plain-file").write_text("not a folder")
+    library = tmp_path / "plain-file" / "lib.pth" if where == "under-a-file" else Path("/proc/clip-app-lib.pth")
+    write_image(tmp_path / "ok.png", "red")
+    for command in (["list"], ["stats"], ["add", str(tmp_path / "ok.png")]):
+        started = time.monotonic()
+        code = main(["--model", str(tiny_checkpoint), "--device", "cpu", "--gallery", str(tmp_path / "gallery"),
+                     "--library", str(library), *command])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and time.monotonic() - started < 30, (command, err)  # not the 300 s lock timeout
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and "lock file" in err, err
+        assert str(library) in err
+
+
+def test_an_os_error_while_repairing_is_one_error_line_and_exit_2(tmp_path: Path, tiny_checkpoint: Path, capsys,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import clip_app.gallery
+
+    (tmp_path / "gallery").mkdir()
+    (tmp_path / "gallery" / "notes.txt").write_text("not an image: repair moves it to .quarantine/")
+    assert main(_cli(tmp_path, tiny_checkpoint, "list")) == 0
+
+    def refuse(folder: Path, name: str) -> str:
+        raise PermissionError(13, "Permission denied", str(folder / name), None, str(folder / ".quarantine" / name))
+
+    monkeypatch.setattr(clip_app.gallery, "quarantine", refuse)
+    capsys.readouterr()
+    assert main(_cli(tmp_path, tiny_checkpoint, "repair")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "notes.txt" in err[-1] and "Permission denied" in err[-1]
+    assert (tmp_path / "gallery" / "notes.txt").is_file()

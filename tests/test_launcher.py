@@ -135,3 +135,14 @@ def test_create_app_uses_the_flags(tmp_path: Path, tiny_checkpoint: Path) -> Non
                                 "--library", str(tmp_path / "l.pth"), "--max-file-size", "2KB"])
     app = launcher.create_app(args)
     assert isinstance(app, App) and app.max_file_size == 2048 and app.encoder.name == "tiny-clip.pt"
+
+
+def test_main_fails_clearly_when_the_library_folder_cannot_be_written(capsys: pytest.CaptureFixture[str],
+                                                                      tmp_path: Path, tiny_checkpoint: Path) -> None:
+    (tmp_path / "plain-file").write_text("not a folder")
+    for library in (tmp_path / "plain-file" / "lib.pth", Path("/proc/clip-app-lib.pth")):
+        assert launcher.main(["--model", str(tiny_checkpoint), "--device", "cpu", "--gallery", str(tmp_path / "g"),
+                              "--library", str(library)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "lock file" in err and str(library) in err
+        assert len(err.splitlines()) == 1
