@@ -287,22 +287,30 @@ def _ascending(ids: torch.Tensor) -> bool:
     return bool(len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()))
 
 
-def load_raw(path: Path, what: str = "feature library") -> dict:
-    """torch.load(weights_only=True) of a library file; LibraryCorruptError (file untouched) when it cannot be."""
+def load_raw(path: Path, what: str = "feature library", recovery: str | None = None) -> dict:
+    """torch.load(weights_only=True) of a library file; LibraryCorruptError (file untouched, the message ending with
+    `recovery`, by default RECOVERY) when it cannot be."""
+    recovery = RECOVERY if recovery is None else recovery
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as exc:  # unpickling refused, truncated zip, permission denied, not a torch file ...
         raise LibraryCorruptError(f"the {what} {path} cannot be read: {load_failure_reason(exc)}; it was left "
-                                  f"untouched. {RECOVERY}") from exc
+                                  f"untouched. {recovery}") from exc
     if not isinstance(raw, dict):
         raise LibraryCorruptError(f"the {what} {path} is not a valid library file (it holds a "
-                                  f"{type(raw).__name__}, not a dict); it was left untouched. {RECOVERY}")
+                                  f"{type(raw).__name__}, not a dict); it was left untouched. {recovery}")
     return raw
 
 
+#: what to do about a damaged main file: without it, the next start indexes the gallery (the images keep their IDs)
 RECOVERY = "Move it away and restart to index the gallery again, or restore a backup."
+#: what to do about a damaged journal: the main file stays, so nothing is indexed again by itself; repair adopts the
+#: images added since the last full save under their own IDs (never issued according to the main file)
+JOURNAL_RECOVERY = ("Move the journal away, then run `python -m clip_app.index repair` (with the same --gallery, "
+                    "--library and --model): the images added since the last full save are indexed again and keep "
+                    "their IDs. Or restore a backup.")
 
 
 def load_state(path: Path) -> LibraryState:
@@ -310,13 +318,13 @@ def load_state(path: Path) -> LibraryState:
     return parse_state(load_raw(path), path)
 
 
-def parse_state(raw: dict, path: Path, what: str = "feature library") -> LibraryState:
-    """state_from_dict, with any problem turned into LibraryCorruptError naming the file."""
+def parse_state(raw: dict, path: Path, what: str = "feature library", recovery: str | None = None) -> LibraryState:
+    """state_from_dict, with any problem turned into LibraryCorruptError naming the file (see load_raw)."""
     try:
         return state_from_dict(raw)
     except (ValueError, TypeError, KeyError) as exc:
         raise LibraryCorruptError(f"the {what} {path} is not a valid library file ({exc}); it was left untouched. "
-                                  f"{RECOVERY}") from exc
+                                  f"{RECOVERY if recovery is None else recovery}") from exc
 
 
 def load_failure_reason(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .library_file import (
+    JOURNAL_RECOVERY,
     LibraryCorruptError,
     LibraryState,
     file_signature,
@@ -84,24 +85,24 @@ def load_library(path: Path) -> tuple[LibraryState, OnDisk]:
     on_disk = OnDisk(generation=generation, base_ids=state.ids.clone(), model=state.model)
     journal_file = journal_path(path)
     try:
-        journal = load_raw(journal_file, "feature library journal")
+        journal = load_raw(journal_file, "feature library journal", JOURNAL_RECOVERY)
     except FileNotFoundError:
         return state, on_disk
     if not generation or journal.get("base") != generation:
         log.warning("ignoring the stale journal %s: it belongs to another version of %s", journal_file, path)
         return state, on_disk
-    added = parse_state(journal, journal_file, "feature library journal")
+    added = parse_state(journal, journal_file, "feature library journal", JOURNAL_RECOVERY)
     removed = journal.get("removed")
     if not isinstance(removed, torch.Tensor) or removed.dtype != torch.int64 or removed.dim() != 1:
         raise LibraryCorruptError(f"the feature library journal {journal_file} is not valid ('removed' must be an "
-                                  "int64 tensor [R]); it was left untouched.")
+                                  f"int64 tensor [R]); it was left untouched. {JOURNAL_RECOVERY}")
     if added.model != state.model or added.dim != state.dim:
         raise LibraryCorruptError(f"the feature library journal {journal_file} was written for model {added.model} "
-                                  f"but {path} holds {state.model}; both were left untouched.")
+                                  f"but {path} holds {state.model}; both were left untouched. {JOURNAL_RECOVERY}")
     clash = set(added.ids.tolist()) & set(state.ids.tolist())
     if clash:
         raise LibraryCorruptError(f"the feature library journal {journal_file} adds IDs that {path} already holds "
-                                  f"({sorted(clash)[:5]}); both were left untouched.")
+                                  f"({sorted(clash)[:5]}); both were left untouched. {JOURNAL_RECOVERY}")
     if len(removed):
         state = state.without(removed.tolist())
     state = state.appended(added.ids.tolist(), added.features16, added.files, added.sha256, added.sizes.tolist(),

@@ -116,3 +116,28 @@ def test_an_empty_library_of_another_model_is_taken_over_with_a_whole_new_file(t
     raw = torch.load(tmp_path / LIB, weights_only=True)
     assert raw["model"] == "other-colour-model" and raw["ids"].tolist() == [2]
     assert [e.id for e in open_library(tmp_path, other_colour_encoder())] == [2]
+
+
+def test_a_damaged_journal_says_how_to_recover_and_repair_brings_its_images_back_under_their_ids(
+        tmp_path: Path, colour_encoder) -> None:
+    library = open_library(tmp_path, colour_encoder)
+    library.add([(image_bytes("red"), "red.png"), (image_bytes("green"), "green.png")])  # the main file: IDs 1, 2
+    library.remove([2])
+    library.add([(image_bytes("blue"), "blue.png")])  # in the journal: ID 3, and the removal of ID 2
+    library.add([(image_bytes("cyan"), "cyan.png"), (image_bytes("grey"), "grey.png")])  # IDs 4, 5
+    before = {e.id: (e.file, e.sha256) for e in library}
+    journal = tmp_path / JOURNAL
+    journal.write_bytes(journal.read_bytes()[:200])
+    with pytest.raises(LibraryCorruptError) as info:
+        open_library(tmp_path, colour_encoder)
+    message = str(info.value)
+    assert "journal" in message and "python -m clip_app.index repair" in message and "keep their IDs" in message
+    assert "restart" not in message
+
+    journal.rename(tmp_path / "journal.damaged")  # what the message says to do
+    moved_away = open_library(tmp_path, colour_encoder)
+    assert [e.id for e in moved_away] == [1, 2]  # the main file alone
+    report = moved_away.repair()
+    assert report.indexed == [3, 4, 5] and report.dropped == [2]
+    assert {e.id: (e.file, e.sha256) for e in moved_away} == before and moved_away.check().ok
+    assert moved_away.add([(image_bytes("black"), "black.png")]).results[0].id == 6
