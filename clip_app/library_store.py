@@ -35,6 +35,7 @@ from .library_file import (
     load_raw,
     parse_state,
     save_state,
+    sorted_member,
 )
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,3 @@ def save_library(state: LibraryState, path: Path, on_disk: OnDisk | None, compac
         log.warning("could not delete the old journal %s (%s); it is ignored", stale, exc)
     return OnDisk(generation, state.ids.clone(), state.model, 0)
 
-
-def sorted_member(values: torch.Tensor, sorted_set: torch.Tensor) -> torch.Tensor:
-    """Bool [N]: which values [N] occur in an ascending int64 tensor [M] (binary search; torch.isin is slow here)."""
-    if len(sorted_set) == 0 or len(values) == 0:
-        return torch.zeros(len(values), dtype=torch.bool)
-    at = torch.searchsorted(sorted_set, values).clamp_max(len(sorted_set) - 1)
-    return sorted_set[at] == values
