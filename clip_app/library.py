@@ -94,7 +94,7 @@ class FeatureLibrary(LibraryMaintenance):
         self._file_lock = filelock.FileLock(str(lock_path(self.library_file)), timeout=lock_timeout)
         self._signature: Signature | None = None
         self._on_disk: OnDisk | None = None
-        self._state = LibraryState.empty(encoder.identity, encoder.name, encoder.dim)
+        self._state: LibraryState = None  # type: ignore[assignment]  # set by _open
         self.first_run_report: RepairReport | None = None
         self._open()
 
@@ -106,9 +106,13 @@ class FeatureLibrary(LibraryMaintenance):
 
     # ---- opening, refreshing, locking -------------------------------------------------------------------
     def _open(self) -> None:
+        """Load the file; without one, index the gallery (the only case where opening needs the model itself:
+        list, stats, check and remove of an existing library work with its identity alone)."""
         if file_signature(self.library_file) is not None:
             self._load()
-            return
+            if self._state is not None:
+                return
+        self._state = LibraryState.empty(self.encoder.identity, self.encoder.name, self.encoder.dim)
         with self._writing():  # first run: index the gallery (once, even when two processes start together)
             if self._signature is not None and self._signature[0] is not None:
                 return  # another process created the file meanwhile; _writing() loaded it
@@ -131,10 +135,7 @@ class FeatureLibrary(LibraryMaintenance):
             state, on_disk = load_library(self.library_file)
             if signature(self.library_file) == before:
                 break
-        if state.model == self.encoder.identity and state.dim != self.encoder.dim:
-            raise LibraryCorruptError(f"the feature library {self.library_file} says model {state.model} with "
-                                      f"{state.dim}-d features, but that model gives {self.encoder.dim}-d features")
-        if state.model != self.encoder.identity and len(state) == 0:
+        if state.model != self.encoder.identity and len(state) == 0 and self._check_model:
             log.info("the empty library %s was made by %s; it now belongs to %s", self.library_file,
                      state.model, self.encoder.identity)
             fresh = LibraryState.empty(self.encoder.identity, self.encoder.name, self.encoder.dim)
@@ -214,9 +215,14 @@ class FeatureLibrary(LibraryMaintenance):
             self._on_disk, self._state, self._signature = on_disk, state, saved
 
     def _require_model(self, state: LibraryState) -> None:
+        """ModelMismatchError unless the state was made by the running model; LibraryCorruptError when it says so
+        but its width is not the model's (checked once the model is loaded: see index.LazyEncoder)."""
         if state.model != self.encoder.identity:
             raise ModelMismatchError(state.model, self.encoder.identity, self.library_file, state.model_name,
                                      self.encoder.name)
+        if getattr(self.encoder, "loaded", True) and state.dim != self.encoder.dim:
+            raise LibraryCorruptError(f"the feature library {self.library_file} says model {state.model} with "
+                                      f"{state.dim}-d features, but that model gives {self.encoder.dim}-d features")
 
     def _scan(self) -> gal.GalleryScan:
         extra = {path.name for path in companion_files(self.library_file)}  # the library file, lock, journal, ...

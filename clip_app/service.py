@@ -320,13 +320,14 @@ class App:
         return LibraryStats(int(known["count"]), str(known["model"]), int(known["dim"]), int(known["file_size"]),
                             str(known["gallery_dir"]), str(known["library_file"]), raw)
 
-    def check(self) -> CheckReport:
-        """Look for disagreements between the library file and the gallery folder (changes nothing)."""
-        return self.library.check()
+    def check(self, progress: Progress | None = None) -> CheckReport:
+        """Look for disagreements between the library file and the gallery folder (changes nothing); progress(rows
+        checked, rows)."""
+        return self.library.check(progress=progress)
 
-    def repair(self) -> RepairReport:
-        """Fix what check finds."""
-        return self.library.repair()
+    def repair(self, progress: Progress | None = None) -> RepairReport:
+        """Fix what check finds; progress(files read, files)."""
+        return self.library.repair(progress=progress)
 
     def rebuild(self, progress: Progress | None = None) -> RebuildReport:
         """Re-encode every gallery image with the running model."""

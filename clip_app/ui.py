@@ -404,14 +404,14 @@ def _library_tab(app: App) -> _Wiring:
               concurrency_id=WRITE_CONCURRENCY_ID)
 
     @user_errors
-    def run_check():
-        result = app.check()
+    def run_check(progress=gr.Progress()):
+        result = app.check(progress=lambda done, total: progress((done, total), desc="Checking files", unit="files"))
         lines = [f"{p.kind}: {p.detail}" for p in result.problems]
         return report_text("Check", lines, "Everything agrees: no problems found."), stats_text(app)
 
     @user_errors
-    def run_repair():
-        result = app.repair()
+    def run_repair(progress=gr.Progress()):
+        result = app.repair(progress=lambda done, total: progress((done, total), desc="Reading files", unit="files"))
         return report_text("Repair", list(result.actions), "Nothing needed repairing."), stats_text(app)
 
     @user_errors

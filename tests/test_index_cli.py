@@ -189,3 +189,44 @@ def test_an_os_error_while_repairing_is_one_error_line_and_exit_2(tmp_path: Path
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "notes.txt" in err[-1] and "Permission denied" in err[-1]
     assert (tmp_path / "gallery" / "notes.txt").is_file()
+
+
+def test_list_stats_check_and_remove_work_without_loading_the_model(tmp_path: Path, capsys,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from clip.clip import _transform
+
+    import clip_app.index
+    from clip_app.library import FeatureLibrary
+    from clip_app.model import ClipEncoder, ModelLoadError
+    from tests.fakes import TINY_RESOLUTION, ColorClip
+
+    named = ClipEncoder.from_model(ColorClip(), _transform(TINY_RESOLUTION), name="ViT-B/32")  # made "by ViT-B/32"
+    library = FeatureLibrary(tmp_path / "gallery", tmp_path / "lib.pth", named)
+    library.add([(image_bytes(c), f"{c}.png") for c in ("red", "green", "blue")])
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+
+    def no_weights(*args, **kwargs):
+        raise ModelLoadError("no weights on this machine")
+
+    monkeypatch.setattr(clip_app.index, "ClipEncoder", no_weights)  # loading any model fails (and never downloads)
+    for model in ("ViT-B/32", str(junk)):
+        flags = _cli(tmp_path, Path(model))
+        capsys.readouterr()
+        assert main([*flags, "list"]) == 0
+        assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["1", "2", "3"]
+        assert main([*flags, "stats", "--json"]) == 0
+        stats = json.loads(capsys.readouterr().out)
+        assert stats["model"] == "ViT-B/32" and stats["count"] == 3
+        assert stats["running_model"] == ("ViT-B/32" if model == "ViT-B/32" else stats["running_model"])
+        assert main([*flags, "check"]) == (0 if model == "ViT-B/32" else 1)  # the stamps compared without weights
+        assert main([*flags, "add", str(write_image(tmp_path / "cyan.png", "cyan"))]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        if model == "ViT-B/32":  # add needs the model: now it is loaded
+            assert err == "error: no weights on this machine"
+        else:  # junk.pt is another model than the library's: refused before anything is loaded
+            assert err.startswith("error: the feature library") and "junk.pt" in err
+    assert stats["running_model"].startswith("sha256:")  # junk.pt is identified by its hash
+    assert main([*_cli(tmp_path, Path("ViT-B/32")), "remove", "2"]) == 0
+    assert [e.id for e in FeatureLibrary(tmp_path / "gallery", tmp_path / "lib.pth", named)] == [1, 3]
+    assert not list((tmp_path / "gallery").glob("000002.*"))

@@ -162,3 +162,13 @@ def test_add_skips_an_id_whose_file_already_lies_in_the_gallery(tmp_path: Path, 
     assert library.add([(image_bytes("cyan"), "c")]).results[0].id == 5
     assert (tmp_path / "gallery" / "000004.jpg").read_bytes() == stray  # never overwritten
     assert library.repair().indexed == [6]  # 4 was passed over, so it is not reused
+
+
+def test_repair_reports_progress_over_every_file_it_reads(tmp_path: Path, colour_encoder) -> None:
+    library = _library_with(tmp_path, colour_encoder)
+    write_image(tmp_path / "gallery" / "holiday.png", "cyan")
+    write_image(tmp_path / "gallery" / "000099.png", "yellow")
+    seen: list[tuple[int, int]] = []
+    report = library.repair(progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(k, 5) for k in range(1, 6)]  # 3 rows + 2 files without rows
+    assert sorted(report.indexed) == [99, 100]  # 000099.png keeps its never-issued ID; holiday.png comes after it

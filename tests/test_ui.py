@@ -163,6 +163,16 @@ def test_library_maintenance_buttons(demo: gr.Blocks, app: App) -> None:
     assert "no problems" in handler(demo, "run_check")()[0]
 
 
+def test_check_and_repair_buttons_show_progress(demo: gr.Blocks, app: App, tmp_path: Path) -> None:
+    write_png(Path(app.stats().gallery_dir) / "dropped-in.png", "cyan")  # a file without a row: repair reads 4
+    for name, files in (("run_check", 3), ("run_repair", 4)):
+        seen: list = []
+        report, _ = handler(demo, name)(progress=lambda value, desc=None, unit=None, s=seen: s.append((value, desc)))
+        assert seen and seen[-1][0] == (files, files) and seen[-1][1], (name, seen)
+        assert report.startswith(("**Check**", "**Repair**"))
+    assert app.check().ok and len(app.library) == 4
+
+
 def test_label_set_events(demo: gr.Blocks, app: App) -> None:
     dropdown, message = handler(demo, "save_labels")("colours", "red, green")
     assert dropdown.value == "colours" and "colours" in dropdown.choices[-1] and "Saved 2 labels" in message
