@@ -96,6 +96,9 @@ class LazyEncoder:
         self._settings, self._batch_size = settings, batch_size
         self._encoder: ClipEncoder | None = None
         self.identity, self.name = model_identity(settings.model)  # ModelLoadError: unknown name, missing file
+        path = Path(settings.model).expanduser()
+        self.source = str(path.absolute()) if path.is_file() else settings.model  # as ClipEncoder.source
+        self.model_dir = str(settings.model_dir) if settings.model_dir else None
 
     @property
     def loaded(self) -> bool:
@@ -238,7 +241,11 @@ def cmd_check(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder
     else:
         for problem in report.problems:
             print(problem)
-        print(report.summary() + ("" if report.ok else "; run `python -m clip_app.index repair` to fix"))
+        if report.by_kind("model_mismatch"):  # repair refuses another model's library: rebuild fixes it all
+            print(report.summary() + f"; run `{library.index_command('rebuild')}` to re-encode the gallery with the "
+                  "running model")
+        else:
+            print(report.summary() + ("" if report.ok else f"; run `{library.index_command('repair')}` to fix"))
     return 0 if report.ok else 1
 
 

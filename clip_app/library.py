@@ -51,6 +51,7 @@ from .library_reports import (
     Problem,
     RebuildReport,
     RepairReport,
+    index_command,
 )
 from .library_store import (
     OnDisk,
@@ -219,7 +220,7 @@ class FeatureLibrary(LibraryMaintenance):
         but its width is not the model's (checked once the model is loaded: see index.LazyEncoder)."""
         if state.model != self.encoder.identity:
             raise ModelMismatchError(state.model, self.encoder.identity, self.library_file, state.model_name,
-                                     self.encoder.name)
+                                     self.encoder.name, self.index_command("rebuild"))
         if getattr(self.encoder, "loaded", True) and state.dim != self.encoder.dim:
             raise LibraryCorruptError(f"the feature library {self.library_file} says model {state.model} with "
                                       f"{state.dim}-d features, but that model gives {self.encoder.dim}-d features")
@@ -228,6 +229,12 @@ class FeatureLibrary(LibraryMaintenance):
         extra = {path.name for path in companion_files(self.library_file)}  # the library file, lock, journal, ...
         same_folder = self.library_file.parent == self.gallery_dir
         return gal.scan_gallery(self.gallery_dir, extra if same_folder else ())
+
+    def index_command(self, command: str) -> str:
+        """The exact `python -m clip_app.index ... COMMAND` line for this library and the running model."""
+        source = getattr(self.encoder, "source", None) or self.encoder.name
+        return index_command(command, source, self.gallery_dir, self.library_file,
+                             getattr(self.encoder, "model_dir", None))
 
     def private_paths(self) -> list[Path]:
         """See private_paths(): what a web server must never serve."""

@@ -56,18 +56,20 @@ class ModelMismatchError(LibraryError):
     """The library was made by another model than the running one; its features cannot be mixed."""
 
     def __init__(self, library_model: str, running_model: str, library_file: Path | str | None = None,
-                 library_model_name: str | None = None, running_model_name: str | None = None) -> None:
+                 library_model_name: str | None = None, running_model_name: str | None = None,
+                 rebuild_command: str | None = None) -> None:
         self.library_model = library_model
         self.running_model = running_model
         where = f"the feature library {library_file}" if library_file else "the feature library"
         lib = _describe(library_model, library_model_name)
         run = _describe(running_model, running_model_name)
-        model_flag = running_model if not running_model.startswith("sha256:") else "<path of the checkpoint>"
+        if rebuild_command is None:
+            model_flag = running_model if not running_model.startswith("sha256:") else "<path of the checkpoint>"
+            rebuild_command = f"python -m clip_app.index --model {model_flag} rebuild"
         super().__init__(
             f"{where} was made with model {lib}, but the running model is {run}; features of two models are "
-            f"never mixed. Re-encode the gallery with the running model: `python -m clip_app.index --model "
-            f"{model_flag} rebuild` (the library file is replaced only when that succeeds), or start with --model "
-            "set to the library's model.")
+            f"never mixed. Re-encode the gallery with the running model: `{rebuild_command}` (the library file is "
+            "replaced only when that succeeds), or start with --model set to the library's model.")
 
 
 class UnknownImageError(LibraryError, KeyError):

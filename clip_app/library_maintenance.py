@@ -190,6 +190,7 @@ class LibraryMaintenance:
         def _save(self, state: LibraryState, compact: bool = False) -> None: ...
         def _require_model(self, state: LibraryState) -> None: ...
         def _scan(self) -> gal.GalleryScan: ...
+        def index_command(self, command: str) -> str: ...
 
     def check(self, hashes: bool = True, progress: Progress | None = None) -> CheckReport:
         """List every disagreement between folder, file and running model (hashes=False skips reading files)."""
@@ -198,7 +199,7 @@ class LibraryMaintenance:
         if state.model != self.encoder.identity:
             problems.append(Problem("model_mismatch", None, None, f"the library was made with {state.model_name} "
                                     f"({state.model}), the running model is {self.encoder.name} "
-                                    f"({self.encoder.identity}): run `python -m clip_app.index rebuild`"))
+                                    f"({self.encoder.identity}): run `{self.index_command('rebuild')}`"))
         norms = state.features.norm(dim=1) if len(state) else torch.empty(0)
         bad_norm = bad_rows(state.features).tolist()
         for row in range(len(state)):

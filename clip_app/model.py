@@ -81,6 +81,9 @@ class ClipEncoder:
         path = Path(model).expanduser()
         is_file = path.is_file()
         identity, name = model_identity(model)  # ModelLoadError for an unknown name or a missing file
+        #: the model as it is given on a command line (`--model`), and --model-dir: for the advice in messages
+        self.source = str(path.absolute()) if is_file else model
+        self.model_dir = str(download_root) if download_root else None
         try:
             loaded, preprocess = clip.load(str(path) if is_file else model, device=self.device, jit=False,
                                            download_root=str(download_root) if download_root else None)

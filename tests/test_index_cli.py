@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -230,3 +232,34 @@ def test_list_stats_check_and_remove_work_without_loading_the_model(tmp_path: Pa
     assert main([*_cli(tmp_path, Path("ViT-B/32")), "remove", "2"]) == 0
     assert [e.id for e in FeatureLibrary(tmp_path / "gallery", tmp_path / "lib.pth", named)] == [1, 3]
     assert not list((tmp_path / "gallery").glob("000002.*"))
+
+
+def test_the_advice_is_an_exact_command_that_fixes_the_problem(tmp_path: Path, tiny_checkpoint: Path, capsys,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    write_image(tmp_path / "ok.png", "red")
+    write_image(tmp_path / "more.png", "blue")
+    assert main(_cli(tmp_path, tiny_checkpoint, "add", str(tmp_path / "ok.png"), str(tmp_path / "more.png"))) == 0
+    other = save_tiny_checkpoint(tmp_path / "other.pt", seed=1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the advice works from any folder
+    capsys.readouterr()
+
+    def advice(text: str) -> list[list[str]]:
+        return [shlex.split(c)[3:] for c in re.findall(r"`(python -m clip_app\.index [^`]*)`", text)]
+
+    assert main(_cli(tmp_path, other, "add", str(tmp_path / "ok.png"))) == 2  # another model: refused
+    from_error = advice(capsys.readouterr().err)
+    assert main(_cli(tmp_path, other, "check")) == 1
+    from_check = advice(capsys.readouterr().out)
+    assert len(from_check) == 2 and from_error[0] == from_check[0] == from_check[1]  # the detail and the summary
+    assert from_check[0][-1] == "rebuild" and str(other) in from_check[0] and str(tmp_path / "lib.pth") in from_check[0]
+    assert main(from_check[0]) == 0  # as advised: rebuild with the running model, this library and gallery
+    assert main(_cli(tmp_path, other, "check")) == 0
+
+    next((tmp_path / "gallery").glob("000002.*")).unlink()
+    capsys.readouterr()
+    assert main(_cli(tmp_path, other, "check")) == 1
+    (repair,) = advice(capsys.readouterr().out)
+    assert repair[-1] == "repair" and main(repair) == 0
+    assert main(_cli(tmp_path, other, "check")) == 0
