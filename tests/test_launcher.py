@@ -146,3 +146,36 @@ def test_main_fails_clearly_when_the_library_folder_cannot_be_written(capsys: py
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "lock file" in err and str(library) in err
         assert len(err.splitlines()) == 1
+
+
+def test_gradio_reload_mode_rebuilds_the_demo_with_the_same_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                   tiny_checkpoint: Path) -> None:
+    """`gradio app.py -- FLAGS` runs `python app.py FLAGS` (main() serves), then its watcher thread re-runs the file's
+    code in __main__: that must build the new demo from FLAGS, not run main() (and sys.exit) a second time."""
+    import threading
+
+    from gradio.cli.commands.reload import reload_thread
+
+    monkeypatch.delenv("CLIP_APP_GALLERY", raising=False)
+    flags = ["--model", str(tiny_checkpoint), "--device", "cpu", "--gallery", str(tmp_path / "flag-gallery"),
+             "--library", str(tmp_path / "l.pth")]
+    monkeypatch.setattr(sys, "argv", ["app.py", *flags])
+    namespace = {"__name__": "__main__", "__file__": str(ROOT / "app.py")}
+    code = compile((ROOT / "app.py").read_text(encoding="utf-8"), str(ROOT / "app.py"), "exec")
+    failures: list[BaseException] = []
+
+    def watcher() -> None:  # what gradio.utils.watchfn does
+        reload_thread.running_reload = True
+        try:
+            exec(code, namespace)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit included: reported below
+            failures.append(exc)
+
+    thread = threading.Thread(target=watcher)
+    thread.start()
+    thread.join(120)
+    assert not failures, failures
+    demo = namespace["__getattr__"]("demo")  # what the watcher swaps in: getattr(module, "demo")
+    assert isinstance(demo, gr.Blocks)
+    texts = [str(block.value) for block in demo.blocks.values() if isinstance(block, gr.Markdown)]
+    assert any("flag-gallery" in text for text in texts)  # the App of the flags, not of the defaults
