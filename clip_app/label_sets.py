@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .classify import parse_labels
+from .library_file import LibraryWriteError, replace_atomically
 from .library_store import LABEL_SETS_NAME
 from .prompts import imagenet_classnames
 
@@ -133,15 +132,9 @@ class LabelSetStore:
                                 "(it is left untouched)") from None
 
     def _write(self, sets: dict[str, list[str]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Save atomically (the library's writer: temp file, fsync, os.replace); LabelSetError when it fails."""
         payload = json.dumps({"version": FORMAT_VERSION, "sets": sets}, ensure_ascii=False, indent=1)
-        fd, tmp = tempfile.mkstemp(prefix=".label_sets.", suffix=".tmp", dir=self.path.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            replace_atomically(self.path, lambda handle: handle.write(payload.encode("utf-8")))
+        except LibraryWriteError as exc:
+            raise LabelSetError(f"the label sets could not be saved: {exc}") from None

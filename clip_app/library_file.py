@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field, replace
 from itertools import compress
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import torch
 
@@ -488,16 +488,25 @@ def save_state(state: LibraryState, path: Path, extra: dict | None = None) -> No
 
 
 def write_atomic(data: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, flush, fsync, os.replace, fsync the folder.
+    """torch.save the dict atomically: see replace_atomically."""
+    replace_atomically(path, lambda handle: torch.save(data, handle))
+
+
+def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file through `write(handle)` into a temp file in the same folder (`.<name>.<random>.tmp`), flush,
+    fsync, os.replace, fsync the folder: readers see the old file or the new one, never a part.
 
     On any failure the temp file is removed, the previous file is untouched, and LibraryWriteError is raised.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise LibraryWriteError(f"could not save {path} ({exc}); the previous file is unchanged") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(data, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)

@@ -27,7 +27,7 @@ from . import gallery as gal
 from .images import ImageError, decode_image, image_extension, read_bytes
 from .library_file import LibraryState, fsync_dir
 from .library_reports import CheckReport, Problem, RebuildReport, RepairReport
-from .model import ClipEncoder
+from .model import ClipEncoder, file_sha256
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -155,15 +155,6 @@ def _regular_file_signature(path: Path) -> tuple[int, int, int] | None:
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of bytes."""
     return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def bad_rows(features: torch.Tensor) -> torch.Tensor:

@@ -184,6 +184,34 @@ def test_an_unreadable_label_sets_file_is_reported_and_left_untouched(app: App, 
     assert app.classify(png_bytes("red"), "red, blue", save=False).scores[0].label == "red"  # typed labels still work
 
 
+def test_a_label_set_save_that_fails_is_a_label_set_error_and_keeps_the_saved_sets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import clip_app.library_file
+    from clip_app.label_sets import LabelSetStore
+
+    (tmp_path / "plain-file").write_text("not a folder")
+    with pytest.raises(LabelSetError, match="could not be saved"):
+        LabelSetStore(tmp_path / "plain-file" / "label_sets.json").save("pets", "cat, dog")
+    store = LabelSetStore(tmp_path / "label_sets.json")
+    store.save("pets", "cat, dog")
+    before = store.path.read_bytes()
+
+    def disk_full(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(clip_app.library_file.os, "replace", disk_full)  # the library's atomic writer is used
+    with pytest.raises(LabelSetError, match="No space left"):
+        store.save("birds", "owl")
+    assert store.path.read_bytes() == before and store.names()[1:] == ["pets"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_one_file_hash_helper() -> None:
+    from clip_app import library_maintenance, model
+
+    assert library_maintenance.file_sha256 is model.file_sha256
+
+
 # ---- search ---------------------------------------------------------------------------------------------------
 def test_search_text_finds_the_matching_colour_first(app: App) -> None:
     result = app.search_text("a photo of something red", k=2)
