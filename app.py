@@ -1,8 +1,13 @@
 """clip-app launcher: `python app.py [--model M] [--gallery DIR] [--library FILE] [--device D] [--host H] [--port P]
 [--auth USER:PASSWORD] [--share] [--max-file-size 20MB]`.
 
-`demo` (what `gradio app.py` looks for) is built on first access from the CLIP_APP_* environment variables, so
-importing this module loads no model; `create_demo(args)` builds one from parsed flags.
+`demo` is built on first access from the CLIP_APP_* environment variables, so importing this module loads no model;
+`create_demo(args)` builds one from parsed flags.
+
+`gradio app.py [-- FLAGS]` (reload mode while developing) runs this file as `python app.py FLAGS`, so main() serves
+with every launch setting (allowed and blocked paths, auth, size limit); Gradio's watcher then runs this file's code
+again in its own thread at start and after every change: there `demo` is rebuilt from the same FLAGS and swapped
+in, and main() is not run a second time.
 """
 
 from __future__ import annotations
@@ -83,8 +88,9 @@ def launch(demo: "gr.Blocks", args: argparse.Namespace, settings: Settings, prev
     """Serve the demo as the flags say."""
     from clip_app.ui import launch as launch_ui
 
-    return launch_ui(demo, gallery_dir=settings.gallery_dir, host=args.host, port=args.port, auth=args.auth,
-                     share=args.share, max_file_size=args.max_file_size, prevent_thread_lock=prevent_thread_lock)
+    return launch_ui(demo, gallery_dir=settings.gallery_dir, library_file=settings.library_file, host=args.host,
+                     port=args.port, auth=args.auth, share=args.share, max_file_size=args.max_file_size,
+                     prevent_thread_lock=prevent_thread_lock)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,16 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     args = parse_args(argv)
     settings = Settings.from_args(args)
+    from clip_app.index import describe_os_error
     from clip_app.library import LibraryError
     from clip_app.model import ModelLoadError
     from clip_app.ui import build_demo
 
     try:
-        app = create_app(args)
+        demo = build_demo(create_app(args))
     except (ModelLoadError, LibraryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    launch(build_demo(app), args, settings)
+    except OSError as exc:  # a folder that cannot be read or written ...
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
+    launch(demo, args, settings)
     return 0
 
 
@@ -121,5 +131,17 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def in_gradio_reloader() -> bool:
+    """True in the thread of Gradio's reload watcher (`gradio app.py`), which re-runs this file's code."""
+    try:
+        from gradio.cli.commands.reload import reload_thread
+    except ImportError:  # pragma: no cover - an older or trimmed gradio
+        return False
+    return bool(getattr(reload_thread, "running_reload", False))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    if in_gradio_reloader():  # the watcher re-ran this file: a fresh demo with the flags the server started with
+        _demo = create_demo(parse_args(sys.argv[1:]))
+    else:
+        sys.exit(main())

@@ -4,9 +4,10 @@ Image ``ID`` is stored as ``<ID zero-padded to 6 digits><ext>`` (``000042.jpg``)
 format of the bytes (images.image_extension). A name is *ID-shaped* only in that canonical form.
 
 Names the library ignores in the gallery folder (never reported, never moved): hidden names (starting with '.',
-which covers the library's own temp files and the `.quarantine/` folder), ``CREDITS.md``, any ``README*`` or
-``LICENSE*`` file, ``Thumbs.db`` and ``desktop.ini`` (case-insensitive), and the library file and its lock when the
-library file lives inside the gallery folder.
+which covers the library's own temp files and the `.quarantine/` folder), ``README`` / ``LICENSE`` / ``LICENCE`` /
+``COPYING`` / ``CREDITS`` with no extension or ``.md``, ``.txt``, ``.rst``, ``Thumbs.db`` and ``desktop.ini`` (exact
+names, case-insensitive: ``license_plate.jpg`` is an image like any other), and the library file, its lock, journal
+and label sets file when the library file lives inside the gallery folder (library_store.companion_files).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from .library_file import fsync_dir
 
 ID_DIGITS = 6
 QUARANTINE_DIR = ".quarantine"
-IGNORED_NAMES = frozenset({"credits.md", "thumbs.db", "desktop.ini"})
-IGNORED_PREFIXES = ("readme", "license", "licence")
+_DOC_STEMS = ("readme", "license", "licence", "copying", "credits")
+_DOC_SUFFIXES = ("", ".md", ".txt", ".rst")
+#: exact names (compared in lower case) of the files a gallery may carry beside its images
+IGNORED_NAMES = frozenset({stem + suffix for stem in _DOC_STEMS for suffix in _DOC_SUFFIXES}
+                          | {"thumbs.db", "desktop.ini"})
 #: every extension a gallery file of an ID may carry (checked before an ID is given, so no file is overwritten)
 KNOWN_EXTENSIONS = tuple(sorted(set(FORMAT_EXTENSIONS.values()) | set(IMAGE_EXTENSIONS) | {".img"}))
 _ID_NAME = re.compile(r"^(\d{%d,})(\.[A-Za-z0-9]{1,8})$" % ID_DIGITS)
@@ -46,10 +50,9 @@ def parse_id_name(name: str) -> int | None:
 
 
 def is_ignored(name: str, extra: Iterable[str] = ()) -> bool:
-    """True for names the library never reports or touches (hidden, CREDITS.md, README*, LICENSE*, ...)."""
-    lower = name.lower()
-    return (name.startswith(".") or lower in IGNORED_NAMES or lower.startswith(IGNORED_PREFIXES)
-            or name in set(extra))
+    """True for names the library never reports or touches: hidden names, the exact IGNORED_NAMES (README.md,
+    LICENSE, CREDITS.md, ...) and `extra`. An image file name is never ignored by its prefix."""
+    return name.startswith(".") or name.lower() in IGNORED_NAMES or name in set(extra)
 
 
 def has_image_extension(name: str) -> bool:

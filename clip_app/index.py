@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .config import Settings, add_settings_arguments
 from .images import IMAGE_EXTENSIONS
 from .library import AddReport, AddResult, FeatureLibrary, LibraryError, UnknownImageError
-from .model import ClipEncoder, ModelLoadError
+from .model import ClipEncoder, ModelLoadError, model_identity
 
 log = logging.getLogger("clip_app.index")
 
@@ -70,18 +70,60 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     settings = Settings.from_args(args)
     try:
-        encoder = ClipEncoder(settings.model, settings.device, download_root=settings.model_dir,
-                              batch_size=args.batch_size)
-        return COMMANDS[args.command](args, settings, encoder)
+        encoder = LazyEncoder(settings, args.batch_size)
+        return COMMANDS[args.command](args, settings, encoder)  # type: ignore[arg-type]
     except UnknownImageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (ModelLoadError, LibraryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a folder that cannot be read or written, a file that cannot be moved ...
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: what was saved before stays valid", file=sys.stderr)
         return 130
+
+
+class LazyEncoder:
+    """The --model as the library sees it: its identity and name are known without loading any weights (a model
+    name, or a checkpoint's sha256); the model itself is loaded on first use of anything else (encoding, its feature
+    width). So list, stats, check and remove of an existing library work offline without the weights; add, rebuild
+    and repair load the model when they have images to encode."""
+
+    def __init__(self, settings: Settings, batch_size: int) -> None:
+        self._settings, self._batch_size = settings, batch_size
+        self._encoder: ClipEncoder | None = None
+        self.identity, self.name = model_identity(settings.model)  # ModelLoadError: unknown name, missing file
+        path = Path(settings.model).expanduser()
+        self.source = str(path.absolute()) if path.is_file() else settings.model  # as ClipEncoder.source
+        self.model_dir = str(settings.model_dir) if settings.model_dir else None
+
+    @property
+    def loaded(self) -> bool:
+        """True once the weights are loaded."""
+        return self._encoder is not None
+
+    def load(self) -> ClipEncoder:
+        """The loaded encoder (ModelLoadError when the weights cannot be loaded)."""
+        if self._encoder is None:
+            log.info("loading CLIP %s", self._settings.model)
+            self._encoder = ClipEncoder(self._settings.model, self._settings.device,
+                                        download_root=self._settings.model_dir, batch_size=self._batch_size)
+        return self._encoder
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.load(), name)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError in one line: what failed and on which file."""
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}" if where else reason
 
 
 def open_library(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder,
@@ -199,13 +241,17 @@ def cmd_check(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder
     else:
         for problem in report.problems:
             print(problem)
-        print(report.summary() + ("" if report.ok else "; run `python -m clip_app.index repair` to fix"))
+        if report.by_kind("model_mismatch"):  # repair refuses another model's library: rebuild fixes it all
+            print(report.summary() + f"; run `{library.index_command('rebuild')}` to re-encode the gallery with the "
+                  "running model")
+        else:
+            print(report.summary() + ("" if report.ok else f"; run `{library.index_command('repair')}` to fix"))
     return 0 if report.ok else 1
 
 
 def cmd_repair(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
     library = open_library(args, settings, encoder)
-    with progress_bar("indexing") as update:
+    with progress_bar("reading files", unit="file") as update:
         report = library.repair(progress=update)
     for action in report.actions:
         print(action)

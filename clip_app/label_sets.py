@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .classify import parse_labels
+from .library_file import LibraryWriteError, replace_atomically
+from .library_store import LABEL_SETS_NAME
 from .prompts import imagenet_classnames
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class LabelSetError(ValueError):
 
 def default_label_sets_file(library_file: Path) -> Path:
     """The label sets file that belongs to a library: `label_sets.json` in the same folder."""
-    return Path(library_file).with_name("label_sets.json")
+    return Path(library_file).with_name(LABEL_SETS_NAME)
 
 
 class LabelSetStore:
@@ -56,6 +56,10 @@ class LabelSetStore:
         if name not in sets:
             raise LabelSetError(f"there is no label set named {name!r}")
         return list(sets[name])
+
+    def builtin_names(self) -> list[str]:
+        """The names of the built-in sets (they never need the file)."""
+        return list(self._builtin)
 
     def is_builtin(self, name: str) -> bool:
         """True for the read-only sets that ship with the app."""
@@ -128,15 +132,9 @@ class LabelSetStore:
                                 "(it is left untouched)") from None
 
     def _write(self, sets: dict[str, list[str]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Save atomically (the library's writer: temp file, fsync, os.replace); LabelSetError when it fails."""
         payload = json.dumps({"version": FORMAT_VERSION, "sets": sets}, ensure_ascii=False, indent=1)
-        fd, tmp = tempfile.mkstemp(prefix=".label_sets.", suffix=".tmp", dir=self.path.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            replace_atomically(self.path, lambda handle: handle.write(payload.encode("utf-8")))
+        except LibraryWriteError as exc:
+            raise LabelSetError(f"the label sets could not be saved: {exc}") from None

@@ -1,9 +1,12 @@
 """FeatureLibrary: the gallery folder and features_library.pth, joined by a shared integer image ID.
 
 Safety rules (see also library_file.py for the file format and gallery.py for file naming):
-- Every write takes a threading lock and a file lock (``<library_file>.lock``), reloads the file first when another
-  process changed it, and saves once, atomically (temp file, fsync, os.replace). Until os.replace the old file is
-  the valid library.
+- Every write takes the writers' mutex and a file lock (``<library_file>.lock``), reloads the file first when
+  another process changed it, and saves once, atomically (temp file, fsync, os.replace). Until os.replace the old
+  file is the valid library.
+- Reads never wait for a writer: a state is never changed once made, so a read only takes the state lock for the
+  moment it needs to reload a file another process saved, or to pick up the state a writer swapped in. No lock is
+  held while images are encoded, and the state lock is never held while waiting for the file lock.
 - Adding: the image file is written first (``gallery/000042.jpg``, original bytes), then the row is saved; if the
   save fails the new files are removed again. Removing: the row is saved first, then the file is deleted. A crash in
   between leaves an image file without a row, which `check` reports and `repair` indexes: no image is ever lost.
@@ -16,6 +19,7 @@ Safety rules (see also library_file.py for the file format and gallery.py for fi
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,15 +51,25 @@ from .library_reports import (
     Problem,
     RebuildReport,
     RepairReport,
+    index_command,
 )
-from .library_store import OnDisk, Signature, journal_path, load_library, save_library, signature
+from .library_store import (
+    OnDisk,
+    Signature,
+    companion_files,
+    journal_path,
+    load_library,
+    lock_path,
+    save_library,
+    signature,
+)
 from .model import ClipEncoder
 from .search import top_k
 
 __all__ = [
     "PROBLEM_KINDS", "AddReport", "AddResult", "CheckReport", "Entry", "FeatureLibrary", "LibraryBusyError",
     "LibraryCorruptError", "LibraryError", "LibraryWriteError", "ModelMismatchError", "Problem", "RebuildReport",
-    "RepairReport", "UnknownImageError",
+    "RepairReport", "UnknownImageError", "private_paths",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,11 +89,13 @@ class FeatureLibrary(LibraryMaintenance):
         self.near_duplicate_threshold = float(near_duplicate_threshold)
         self.batch_size = max(1, int(batch_size))
         self._check_model = check_model
-        self._lock = threading.RLock()
-        self._file_lock = filelock.FileLock(str(self.library_file) + ".lock", timeout=lock_timeout)
+        self._lock = threading.RLock()  # the in-memory state: held only to reload it or swap it, never for long
+        self._write_mutex = threading.Lock()  # one writer at a time in this process, for the whole write
+        self._writer_holds_file_lock = False  # then only our writer changes the file: readers need not reload it
+        self._file_lock = filelock.FileLock(str(lock_path(self.library_file)), timeout=lock_timeout)
         self._signature: Signature | None = None
         self._on_disk: OnDisk | None = None
-        self._state = LibraryState.empty(encoder.identity, encoder.name, encoder.dim)
+        self._state: LibraryState = None  # type: ignore[assignment]  # set by _open
         self.first_run_report: RepairReport | None = None
         self._open()
 
@@ -91,9 +107,13 @@ class FeatureLibrary(LibraryMaintenance):
 
     # ---- opening, refreshing, locking -------------------------------------------------------------------
     def _open(self) -> None:
+        """Load the file; without one, index the gallery (the only case where opening needs the model itself:
+        list, stats, check and remove of an existing library work with its identity alone)."""
         if file_signature(self.library_file) is not None:
             self._load()
-            return
+            if self._state is not None:
+                return
+        self._state = LibraryState.empty(self.encoder.identity, self.encoder.name, self.encoder.dim)
         with self._writing():  # first run: index the gallery (once, even when two processes start together)
             if self._signature is not None and self._signature[0] is not None:
                 return  # another process created the file meanwhile; _writing() loaded it
@@ -101,7 +121,7 @@ class FeatureLibrary(LibraryMaintenance):
             if scan.id_files or any(gal.has_image_extension(n) for n in scan.foreign):
                 log.info("no feature library at %s: indexing the gallery %s", self.library_file, self.gallery_dir)
                 report = RepairReport()
-                state = self._index_files(self._state, self._candidates_from_scan(self._state, scan), report,
+                state = self._index_files(self._state, self._candidates_from_scan((), scan), report, self._reader(),
                                           quarantine_rest=False)
                 self._save(state, compact=True)
                 self.first_run_report = report
@@ -116,10 +136,7 @@ class FeatureLibrary(LibraryMaintenance):
             state, on_disk = load_library(self.library_file)
             if signature(self.library_file) == before:
                 break
-        if state.model == self.encoder.identity and state.dim != self.encoder.dim:
-            raise LibraryCorruptError(f"the feature library {self.library_file} says model {state.model} with "
-                                      f"{state.dim}-d features, but that model gives {self.encoder.dim}-d features")
-        if state.model != self.encoder.identity and len(state) == 0:
+        if state.model != self.encoder.identity and len(state) == 0 and self._check_model:
             log.info("the empty library %s was made by %s; it now belongs to %s", self.library_file,
                      state.model, self.encoder.identity)
             fresh = LibraryState.empty(self.encoder.identity, self.encoder.name, self.encoder.dim)
@@ -144,39 +161,84 @@ class FeatureLibrary(LibraryMaintenance):
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """One writer at a time (threads and processes); the state is fresh from disk inside."""
-        with self._lock:
+        """One writer at a time (threads and processes); the state is fresh from disk inside. Readers go on
+        meanwhile: they see the previous state until _save swaps in the new one."""
+        with self._write_mutex:
+            self._check_lock_file()
             try:
                 self._file_lock.acquire()
             except filelock.Timeout:
                 raise LibraryBusyError(f"the feature library {self.library_file} is locked by another process "
                                        f"(lock file {self._file_lock.lock_file}); try again later") from None
+            except OSError as exc:
+                raise self._lock_file_error(exc) from None
             try:
-                self._refresh()
-                yield
+                with self._lock:
+                    self._refresh()
+                    self._writer_holds_file_lock = True
+                try:
+                    yield
+                finally:
+                    with self._lock:
+                        self._writer_holds_file_lock = False
             finally:
                 self._file_lock.release()
 
+    def _check_lock_file(self) -> None:
+        """Create the lock file (and its folder) if needed: a file that cannot be created is an error now, not a
+        lock that seems held by someone else until the timeout."""
+        path = lock_path(self.library_file)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+        except OSError as exc:
+            raise self._lock_file_error(exc) from None
+
+    def _lock_file_error(self, exc: OSError) -> LibraryWriteError:
+        path = lock_path(self.library_file)
+        return LibraryWriteError(f"cannot write to the feature library {self.library_file}: its lock file {path} "
+                                 f"cannot be created or opened ({exc.strerror or exc}); the folder {path.parent} "
+                                 "must exist (or be creatable) and be writable")
+
     def _current(self) -> LibraryState:
+        """The newest state (reloaded when another process saved the file); never waits for a writer."""
         with self._lock:
-            self._refresh()
+            if not self._writer_holds_file_lock:  # else the file changes only through our writer's _save
+                self._refresh()
             return self._state
 
     def _save(self, state: LibraryState, compact: bool = False) -> None:
-        """Save atomically: small changes into the journal, else (or when compact) a whole new main file."""
-        self._on_disk = save_library(state, self.library_file, self._on_disk, compact=compact)
-        self._state, self._signature = state, signature(self.library_file)
+        """Save atomically: small changes into the journal, else (or when compact) a whole new main file. Called by
+        the writer holding the file lock; readers see the new state from the moment it is on disk."""
+        on_disk = save_library(state, self.library_file, self._on_disk, compact=compact)
+        saved = signature(self.library_file)
+        with self._lock:
+            self._on_disk, self._state, self._signature = on_disk, state, saved
 
     def _require_model(self, state: LibraryState) -> None:
+        """ModelMismatchError unless the state was made by the running model; LibraryCorruptError when it says so
+        but its width is not the model's (checked once the model is loaded: see index.LazyEncoder)."""
         if state.model != self.encoder.identity:
             raise ModelMismatchError(state.model, self.encoder.identity, self.library_file, state.model_name,
-                                     self.encoder.name)
+                                     self.encoder.name, self.index_command("rebuild"))
+        if getattr(self.encoder, "loaded", True) and state.dim != self.encoder.dim:
+            raise LibraryCorruptError(f"the feature library {self.library_file} says model {state.model} with "
+                                      f"{state.dim}-d features, but that model gives {self.encoder.dim}-d features")
 
     def _scan(self) -> gal.GalleryScan:
-        name = self.library_file.name
-        extra = {name, name + ".lock", journal_path(self.library_file).name}
+        extra = {path.name for path in companion_files(self.library_file)}  # the library file, lock, journal, ...
         same_folder = self.library_file.parent == self.gallery_dir
         return gal.scan_gallery(self.gallery_dir, extra if same_folder else ())
+
+    def index_command(self, command: str) -> str:
+        """The exact `python -m clip_app.index ... COMMAND` line for this library and the running model."""
+        source = getattr(self.encoder, "source", None) or self.encoder.name
+        return index_command(command, source, self.gallery_dir, self.library_file,
+                             getattr(self.encoder, "model_dir", None))
+
+    def private_paths(self) -> list[Path]:
+        """See private_paths(): what a web server must never serve."""
+        return private_paths(self.gallery_dir, self.library_file)
 
     # ---- reading ----------------------------------------------------------------------------------------
     def _entry(self, state: LibraryState, row: int) -> Entry:
@@ -384,6 +446,15 @@ class FeatureLibrary(LibraryMaintenance):
             fsync_dir(self.gallery_dir)
         log.info("removed %s", ", ".join(map(str, wanted)))
         return wanted
+
+
+def private_paths(gallery_dir: Path | str, library_file: Path | str | None) -> list[Path]:
+    """Absolute paths a web server must never serve although they may lie in the gallery folder: the library file,
+    its lock, journal and label sets file, and the gallery's quarantine folder (files that are not images)."""
+    quarantine = Path(gallery_dir).expanduser().absolute() / gal.QUARANTINE_DIR
+    if library_file is None:
+        return [quarantine]
+    return companion_files(Path(library_file).expanduser().absolute()) + [quarantine]
 
 
 def _item_bytes(item: Item) -> tuple[bytes, str]:

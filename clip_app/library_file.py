@@ -30,8 +30,9 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
+from itertools import compress
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import torch
 
@@ -55,18 +56,20 @@ class ModelMismatchError(LibraryError):
     """The library was made by another model than the running one; its features cannot be mixed."""
 
     def __init__(self, library_model: str, running_model: str, library_file: Path | str | None = None,
-                 library_model_name: str | None = None, running_model_name: str | None = None) -> None:
+                 library_model_name: str | None = None, running_model_name: str | None = None,
+                 rebuild_command: str | None = None) -> None:
         self.library_model = library_model
         self.running_model = running_model
         where = f"the feature library {library_file}" if library_file else "the feature library"
         lib = _describe(library_model, library_model_name)
         run = _describe(running_model, running_model_name)
-        model_flag = running_model if not running_model.startswith("sha256:") else "<path of the checkpoint>"
+        if rebuild_command is None:
+            model_flag = running_model if not running_model.startswith("sha256:") else "<path of the checkpoint>"
+            rebuild_command = f"python -m clip_app.index --model {model_flag} rebuild"
         super().__init__(
             f"{where} was made with model {lib}, but the running model is {run}; features of two models are "
-            f"never mixed. Re-encode the gallery with the running model: `python -m clip_app.index --model "
-            f"{model_flag} rebuild` (the library file is replaced only when that succeeds), or start with --model "
-            "set to the library's model.")
+            f"never mixed. Re-encode the gallery with the running model: `{rebuild_command}` (the library file is "
+            "replaced only when that succeeds), or start with --model set to the library's model.")
 
 
 class UnknownImageError(LibraryError, KeyError):
@@ -120,6 +123,24 @@ class _Column:
         data[n:n + m] = rows
         return _Column(data, n + m)
 
+    def take(self, index: torch.Tensor) -> "_Column":
+        """A new column holding our rows at these positions [M], in that order (no conversion of the values): runs
+        of consecutive positions (what removing a few rows leaves) are copied as blocks, else gathered."""
+        m = len(index)
+        data = torch.empty((m + _slack(m),) + tuple(self.data.shape[1:]), dtype=self.data.dtype)
+        if m:
+            breaks = (torch.nonzero(index[1:] != index[:-1] + 1).flatten() + 1).tolist()
+            if len(breaks) <= MAX_COPY_RUNS:
+                for start, stop in zip([0] + breaks, breaks + [m]):
+                    first = int(index[start])
+                    data[start:stop] = self.data[first:first + stop - start]
+            else:
+                torch.index_select(self.data, 0, index, out=data[:m])
+        return _Column(data, m)
+
+
+MAX_COPY_RUNS = 256  # Column.take copies up to this many blocks one by one; more are gathered with index_select
+
 
 def _slack(n: int) -> int:
     """Spare rows kept after n rows: appends copy the buffer only every n/8 rows (amortised O(1) per row)."""
@@ -152,7 +173,8 @@ class LibraryState:
     names: list[str]
     next_id: int = FIRST_ID
     _f16: _Column | None = field(default=None, repr=False, compare=False)  # rows as stored (float16)
-    _f32: _Column | None = field(default=None, repr=False, compare=False)  # the same rows as float32
+    _f32: _Column | None = field(default=None, repr=False, compare=False)  # the same rows as float32 (None: not
+    # made yet; `features` makes it on first use, so that removing rows copies only the float16 rows)
     _row_of: dict[int, int] | None = field(default=None, repr=False, compare=False)
     _id_of_hash: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
@@ -179,7 +201,9 @@ class LibraryState:
     @property
     def features(self) -> torch.Tensor:
         """Float32 unit rows [N, D] (exactly the stored float16 values)."""
-        return self._f32.view(len(self))  # type: ignore[union-attr]
+        if self._f32 is None:  # two threads may both make it: the same values, and either result is kept
+            self._f32 = _Column.of(self.features16, torch.float32)
+        return self._f32.view(len(self))
 
     @property
     def features16(self) -> torch.Tensor:
@@ -222,7 +246,7 @@ class LibraryState:
             sha256=self.sha256 + list(sha256), added=torch.cat([self.added, times]),
             sizes=torch.cat([self.sizes, torch.tensor(list(sizes), dtype=torch.int64)]),
             names=self.names + [clean_name(x) for x in names], next_id=max(self.next_id, max(ids) + 1),
-            _f16=self._f16.extend(n, rows16), _f32=self._f32.extend(n, rows16.float()),  # type: ignore[union-attr]
+            _f16=self._f16.extend(n, rows16), _f32=self._float32_column().extend(n, rows16.float()),  # type: ignore
             _row_of=None, _id_of_hash=None)
         if (n and int(new_ids.min()) < int(self.ids[-1])) or not _ascending(new_ids):
             state = state.reordered(torch.argsort(state.ids))
@@ -238,17 +262,33 @@ class LibraryState:
 
     def reordered(self, order: torch.Tensor) -> "LibraryState":
         """A copy with rows taken in this order (a permutation or a subset) [M]."""
+        order = torch.as_tensor(order, dtype=torch.int64)
         index = order.tolist()
-        return LibraryState.build(
-            self.model, self.model_name, self.dim, ids=self.ids[order], features=self.features16[order],
-            files=[self.files[i] for i in index], sha256=[self.sha256[i] for i in index], added=self.added[order],
-            sizes=self.sizes[order], names=[self.names[i] for i in index], next_id=self.next_id)
+        return self._taken(order, [self.files[i] for i in index], [self.sha256[i] for i in index],
+                           [self.names[i] for i in index])
 
     def without(self, ids: Sequence[int]) -> "LibraryState":
-        """A copy without the rows of these IDs (next_id unchanged: IDs are never reused)."""
-        drop = set(int(i) for i in ids)
-        keep = torch.tensor([row for row, i in enumerate(self.ids.tolist()) if i not in drop], dtype=torch.int64)
-        return self.reordered(keep)
+        """A copy without the rows of these IDs (next_id unchanged: IDs are never reused). Vectorised: a keep mask
+        over the sorted IDs; only the float16 rows are copied (float32 rows are made when first used)."""
+        drop = torch.tensor(sorted({int(i) for i in ids}), dtype=torch.int64)
+        keep = ~sorted_member(self.ids, drop)  # [N] bool
+        flags = keep.tolist()
+        return self._taken(torch.nonzero(keep).flatten(), list(compress(self.files, flags)),
+                           list(compress(self.sha256, flags)), list(compress(self.names, flags)), float32=False)
+
+    def _taken(self, rows: torch.Tensor, files: list[str], sha256: list[str], names: list[str],
+               float32: bool = True) -> "LibraryState":
+        """A copy holding these rows [M] (the text columns already picked): the stored float16 rows, and with
+        float32 their float32 copies when made, are taken as they are, never converted again."""
+        f32 = self._f32.take(rows) if float32 and self._f32 is not None else None
+        return LibraryState(
+            model=self.model, model_name=self.model_name, dim=self.dim, ids=self.ids[rows], files=files,
+            sha256=sha256, added=self.added[rows], sizes=self.sizes[rows], names=names, next_id=self.next_id,
+            _f16=self._f16.take(rows), _f32=f32)  # type: ignore[union-attr]
+
+    def _float32_column(self) -> _Column:
+        self.features  # noqa: B018 - makes the float32 column when it is not there yet
+        return self._f32  # type: ignore[return-value]
 
     def with_rows(self, ids: Sequence[int], features: torch.Tensor, sha256: Sequence[str],
                   sizes: Sequence[int]) -> "LibraryState":
@@ -283,26 +323,42 @@ def clean_name(name: str) -> str:
     return " ".join(str(name).splitlines()) or "image"
 
 
+def sorted_member(values: torch.Tensor, sorted_set: torch.Tensor) -> torch.Tensor:
+    """Bool [N]: which values [N] occur in an ascending int64 tensor [M] (binary search; torch.isin is slow here)."""
+    if len(sorted_set) == 0 or len(values) == 0:
+        return torch.zeros(len(values), dtype=torch.bool)
+    at = torch.searchsorted(sorted_set, values).clamp_max(len(sorted_set) - 1)
+    return sorted_set[at] == values
+
+
 def _ascending(ids: torch.Tensor) -> bool:
     return bool(len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()))
 
 
-def load_raw(path: Path, what: str = "feature library") -> dict:
-    """torch.load(weights_only=True) of a library file; LibraryCorruptError (file untouched) when it cannot be."""
+def load_raw(path: Path, what: str = "feature library", recovery: str | None = None) -> dict:
+    """torch.load(weights_only=True) of a library file; LibraryCorruptError (file untouched, the message ending with
+    `recovery`, by default RECOVERY) when it cannot be."""
+    recovery = RECOVERY if recovery is None else recovery
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as exc:  # unpickling refused, truncated zip, permission denied, not a torch file ...
         raise LibraryCorruptError(f"the {what} {path} cannot be read: {load_failure_reason(exc)}; it was left "
-                                  f"untouched. {RECOVERY}") from exc
+                                  f"untouched. {recovery}") from exc
     if not isinstance(raw, dict):
         raise LibraryCorruptError(f"the {what} {path} is not a valid library file (it holds a "
-                                  f"{type(raw).__name__}, not a dict); it was left untouched. {RECOVERY}")
+                                  f"{type(raw).__name__}, not a dict); it was left untouched. {recovery}")
     return raw
 
 
+#: what to do about a damaged main file: without it, the next start indexes the gallery (the images keep their IDs)
 RECOVERY = "Move it away and restart to index the gallery again, or restore a backup."
+#: what to do about a damaged journal: the main file stays, so nothing is indexed again by itself; repair adopts the
+#: images added since the last full save under their own IDs (never issued according to the main file)
+JOURNAL_RECOVERY = ("Move the journal away, then run `python -m clip_app.index repair` (with the same --gallery, "
+                    "--library and --model): the images added since the last full save are indexed again and keep "
+                    "their IDs. Or restore a backup.")
 
 
 def load_state(path: Path) -> LibraryState:
@@ -310,13 +366,13 @@ def load_state(path: Path) -> LibraryState:
     return parse_state(load_raw(path), path)
 
 
-def parse_state(raw: dict, path: Path, what: str = "feature library") -> LibraryState:
-    """state_from_dict, with any problem turned into LibraryCorruptError naming the file."""
+def parse_state(raw: dict, path: Path, what: str = "feature library", recovery: str | None = None) -> LibraryState:
+    """state_from_dict, with any problem turned into LibraryCorruptError naming the file (see load_raw)."""
     try:
         return state_from_dict(raw)
     except (ValueError, TypeError, KeyError) as exc:
         raise LibraryCorruptError(f"the {what} {path} is not a valid library file ({exc}); it was left untouched. "
-                                  f"{RECOVERY}") from exc
+                                  f"{RECOVERY if recovery is None else recovery}") from exc
 
 
 def load_failure_reason(exc: BaseException) -> str:
@@ -432,16 +488,25 @@ def save_state(state: LibraryState, path: Path, extra: dict | None = None) -> No
 
 
 def write_atomic(data: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, flush, fsync, os.replace, fsync the folder.
+    """torch.save the dict atomically: see replace_atomically."""
+    replace_atomically(path, lambda handle: torch.save(data, handle))
+
+
+def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file through `write(handle)` into a temp file in the same folder (`.<name>.<random>.tmp`), flush,
+    fsync, os.replace, fsync the folder: readers see the old file or the new one, never a part.
 
     On any failure the temp file is removed, the previous file is untouched, and LibraryWriteError is raised.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise LibraryWriteError(f"could not save {path} ({exc}); the previous file is unchanged") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(data, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -474,6 +539,6 @@ def file_signature(path: Path) -> tuple[int, int, int] | None:
     """(inode, mtime_ns, size) of a file, None when it does not exist: a change means another writer saved it."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a path under a file cannot exist either
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)

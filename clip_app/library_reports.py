@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PROBLEM_KINDS = ("model_mismatch", "missing_file", "hash_mismatch", "not_unit", "orphan_file", "foreign_file")
+
+
+def index_command(command: str, model: str, gallery_dir: Path | str, library_file: Path | str,
+                  model_dir: Path | str | None = None) -> str:
+    """The index manager command line for this library and model, ready to paste into a POSIX shell:
+    `python -m clip_app.index --model M [--model-dir D] --gallery G --library L COMMAND` (--model-dir when it is
+    not the default)."""
+    from .config import default_model_dir
+
+    parts = ["python", "-m", "clip_app.index", "--model", str(model)]
+    if model_dir and Path(model_dir).expanduser().absolute() != default_model_dir().expanduser().absolute():
+        parts += ["--model-dir", str(model_dir)]
+    parts += ["--gallery", str(gallery_dir), "--library", str(library_file), command]
+    return " ".join(shlex.quote(part) for part in parts)
 
 
 @dataclass(frozen=True)

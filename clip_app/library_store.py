@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .library_file import (
+    JOURNAL_RECOVERY,
     LibraryCorruptError,
     LibraryState,
     file_signature,
@@ -34,10 +35,12 @@ from .library_file import (
     load_raw,
     parse_state,
     save_state,
+    sorted_member,
 )
 
 log = logging.getLogger(__name__)
 
+LABEL_SETS_NAME = "label_sets.json"  # the App's saved label sets, kept beside the library file (label_sets.py)
 COMPACT_MIN_ROWS = 2048
 COMPACT_FRACTION = 20  # compact when the journal holds more than N / 20 entries (and more than COMPACT_MIN_ROWS)
 
@@ -47,6 +50,17 @@ Signature = tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]
 def journal_path(path: Path) -> Path:
     """The journal file of a library file: features_library.pth -> features_library.pth.journal."""
     return path.with_name(path.name + ".journal")
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of a library file: features_library.pth -> features_library.pth.lock."""
+    return path.with_name(path.name + ".lock")
+
+
+def companion_files(path: Path) -> list[Path]:
+    """The library file and the files that live beside it: its lock, its journal and the label sets file. None of
+    them belongs to the gallery when the library file lies in the gallery folder, and none is ever served."""
+    return [path, lock_path(path), journal_path(path), path.with_name(LABEL_SETS_NAME)]
 
 
 def signature(path: Path) -> Signature:
@@ -72,24 +86,24 @@ def load_library(path: Path) -> tuple[LibraryState, OnDisk]:
     on_disk = OnDisk(generation=generation, base_ids=state.ids.clone(), model=state.model)
     journal_file = journal_path(path)
     try:
-        journal = load_raw(journal_file, "feature library journal")
+        journal = load_raw(journal_file, "feature library journal", JOURNAL_RECOVERY)
     except FileNotFoundError:
         return state, on_disk
     if not generation or journal.get("base") != generation:
         log.warning("ignoring the stale journal %s: it belongs to another version of %s", journal_file, path)
         return state, on_disk
-    added = parse_state(journal, journal_file, "feature library journal")
+    added = parse_state(journal, journal_file, "feature library journal", JOURNAL_RECOVERY)
     removed = journal.get("removed")
     if not isinstance(removed, torch.Tensor) or removed.dtype != torch.int64 or removed.dim() != 1:
         raise LibraryCorruptError(f"the feature library journal {journal_file} is not valid ('removed' must be an "
-                                  "int64 tensor [R]); it was left untouched.")
+                                  f"int64 tensor [R]); it was left untouched. {JOURNAL_RECOVERY}")
     if added.model != state.model or added.dim != state.dim:
         raise LibraryCorruptError(f"the feature library journal {journal_file} was written for model {added.model} "
-                                  f"but {path} holds {state.model}; both were left untouched.")
+                                  f"but {path} holds {state.model}; both were left untouched. {JOURNAL_RECOVERY}")
     clash = set(added.ids.tolist()) & set(state.ids.tolist())
     if clash:
         raise LibraryCorruptError(f"the feature library journal {journal_file} adds IDs that {path} already holds "
-                                  f"({sorted(clash)[:5]}); both were left untouched.")
+                                  f"({sorted(clash)[:5]}); both were left untouched. {JOURNAL_RECOVERY}")
     if len(removed):
         state = state.without(removed.tolist())
     state = state.appended(added.ids.tolist(), added.features16, added.files, added.sha256, added.sizes.tolist(),
@@ -131,10 +145,3 @@ def save_library(state: LibraryState, path: Path, on_disk: OnDisk | None, compac
         log.warning("could not delete the old journal %s (%s); it is ignored", stale, exc)
     return OnDisk(generation, state.ids.clone(), state.model, 0)
 
-
-def sorted_member(values: torch.Tensor, sorted_set: torch.Tensor) -> torch.Tensor:
-    """Bool [N]: which values [N] occur in an ascending int64 tensor [M] (binary search; torch.isin is slow here)."""
-    if len(sorted_set) == 0 or len(values) == 0:
-        return torch.zeros(len(values), dtype=torch.bool)
-    at = torch.searchsorted(sorted_set, values).clamp_max(len(sorted_set) - 1)
-    return sorted_set[at] == values

@@ -43,6 +43,26 @@ def official_checksums() -> dict[str, str]:
     return {url.rstrip("/").split("/")[-2]: name for name, url in clip_module._MODELS.items()}
 
 
+def model_identity(model: str) -> tuple[str, str]:
+    """(identity, readable name) of a model name or checkpoint path, without loading any weights: a CLIP model name
+    is both; a checkpoint file is the official model its sha256 belongs to, else ('sha256:<digest>', its file name).
+    ModelLoadError when it is neither a known name nor an existing file."""
+    import clip
+
+    path = Path(model).expanduser()
+    if path.is_file():
+        digest = file_sha256(path)
+        official = official_checksums().get(digest)
+        return official or f"sha256:{digest}", official or path.name
+    if model not in clip.available_models():
+        if path.suffix.lower() in CHECKPOINT_SUFFIXES or model.startswith(("/", ".", "~")):
+            raise ModelLoadError(f"CLIP checkpoint file not found: {model}")
+        raise ModelLoadError(
+            f"unknown CLIP model {model!r}: use one of {', '.join(clip.available_models())} "
+            "or the path of a local checkpoint file")
+    return model, model
+
+
 def l2_normalize(features: torch.Tensor) -> torch.Tensor:
     """Float32 rows of unit length: [N, D] -> [N, D]."""
     features = features.float()
@@ -60,24 +80,15 @@ class ClipEncoder:
         self.device = resolve_device(device)
         path = Path(model).expanduser()
         is_file = path.is_file()
-        if not is_file and model not in clip.available_models():
-            if path.suffix.lower() in CHECKPOINT_SUFFIXES or model.startswith(("/", ".", "~")):
-                raise ModelLoadError(f"CLIP checkpoint file not found: {model}")
-            raise ModelLoadError(
-                f"unknown CLIP model {model!r}: use one of {', '.join(clip.available_models())} "
-                "or the path of a local checkpoint file")
+        identity, name = model_identity(model)  # ModelLoadError for an unknown name or a missing file
+        #: the model as it is given on a command line (`--model`), and --model-dir: for the advice in messages
+        self.source = str(path.absolute()) if is_file else model
+        self.model_dir = str(download_root) if download_root else None
         try:
             loaded, preprocess = clip.load(str(path) if is_file else model, device=self.device, jit=False,
                                            download_root=str(download_root) if download_root else None)
         except Exception as exc:  # network errors, corrupt files, wrong architectures
             raise ModelLoadError(self._load_failure_message(model, is_file, download_root, exc)) from exc
-        if is_file:
-            digest = file_sha256(path)
-            official = official_checksums().get(digest)
-            identity = official or f"sha256:{digest}"
-            name = official or path.name
-        else:
-            identity = name = model
         self._setup(loaded, preprocess, name=name, identity=identity, batch_size=batch_size,
                     text_cache_size=text_cache_size)
         log.info("loaded CLIP %s on %s (dim %d, input %d px)", name, self.device, self.dim, self.input_resolution)

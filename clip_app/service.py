@@ -1,4 +1,4 @@
-"""The App: one loaded encoder, one feature library, the label sets and the locks; one method per user action.
+"""The App: one loaded encoder, one feature library and the label sets; one method per user action.
 
 The UI (ui.py) and any other front end call these methods; every bad input raises a typed error (see USER_ERRORS)
 before anything is changed.
@@ -7,7 +7,6 @@ before anything is changed.
 from __future__ import annotations
 
 import logging
-import threading
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,17 @@ from .classify import DEFAULT_TAG_THRESHOLD, ClassifierCache, LabelError, LabelS
 from .config import Settings
 from .images import ImageError, decode_image
 from .label_sets import LabelSetError, LabelSetStore, default_label_sets_file
-from .library import AddReport, AddResult, CheckReport, Entry, FeatureLibrary, LibraryError, RebuildReport, RepairReport
+from .library import (
+    AddReport,
+    AddResult,
+    CheckReport,
+    Entry,
+    FeatureLibrary,
+    LibraryError,
+    RebuildReport,
+    RepairReport,
+    private_paths,
+)
 from .model import ClipEncoder
 from .prompts import templates_for
 
@@ -156,7 +165,9 @@ class App:
         self.label_sets = label_sets or LabelSetStore(default_label_sets_file(library.stats()["library_file"]))
         self.max_file_size = int(max_file_size)
         self.classifiers = ClassifierCache()
-        self._write_lock = threading.Lock()  # one write at a time from this process (the library adds a file lock)
+        # no App-level write lock: the library serialises its saves (threads and processes) and checks for
+        # duplicates again under its own lock, while it encodes outside any lock, so a photo saved from Classify
+        # or a delete does not wait for a bulk upload to be encoded
 
     @classmethod
     def from_settings(cls, settings: Settings, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> "App":
@@ -181,8 +192,7 @@ class App:
         saved: AddResult | None = None
         feature = None
         if save:  # the library encodes a new photo and knows a stored one: use its row, never encode twice
-            with self._write_lock:
-                saved = self.library.add([(data, name)]).results[0]
+            saved = self.library.add([(data, name)]).results[0]
             feature = self._stored_feature(saved.id)
         if feature is None:
             feature = self.encoder.encode_images([picture])[0]  # [D]
@@ -204,8 +214,17 @@ class App:
 
     # ---- Label sets ---------------------------------------------------------------------------------------
     def label_set_names(self) -> list[str]:
-        """Names of the built-in and saved label sets."""
+        """Names of the built-in and saved label sets (LabelSetError when the saved sets cannot be read)."""
         return self.label_sets.names()
+
+    def label_set_choices(self) -> tuple[list[str], str | None]:
+        """(the label set names to offer, a message or None): when the saved sets cannot be read, only the built-in
+        sets and the reason."""
+        try:
+            return self.label_sets.names(), None
+        except LabelSetError as exc:
+            log.warning("%s", exc)
+            return self.label_sets.builtin_names(), str(exc)
 
     def label_set(self, name: str) -> list[str]:
         """The labels of one set."""
@@ -272,9 +291,8 @@ class App:
     def delete_image(self, image_id: int | float | str | None) -> Entry:
         """Remove one image (its feature row, then its gallery file); returns what was removed."""
         image_id = self._id(image_id)
-        with self._write_lock:
-            entry = self.library.get(image_id)
-            self.library.remove([image_id])
+        entry = self.library.get(image_id)
+        self.library.remove([image_id])  # UnknownImageError when another request removed it meanwhile
         log.info("deleted image #%d (%s)", entry.id, entry.file)
         return entry
 
@@ -287,8 +305,7 @@ class App:
             raise InputError("no files: choose one or more images to add")
         for path in paths:
             self._check_size(path.stat().st_size if path.exists() else 0, path.name)
-        with self._write_lock:
-            report = self.library.add(paths, progress=progress)
+        report = self.library.add(paths, progress=progress)
         for path, result in zip(paths, report.results):  # results come in input order: show file names only
             if result.error and str(path) in result.error:
                 result.error = result.error.replace(str(path), path.name)
@@ -303,19 +320,18 @@ class App:
         return LibraryStats(int(known["count"]), str(known["model"]), int(known["dim"]), int(known["file_size"]),
                             str(known["gallery_dir"]), str(known["library_file"]), raw)
 
-    def check(self) -> CheckReport:
-        """Look for disagreements between the library file and the gallery folder (changes nothing)."""
-        return self.library.check()
+    def check(self, progress: Progress | None = None) -> CheckReport:
+        """Look for disagreements between the library file and the gallery folder (changes nothing); progress(rows
+        checked, rows)."""
+        return self.library.check(progress=progress)
 
-    def repair(self) -> RepairReport:
-        """Fix what check finds."""
-        with self._write_lock:
-            return self.library.repair()
+    def repair(self, progress: Progress | None = None) -> RepairReport:
+        """Fix what check finds; progress(files read, files)."""
+        return self.library.repair(progress=progress)
 
     def rebuild(self, progress: Progress | None = None) -> RebuildReport:
         """Re-encode every gallery image with the running model."""
-        with self._write_lock:
-            return self.library.rebuild(progress=progress)
+        return self.library.rebuild(progress=progress)
 
     # ---- input checks -------------------------------------------------------------------------------------
     def _read(self, image: ImageInput) -> tuple[bytes, str]:
@@ -378,4 +394,4 @@ class App:
 
 __all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
            "GalleryPage", "LibraryStats", "Hit", "english_note", "parse_size", "format_size",
-           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE"]
+           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "private_paths"]

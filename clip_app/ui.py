@@ -26,6 +26,7 @@ from .service import (
     GalleryPage,
     SearchResult,
     format_size,
+    private_paths,
 )
 
 log = logging.getLogger(__name__)
@@ -226,15 +227,16 @@ def _classify_tab(app: App) -> None:
                 threshold = gr.Slider(0.0, 1.0, DEFAULT_TAG_THRESHOLD, step=0.01, label="Tag threshold (cosine)")
             save = gr.Checkbox(True, label="Save this photo to the gallery")
             run = gr.Button("Classify", variant="primary", elem_id="classify-run")
-            with gr.Accordion("Label sets", open=False):
-                sets = gr.Dropdown(app.label_set_names(), value=None, label="Saved label sets",
+            set_names, set_problem = app.label_set_choices()  # a damaged file: the built-in sets and why
+            with gr.Accordion("Label sets", open=set_problem is not None):
+                sets = gr.Dropdown(set_names, value=None, label="Saved label sets",
                                    info="picking a set fills the labels box")
                 set_name = gr.Textbox(label="Name", placeholder="name to save the labels under, or the new name")
                 with gr.Row():
                     save_set = gr.Button("Save labels as set", size="sm")
                     rename_set = gr.Button("Rename set", size="sm")
                     delete_set = gr.Button("Delete set", size="sm", variant="stop")
-                set_message = gr.Markdown()
+                set_message = gr.Markdown(md_escape(set_problem) if set_problem else "")
         with gr.Column(scale=1):
             with gr.Row():
                 top = gr.Label(num_top_classes=5, label="Top labels", elem_id="classify-top")
@@ -402,14 +404,14 @@ def _library_tab(app: App) -> _Wiring:
               concurrency_id=WRITE_CONCURRENCY_ID)
 
     @user_errors
-    def run_check():
-        result = app.check()
+    def run_check(progress=gr.Progress()):
+        result = app.check(progress=lambda done, total: progress((done, total), desc="Checking files", unit="files"))
         lines = [f"{p.kind}: {p.detail}" for p in result.problems]
         return report_text("Check", lines, "Everything agrees: no problems found."), stats_text(app)
 
     @user_errors
-    def run_repair():
-        result = app.repair()
+    def run_repair(progress=gr.Progress()):
+        result = app.repair(progress=lambda done, total: progress((done, total), desc="Reading files", unit="files"))
         return report_text("Repair", list(result.actions), "Nothing needed repairing."), stats_text(app)
 
     @user_errors
@@ -428,11 +430,18 @@ def _library_tab(app: App) -> _Wiring:
 
 
 # ---- launching --------------------------------------------------------------------------------------------------
-def launch(demo: gr.Blocks, *, gallery_dir: Path, host: str = "127.0.0.1", port: int | None = 7860,
-           auth: tuple[str, str] | None = None, share: bool = False, max_file_size: int | str | None = None,
-           prevent_thread_lock: bool = False, quiet: bool = False) -> Any:
-    """Start the server: files are served only from the gallery and Gradio's own cache."""
+def launch(demo: gr.Blocks, *, gallery_dir: Path, library_file: Path | None = None, host: str = "127.0.0.1",
+           port: int | None = 7860, auth: tuple[str, str] | None = None, share: bool = False,
+           max_file_size: int | str | None = None, prevent_thread_lock: bool = False, quiet: bool = False) -> Any:
+    """Start the server: files are served only from the gallery and Gradio's own cache, never the library file,
+    its lock, journal or label sets (when they lie in the gallery folder) nor the gallery's quarantine folder."""
     return demo.launch(server_name=host, server_port=port, auth=auth, share=share, max_file_size=max_file_size,
                        allowed_paths=[str(Path(gallery_dir).resolve())], show_error=True,
+                       blocked_paths=launch_blocked_paths(gallery_dir, library_file),
                        prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, inbrowser=False,
                        auth_message="clip-app: sign in" if auth else None)
+
+
+def launch_blocked_paths(gallery_dir: Path, library_file: Path | None) -> list[str]:
+    """Gradio's blocked_paths (absolute, links resolved): see launch()."""
+    return [str(path.resolve()) for path in private_paths(gallery_dir, library_file)]

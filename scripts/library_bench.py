@@ -1,4 +1,5 @@
-"""Feature library costs without the CLIP forward pass: add one image to libraries of N rows, file size, load time.
+"""Feature library costs without the CLIP forward pass: add or remove one image in libraries of N rows, file size,
+load time.
 
     .venv/bin/python scripts/library_bench.py [--sizes 10000 100000] [--dim 512] [--repeats 5] [--dir DIR]
 
@@ -100,6 +101,14 @@ def measure(rows: int, dim: int, repeats: int, folder: Path) -> dict:
         report = library.add([(data, f"new-{k}.png")])
         adds.append(time.perf_counter() - start)
         assert report.added, report.summary()
+    removes = []
+    for k in range(repeats):  # rows of the synthetic part: their gallery files do not exist, which remove allows
+        start = time.perf_counter()
+        library.remove([rows // 2 + k])
+        removes.append(time.perf_counter() - start)
+    start = time.perf_counter()  # the first add after removals also makes the float32 copy of the rows again
+    assert library.add([(png_bytes(repeats), "after-removals.png")]).added
+    add_after_removals = time.perf_counter() - start
     saves = []
     state = library._state
     for _ in range(repeats):
@@ -112,7 +121,10 @@ def measure(rows: int, dim: int, repeats: int, folder: Path) -> dict:
         "torch_load_s": round(raw_load, 4), "load_and_validate_s": round(state_load, 4),
         "open_library_s": round(open_time, 4), "hash_index_s": round(index_time, 4),
         "add_one_median_s": round(statistics.median(adds), 4), "add_one_all_s": [round(a, 4) for a in adds],
-        "journal_bytes_after": journal, "full_rewrite_median_s": round(statistics.median(saves), 4),
+        "remove_one_median_s": round(statistics.median(removes), 4),
+        "remove_one_all_s": [round(r, 4) for r in removes], "add_after_removals_s": round(add_after_removals, 4),
+        "journal_bytes_after": journal,
+        "full_rewrite_median_s": round(statistics.median(saves), 4),
     }
 
 

@@ -1,5 +1,8 @@
 """Zero-shot classification math, with the deterministic colour model inside the real ClipEncoder."""
 
+import threading
+import time
+
 import pytest
 import torch
 
@@ -113,3 +116,56 @@ def test_non_english_and_very_long_text_encode(tiny_encoder):
     feats = tiny_encoder.encode_texts(["一只在草地上奔跑的狗", "chat noir sur un canapé", " ".join(["word"] * 1000)])
     assert feats.shape == (3, tiny_encoder.dim)
     torch.testing.assert_close(feats.norm(dim=1), torch.ones(3))
+
+
+class SlowCountingEncoder:
+    """A text encoder that takes its time and counts the texts it encodes."""
+
+    def __init__(self, seconds: float = 0.3, fail_first: bool = False) -> None:
+        self.seconds, self.fail_first = seconds, fail_first
+        self.calls = 0
+        self.texts = 0
+        self.lock = threading.Lock()
+
+    def encode_texts(self, texts):
+        with self.lock:
+            self.calls += 1
+            call = self.calls
+            self.texts += len(texts)
+        time.sleep(self.seconds)
+        if self.fail_first and call == 1:
+            raise RuntimeError("out of memory")
+        rows = torch.arange(len(texts) * 4, dtype=torch.float32).reshape(len(texts), 4) + 1
+        return rows / rows.norm(dim=1, keepdim=True)
+
+
+def _get_from_threads(cache: ClassifierCache, encoder, count: int = 3) -> tuple[list, list]:
+    results, errors = [], []
+
+    def ask() -> None:
+        try:
+            results.append(cache.get(encoder, ["cat", "dog"], ["a photo of a {}.", "a {}."]))
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results, errors
+
+
+def test_concurrent_requests_for_the_same_classifier_build_it_once() -> None:
+    encoder = SlowCountingEncoder()
+    results, errors = _get_from_threads(ClassifierCache(), encoder)
+    assert not errors and len(results) == 3
+    assert encoder.calls == 1 and encoder.texts == 4  # 2 labels x 2 templates, encoded once
+    assert all(r is results[0] for r in results)
+
+
+def test_when_the_first_build_fails_a_waiting_request_builds_it() -> None:
+    encoder = SlowCountingEncoder(fail_first=True)
+    results, errors = _get_from_threads(ClassifierCache(), encoder)
+    assert len(errors) == 1 and len(results) == 2 and encoder.calls == 2
+    assert all(r is results[0] for r in results)

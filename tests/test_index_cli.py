@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +156,110 @@ def test_first_run_indexes_the_gallery_from_the_command_line(tmp_path: Path, tin
     captured = capsys.readouterr()
     assert "first run: indexed 2 gallery images" in captured.err
     assert [line.split("\t")[1] for line in captured.out.strip().splitlines()] == ["000001.png", "000002.jpg"]
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_a_library_that_cannot_be_written_is_one_error_line_and_exit_2(tmp_path: Path, tiny_checkpoint: Path,
+                                                                      capsys, where: str) -> None:
+    (tmp_path / "plain-file").write_text("not a folder")
+    library = tmp_path / "plain-file" / "lib.pth" if where == "under-a-file" else Path("/proc/clip-app-lib.pth")
+    write_image(tmp_path / "ok.png", "red")
+    for command in (["list"], ["stats"], ["add", str(tmp_path / "ok.png")]):
+        started = time.monotonic()
+        code = main(["--model", str(tiny_checkpoint), "--device", "cpu", "--gallery", str(tmp_path / "gallery"),
+                     "--library", str(library), *command])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and time.monotonic() - started < 30, (command, err)  # not the 300 s lock timeout
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and "lock file" in err, err
+        assert str(library) in err
+
+
+def test_an_os_error_while_repairing_is_one_error_line_and_exit_2(tmp_path: Path, tiny_checkpoint: Path, capsys,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import clip_app.gallery
+
+    (tmp_path / "gallery").mkdir()
+    (tmp_path / "gallery" / "notes.txt").write_text("not an image: repair moves it to .quarantine/")
+    assert main(_cli(tmp_path, tiny_checkpoint, "list")) == 0
+
+    def refuse(folder: Path, name: str) -> str:
+        raise PermissionError(13, "Permission denied", str(folder / name), None, str(folder / ".quarantine" / name))
+
+    monkeypatch.setattr(clip_app.gallery, "quarantine", refuse)
+    capsys.readouterr()
+    assert main(_cli(tmp_path, tiny_checkpoint, "repair")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "notes.txt" in err[-1] and "Permission denied" in err[-1]
+    assert (tmp_path / "gallery" / "notes.txt").is_file()
+
+
+def test_list_stats_check_and_remove_work_without_loading_the_model(tmp_path: Path, capsys,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from clip.clip import _transform
+
+    import clip_app.index
+    from clip_app.library import FeatureLibrary
+    from clip_app.model import ClipEncoder, ModelLoadError
+    from tests.fakes import TINY_RESOLUTION, ColorClip
+
+    named = ClipEncoder.from_model(ColorClip(), _transform(TINY_RESOLUTION), name="ViT-B/32")  # made "by ViT-B/32"
+    library = FeatureLibrary(tmp_path / "gallery", tmp_path / "lib.pth", named)
+    library.add([(image_bytes(c), f"{c}.png") for c in ("red", "green", "blue")])
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+
+    def no_weights(*args, **kwargs):
+        raise ModelLoadError("no weights on this machine")
+
+    monkeypatch.setattr(clip_app.index, "ClipEncoder", no_weights)  # loading any model fails (and never downloads)
+    for model in ("ViT-B/32", str(junk)):
+        flags = _cli(tmp_path, Path(model))
+        capsys.readouterr()
+        assert main([*flags, "list"]) == 0
+        assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["1", "2", "3"]
+        assert main([*flags, "stats", "--json"]) == 0
+        stats = json.loads(capsys.readouterr().out)
+        assert stats["model"] == "ViT-B/32" and stats["count"] == 3
+        assert stats["running_model"] == ("ViT-B/32" if model == "ViT-B/32" else stats["running_model"])
+        assert main([*flags, "check"]) == (0 if model == "ViT-B/32" else 1)  # the stamps compared without weights
+        assert main([*flags, "add", str(write_image(tmp_path / "cyan.png", "cyan"))]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        if model == "ViT-B/32":  # add needs the model: now it is loaded
+            assert err == "error: no weights on this machine"
+        else:  # junk.pt is another model than the library's: refused before anything is loaded
+            assert err.startswith("error: the feature library") and "junk.pt" in err
+    assert stats["running_model"].startswith("sha256:")  # junk.pt is identified by its hash
+    assert main([*_cli(tmp_path, Path("ViT-B/32")), "remove", "2"]) == 0
+    assert [e.id for e in FeatureLibrary(tmp_path / "gallery", tmp_path / "lib.pth", named)] == [1, 3]
+    assert not list((tmp_path / "gallery").glob("000002.*"))
+
+
+def test_the_advice_is_an_exact_command_that_fixes_the_problem(tmp_path: Path, tiny_checkpoint: Path, capsys,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    write_image(tmp_path / "ok.png", "red")
+    write_image(tmp_path / "more.png", "blue")
+    assert main(_cli(tmp_path, tiny_checkpoint, "add", str(tmp_path / "ok.png"), str(tmp_path / "more.png"))) == 0
+    other = save_tiny_checkpoint(tmp_path / "other.pt", seed=1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the advice works from any folder
+    capsys.readouterr()
+
+    def advice(text: str) -> list[list[str]]:
+        return [shlex.split(c)[3:] for c in re.findall(r"`(python -m clip_app\.index [^`]*)`", text)]
+
+    assert main(_cli(tmp_path, other, "add", str(tmp_path / "ok.png"))) == 2  # another model: refused
+    from_error = advice(capsys.readouterr().err)
+    assert main(_cli(tmp_path, other, "check")) == 1
+    from_check = advice(capsys.readouterr().out)
+    assert len(from_check) == 2 and from_error[0] == from_check[0] == from_check[1]  # the detail and the summary
+    assert from_check[0][-1] == "rebuild" and str(other) in from_check[0] and str(tmp_path / "lib.pth") in from_check[0]
+    assert main(from_check[0]) == 0  # as advised: rebuild with the running model, this library and gallery
+    assert main(_cli(tmp_path, other, "check")) == 0
+
+    next((tmp_path / "gallery").glob("000002.*")).unlink()
+    capsys.readouterr()
+    assert main(_cli(tmp_path, other, "check")) == 1
+    (repair,) = advice(capsys.readouterr().out)
+    assert repair[-1] == "repair" and main(repair) == 0
+    assert main(_cli(tmp_path, other, "check")) == 0

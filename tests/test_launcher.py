@@ -93,6 +93,32 @@ def test_main_refuses_a_library_of_another_model(capsys: pytest.CaptureFixture[s
     assert "rebuild" in capsys.readouterr().err
 
 
+def test_main_starts_with_a_damaged_label_sets_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    tiny_checkpoint: Path) -> None:
+    env_for(monkeypatch, tmp_path, tiny_checkpoint)
+    (tmp_path / "label_sets.json").write_text('{"version": 1, "sets": [', encoding="utf-8")  # beside lib.pth
+    seen: dict = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: seen.update(kwargs))
+    assert launcher.main(["--port", "7998"]) == 0 and seen["server_port"] == 7998
+
+
+def test_main_reports_a_failure_while_building_the_interface(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             tiny_checkpoint: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import clip_app.ui
+    from clip_app.library import LibraryError
+
+    env_for(monkeypatch, tmp_path, tiny_checkpoint)
+
+    def broken(app):
+        raise LibraryError("the library went away")
+
+    monkeypatch.setattr(clip_app.ui, "build_demo", broken)
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: pytest.fail("must not launch"))
+    assert launcher.main(["--port", "7997"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: the library went away"
+
+
 def test_python_app_py_exits_1_with_the_message(tmp_path: Path) -> None:
     broken = tmp_path / "broken.pt"
     torch.save({"not": torch.zeros(1)}, broken)
@@ -109,3 +135,47 @@ def test_create_app_uses_the_flags(tmp_path: Path, tiny_checkpoint: Path) -> Non
                                 "--library", str(tmp_path / "l.pth"), "--max-file-size", "2KB"])
     app = launcher.create_app(args)
     assert isinstance(app, App) and app.max_file_size == 2048 and app.encoder.name == "tiny-clip.pt"
+
+
+def test_main_fails_clearly_when_the_library_folder_cannot_be_written(capsys: pytest.CaptureFixture[str],
+                                                                      tmp_path: Path, tiny_checkpoint: Path) -> None:
+    (tmp_path / "plain-file").write_text("not a folder")
+    for library in (tmp_path / "plain-file" / "lib.pth", Path("/proc/clip-app-lib.pth")):
+        assert launcher.main(["--model", str(tiny_checkpoint), "--device", "cpu", "--gallery", str(tmp_path / "g"),
+                              "--library", str(library)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "lock file" in err and str(library) in err
+        assert len(err.splitlines()) == 1
+
+
+def test_gradio_reload_mode_rebuilds_the_demo_with_the_same_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                   tiny_checkpoint: Path) -> None:
+    """`gradio app.py -- FLAGS` runs `python app.py FLAGS` (main() serves), then its watcher thread re-runs the file's
+    code in __main__: that must build the new demo from FLAGS, not run main() (and sys.exit) a second time."""
+    import threading
+
+    from gradio.cli.commands.reload import reload_thread
+
+    monkeypatch.delenv("CLIP_APP_GALLERY", raising=False)
+    flags = ["--model", str(tiny_checkpoint), "--device", "cpu", "--gallery", str(tmp_path / "flag-gallery"),
+             "--library", str(tmp_path / "l.pth")]
+    monkeypatch.setattr(sys, "argv", ["app.py", *flags])
+    namespace = {"__name__": "__main__", "__file__": str(ROOT / "app.py")}
+    code = compile((ROOT / "app.py").read_text(encoding="utf-8"), str(ROOT / "app.py"), "exec")
+    failures: list[BaseException] = []
+
+    def watcher() -> None:  # what gradio.utils.watchfn does
+        reload_thread.running_reload = True
+        try:
+            exec(code, namespace)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit included: reported below
+            failures.append(exc)
+
+    thread = threading.Thread(target=watcher)
+    thread.start()
+    thread.join(120)
+    assert not failures, failures
+    demo = namespace["__getattr__"]("demo")  # what the watcher swaps in: getattr(module, "demo")
+    assert isinstance(demo, gr.Blocks)
+    texts = [str(block.value) for block in demo.blocks.values() if isinstance(block, gr.Markdown)]
+    assert any("flag-gallery" in text for text in texts)  # the App of the flags, not of the defaults

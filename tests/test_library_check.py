@@ -162,3 +162,33 @@ def test_add_skips_an_id_whose_file_already_lies_in_the_gallery(tmp_path: Path, 
     assert library.add([(image_bytes("cyan"), "c")]).results[0].id == 5
     assert (tmp_path / "gallery" / "000004.jpg").read_bytes() == stray  # never overwritten
     assert library.repair().indexed == [6]  # 4 was passed over, so it is not reused
+
+
+def test_repair_reports_progress_over_every_file_it_reads(tmp_path: Path, colour_encoder) -> None:
+    library = _library_with(tmp_path, colour_encoder)
+    write_image(tmp_path / "gallery" / "holiday.png", "cyan")
+    write_image(tmp_path / "gallery" / "000099.png", "yellow")
+    seen: list[tuple[int, int]] = []
+    report = library.repair(progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(k, 5) for k in range(1, 6)]  # 3 rows + 2 files without rows
+    assert sorted(report.indexed) == [99, 100]  # 000099.png keeps its never-issued ID; holiday.png comes after it
+
+
+def test_only_exact_documentation_names_are_ignored_never_images(tmp_path: Path, colour_encoder) -> None:
+    from clip_app.gallery import is_ignored
+
+    for name in ("README", "README.md", "readme.txt", "LICENSE", "License.txt", "LICENCE.md", "CREDITS.md",
+                 "COPYING", "Thumbs.db", "desktop.ini", ".DS_Store"):
+        assert is_ignored(name), name
+    for name in ("license_plate.jpg", "readme_cat.jpg", "Licensed.png", "credits-roll.png", "README.md.jpg"):
+        assert not is_ignored(name), name
+    library = _library_with(tmp_path, colour_encoder, ("red",))
+    gallery = tmp_path / "gallery"
+    write_image(gallery / "license_plate.jpg", "yellow", "JPEG")
+    write_image(gallery / "readme_cat.png", "cyan")
+    (gallery / "README.md").write_text("my photos")
+    (gallery / "LICENSE").write_text("CC-BY")
+    assert {p.file for p in library.check().problems} == {"license_plate.jpg", "readme_cat.png"}
+    report = library.repair()
+    assert len(report.indexed) == 2 and len(library) == 3 and library.check().ok
+    assert (gallery / "README.md").is_file() and (gallery / "LICENSE").is_file()

@@ -116,3 +116,57 @@ def test_an_empty_library_of_another_model_is_taken_over_with_a_whole_new_file(t
     raw = torch.load(tmp_path / LIB, weights_only=True)
     assert raw["model"] == "other-colour-model" and raw["ids"].tolist() == [2]
     assert [e.id for e in open_library(tmp_path, other_colour_encoder())] == [2]
+
+
+def test_a_damaged_journal_says_how_to_recover_and_repair_brings_its_images_back_under_their_ids(
+        tmp_path: Path, colour_encoder) -> None:
+    library = open_library(tmp_path, colour_encoder)
+    library.add([(image_bytes("red"), "red.png"), (image_bytes("green"), "green.png")])  # the main file: IDs 1, 2
+    library.remove([2])
+    library.add([(image_bytes("blue"), "blue.png")])  # in the journal: ID 3, and the removal of ID 2
+    library.add([(image_bytes("cyan"), "cyan.png"), (image_bytes("grey"), "grey.png")])  # IDs 4, 5
+    before = {e.id: (e.file, e.sha256) for e in library}
+    journal = tmp_path / JOURNAL
+    journal.write_bytes(journal.read_bytes()[:200])
+    with pytest.raises(LibraryCorruptError) as info:
+        open_library(tmp_path, colour_encoder)
+    message = str(info.value)
+    assert "journal" in message and "python -m clip_app.index repair" in message and "keep their IDs" in message
+    assert "restart" not in message
+
+    journal.rename(tmp_path / "journal.damaged")  # what the message says to do
+    moved_away = open_library(tmp_path, colour_encoder)
+    assert [e.id for e in moved_away] == [1, 2]  # the main file alone
+    report = moved_away.repair()
+    assert report.indexed == [3, 4, 5] and report.dropped == [2]
+    assert {e.id: (e.file, e.sha256) for e in moved_away} == before and moved_away.check().ok
+    assert moved_away.add([(image_bytes("black"), "black.png")]).results[0].id == 6
+
+
+def _columns(state: LibraryState) -> list[tuple]:
+    """Every row as a tuple of all its columns, in row order."""
+    return [(int(state.ids[r]), state.files[r], state.sha256[r], state.names[r], float(state.added[r]),
+             int(state.sizes[r]), tuple(state.features16[r].tolist()), tuple(state.features[r].tolist()))
+            for r in range(len(state))]
+
+
+@pytest.mark.parametrize("removed", [[1], [1000], [2, 3, 500, 999], list(range(1, 1001, 3))])
+def test_without_keeps_every_column_aligned(removed: list[int]) -> None:
+    n = 1000
+    generator = torch.Generator().manual_seed(3)
+    rows = torch.nn.functional.normalize(torch.randn(n, 8, generator=generator), dim=1)
+    ids = list(range(1, n + 1))
+    state = LibraryState.empty("m", "m", 8).appended(
+        ids, rows, [f"{i:06d}.png" for i in ids], [f"{i:064x}" for i in ids], [10 * i for i in ids],
+        [f"photo {i}.png" for i in ids], added=[float(i) for i in ids])
+    before = _columns(state)
+    smaller = state.without(removed + removed[:1])  # an ID given twice counts once
+    gone = set(removed)
+    assert _columns(smaller) == [row for row in before if row[0] not in gone]
+    assert smaller.next_id == n + 1 and _columns(state) == before  # the original state is unchanged
+    assert smaller.row_of == {row[0]: k for k, row in enumerate(_columns(smaller))}
+    assert all(smaller.id_of_hash[row[2]] == row[0] for row in _columns(smaller))
+    grown = smaller.appended([n + 5], rows[:1], ["001005.png"], ["f" * 64], [1], ["new.png"])
+    assert _columns(grown)[:-1] == _columns(smaller) and _columns(state) == before  # appending shares nothing back
+    reverse = state.reordered(torch.arange(n - 1, -1, -1))
+    assert _columns(reverse) == before[::-1]

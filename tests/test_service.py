@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,34 @@ def test_an_unreadable_label_sets_file_is_reported_and_left_untouched(app: App, 
     assert app.classify(png_bytes("red"), "red, blue", save=False).scores[0].label == "red"  # typed labels still work
 
 
+def test_a_label_set_save_that_fails_is_a_label_set_error_and_keeps_the_saved_sets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import clip_app.library_file
+    from clip_app.label_sets import LabelSetStore
+
+    (tmp_path / "plain-file").write_text("not a folder")
+    with pytest.raises(LabelSetError, match="could not be saved"):
+        LabelSetStore(tmp_path / "plain-file" / "label_sets.json").save("pets", "cat, dog")
+    store = LabelSetStore(tmp_path / "label_sets.json")
+    store.save("pets", "cat, dog")
+    before = store.path.read_bytes()
+
+    def disk_full(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(clip_app.library_file.os, "replace", disk_full)  # the library's atomic writer is used
+    with pytest.raises(LabelSetError, match="No space left"):
+        store.save("birds", "owl")
+    assert store.path.read_bytes() == before and store.names()[1:] == ["pets"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_one_file_hash_helper() -> None:
+    from clip_app import library_maintenance, model
+
+    assert library_maintenance.file_sha256 is model.file_sha256
+
+
 # ---- search ---------------------------------------------------------------------------------------------------
 def test_search_text_finds_the_matching_colour_first(app: App) -> None:
     result = app.search_text("a photo of something red", k=2)
@@ -308,6 +337,35 @@ def test_concurrent_writes_keep_every_image(tmp_path: Path, colour_encoder) -> N
     assert not errors
     assert len(app.library) == len(colours) and len({e.id for e in app.library}) == len(colours)
     assert app.check().ok
+
+
+def test_classify_with_saving_and_delete_do_not_wait_for_a_bulk_upload(app: App, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    files = [write_png(tmp_path / "bulk" / f"{k}.png", (k * 6, 255 - k * 6, (k * 37) % 256)) for k in range(40)]
+    original = app.encoder.encode_pixels
+    bulk_started = threading.Event()
+
+    def slow_batches(pixels):  # the bulk upload's batches are slow; a single photo is not
+        if len(pixels) > 1:
+            bulk_started.set()
+            time.sleep(0.08 * len(pixels))
+        return original(pixels)
+
+    monkeypatch.setattr(app.encoder, "encode_pixels", slow_batches)
+    reports = []
+    uploader = threading.Thread(target=lambda: reports.append(app.add_images(files)))
+    uploader.start()
+    assert bulk_started.wait(10)
+    start = time.monotonic()
+    result = app.classify(png_bytes("cyan"), "cyan, red")  # save=True, the default
+    classified = time.monotonic() - start
+    deleted = app.delete_image(1)
+    both = time.monotonic() - start
+    still_uploading = uploader.is_alive()
+    uploader.join(60)
+    assert still_uploading and classified < 1.5 and both < 2.0, (classified, both)
+    assert result.scores[0].label == "cyan" and result.saved.status == "added" and deleted.id == 1
+    assert len(reports[0].added) == 40 and len(app.library) == 3 + 1 - 1 + 40 and app.check().ok
 
 
 def test_stats_check_repair_rebuild(app: App) -> None:

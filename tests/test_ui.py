@@ -163,6 +163,16 @@ def test_library_maintenance_buttons(demo: gr.Blocks, app: App) -> None:
     assert "no problems" in handler(demo, "run_check")()[0]
 
 
+def test_check_and_repair_buttons_show_progress(demo: gr.Blocks, app: App, tmp_path: Path) -> None:
+    write_png(Path(app.stats().gallery_dir) / "dropped-in.png", "cyan")  # a file without a row: repair reads 4
+    for name, files in (("run_check", 3), ("run_repair", 4)):
+        seen: list = []
+        report, _ = handler(demo, name)(progress=lambda value, desc=None, unit=None, s=seen: s.append((value, desc)))
+        assert seen and seen[-1][0] == (files, files) and seen[-1][1], (name, seen)
+        assert report.startswith(("**Check**", "**Repair**"))
+    assert app.check().ok and len(app.library) == 4
+
+
 def test_label_set_events(demo: gr.Blocks, app: App) -> None:
     dropdown, message = handler(demo, "save_labels")("colours", "red, green")
     assert dropdown.value == "colours" and "colours" in dropdown.choices[-1] and "Saved 2 labels" in message
@@ -175,6 +185,17 @@ def test_label_set_events(demo: gr.Blocks, app: App) -> None:
         handler(demo, "delete")(IMAGENET_SET)
     dropdown, _ = handler(demo, "delete")("rg")
     assert dropdown.value is None and app.label_set_names() == [IMAGENET_SET]
+
+
+def test_a_damaged_label_sets_file_offers_the_built_in_set_and_says_why(tmp_path: Path, colour_encoder) -> None:
+    app = make_app(tmp_path, colour_encoder)
+    app.label_sets.path.write_text("{not json", encoding="utf-8")
+    demo = ui.build_demo(app)  # no exception: the page still comes up
+    sets = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Saved label sets")
+    assert [choice[0] for choice in sets.choices] == [IMAGENET_SET]
+    notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and "cannot be read" in str(b.value)]
+    assert len(notes) == 1 and "label\\_sets.json" in notes[0]
+    assert app.label_sets.path.read_text(encoding="utf-8") == "{not json"  # left untouched
 
 
 def test_the_ui_module_stays_thin() -> None:
