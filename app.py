@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     args = parse_args(argv)
     settings = Settings.from_args(args)
+    from clip_app.encoders import ModelLoadError
     from clip_app.index import describe_os_error
     from clip_app.library import LibraryError
-    from clip_app.model import ModelLoadError
     from clip_app.ui import build_demo
 
     try:

@@ -20,9 +20,9 @@ from typing import Callable, Iterator, Sequence
 from tqdm import tqdm
 
 from .config import Settings, add_settings_arguments
+from .encoders import ClipEncoder, ModelLoadError, model_identity
 from .images import IMAGE_EXTENSIONS
 from .library import AddReport, AddResult, FeatureLibrary, LibraryError, UnknownImageError
-from .model import ClipEncoder, ModelLoadError, model_identity
 
 log = logging.getLogger("clip_app.index")
 

@@ -29,6 +29,7 @@ import filelock
 import torch
 
 from . import gallery as gal
+from .encoders import ClipEncoder
 from .images import ImageError, decode_image, image_extension, read_bytes
 from .library_file import (
     LibraryBusyError,
@@ -63,7 +64,6 @@ from .library_store import (
     save_library,
     signature,
 )
-from .model import ClipEncoder
 from .search import top_k
 
 __all__ = [

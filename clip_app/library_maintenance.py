@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 
 from . import gallery as gal
+from .encoders import ClipEncoder, file_sha256
 from .images import ImageError, decode_image, image_extension, read_bytes
 from .library_file import LibraryState, fsync_dir
 from .library_reports import CheckReport, Problem, RebuildReport, RepairReport
-from .model import ClipEncoder, file_sha256
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager

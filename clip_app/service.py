@@ -17,6 +17,7 @@ from PIL import Image
 
 from .classify import DEFAULT_TAG_THRESHOLD, ClassifierCache, LabelError, LabelScore, parse_labels, rank, tags
 from .config import Settings
+from .encoders import ClipEncoder
 from .images import ImageError, decode_image
 from .label_sets import LabelSetError, LabelSetStore, default_label_sets_file
 from .library import (
@@ -30,7 +31,6 @@ from .library import (
     RepairReport,
     private_paths,
 )
-from .model import ClipEncoder
 from .prompts import templates_for
 
 log = logging.getLogger(__name__)

@@ -27,10 +27,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
+from clip_app.encoders import ClipEncoder  # noqa: E402
 from clip_app.library import FeatureLibrary  # noqa: E402
 from clip_app.library_file import LibraryState, load_state, save_state  # noqa: E402
 from clip_app.library_store import save_library  # noqa: E402
-from clip_app.model import ClipEncoder  # noqa: E402
 
 
 class _FakeClip(torch.nn.Module):

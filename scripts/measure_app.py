@@ -48,8 +48,8 @@ def fill_gallery(model: Path, gallery: Path, library: Path, count: int) -> None:
     import numpy as np
     from PIL import Image
 
+    from clip_app.encoders import ClipEncoder
     from clip_app.library import FeatureLibrary
-    from clip_app.model import ClipEncoder
 
     rng = np.random.default_rng(0)
     items = []

@@ -6,8 +6,8 @@ import io
 import socket
 from pathlib import Path
 
+from clip_app.encoders import ClipEncoder
 from clip_app.library import FeatureLibrary
-from clip_app.model import ClipEncoder
 from clip_app.service import App
 from tests.fakes import solid_image
 

@@ -13,7 +13,7 @@ import torch
 from clip.clip import _transform
 from PIL import Image
 
-from clip_app.model import ClipEncoder
+from clip_app.encoders import ClipEncoder
 
 TINY_RESOLUTION = 32
 TINY_DIM = 32

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from clip.clip import _transform
 
+from clip_app.encoders import ClipEncoder
 from clip_app.library import FeatureLibrary
-from clip_app.model import ClipEncoder
 from tests.fakes import TINY_RESOLUTION, ColorClip, color_encoder, solid_image
 
 

@@ -14,7 +14,7 @@ import torch
 from clip.clip import _transform
 from PIL import Image
 
-from clip_app.model import ClipEncoder
+from clip_app.encoders import ClipEncoder
 from tests.fakes import TINY_RESOLUTION, _Visual
 from tests.image_files import animated_gif, encode, minimal_pdf, png_bomb
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from clip_app.bench.__main__ import main
-from clip_app.model import ClipEncoder
+from clip_app.encoders import ClipEncoder
 from tests.imagenet_helpers import colour_samples, make_kaggle, make_official
 
 REPO = Path(__file__).resolve().parents[1]

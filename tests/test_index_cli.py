@@ -198,8 +198,8 @@ def test_list_stats_check_and_remove_work_without_loading_the_model(tmp_path: Pa
     from clip.clip import _transform
 
     import clip_app.index
+    from clip_app.encoders import ClipEncoder, ModelLoadError
     from clip_app.library import FeatureLibrary
-    from clip_app.model import ClipEncoder, ModelLoadError
     from tests.fakes import TINY_RESOLUTION, ColorClip
 
     named = ClipEncoder.from_model(ColorClip(), _transform(TINY_RESOLUTION), name="ViT-B/32")  # made "by ViT-B/32"

@@ -6,7 +6,7 @@ import clip
 import pytest
 import torch
 
-from clip_app.model import ClipEncoder, ModelLoadError, file_sha256, l2_normalize
+from clip_app.encoders import ClipEncoder, ModelLoadError, file_sha256, l2_normalize
 from tests.fakes import TINY_DIM, solid_image
 
 
@@ -105,7 +105,7 @@ def test_offline_download_failure_explains_the_way_out(monkeypatch, tmp_path):
 
 
 def test_official_checkpoint_is_named_by_its_hash(monkeypatch, tiny_checkpoint):
-    import clip_app.model as model_module
+    import clip_app.encoders.clip_torch as model_module
 
     digest = file_sha256(tiny_checkpoint)
     monkeypatch.setattr(model_module, "official_checksums", lambda: {digest: "ViT-B/32"})
@@ -114,7 +114,7 @@ def test_official_checkpoint_is_named_by_its_hash(monkeypatch, tiny_checkpoint):
 
 
 def test_official_checksums_come_from_the_clip_package():
-    from clip_app.model import official_checksums
+    from clip_app.encoders import official_checksums
 
     sums = official_checksums()
     assert sums["40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"] == "ViT-B/32"

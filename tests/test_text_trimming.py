@@ -6,8 +6,8 @@ import pytest
 import torch
 from clip.clip import _transform
 
-import clip_app.model as model_module
-from clip_app.model import ClipEncoder, encode_text_trimmed, has_causal_text_tower, l2_normalize
+import clip_app.encoders.clip_torch as model_module
+from clip_app.encoders import ClipEncoder, encode_text_trimmed, has_causal_text_tower, l2_normalize
 from tests.fakes import ColorClip
 
 

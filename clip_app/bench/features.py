@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..encoders import ClipEncoder
 from ..images import ImageError, open_image
-from ..model import ClipEncoder
 from .timing import StageTimer
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ import torch
 from tqdm import tqdm
 
 from ..config import Settings
+from ..encoders import ClipEncoder, ModelLoadError
 from ..images import ImageError
-from ..model import ClipEncoder, ModelLoadError
 from .features import MAX_DEFAULT_WORKERS, FeatureCache, cached_image_features, default_workers, text_features_key
 from .flickr8k_analysis import GALLERY_SIZES, gallery_size_curve, pick_examples, recall_by_length
 from .flickr8k_data import SPLITS, DatasetError, Flickr8k, load_flickr8k

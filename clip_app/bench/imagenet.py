@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import Settings
+from ..encoders import ClipEncoder, ModelLoadError
 from ..images import ImageError
-from ..model import ClipEncoder, ModelLoadError
 from ..prompts import imagenet_classnames, imagenet_templates
 from .features import MAX_DEFAULT_WORKERS, FeatureCache, default_workers
 from .imagenet_eval import MODES, ModelResult, evaluate_model, mode_prompts, parse_modes

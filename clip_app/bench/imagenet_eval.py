@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from ..classify import build_classifier, cosines, probabilities
-from ..model import ClipEncoder
+from ..encoders import ClipEncoder
 from ..prompts import SINGLE_TEMPLATE, imagenet_classnames, imagenet_templates
 from .features import FeatureCache, cached_image_features, text_features_key
 from .imagenet_readers import ImagenetSet

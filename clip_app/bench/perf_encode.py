@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..classify import ClassifierCache, parse_labels, rank
+from ..encoders import ClipEncoder
 from ..images import decode_image, draft_size, read_bytes
-from ..model import ClipEncoder
 from ..prompts import SINGLE_TEMPLATE, imagenet_templates
 from . import perf_product
 from .perf_setup import QUERIES, label_set

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..model import ClipEncoder
+from ..encoders import ClipEncoder
 from . import perf_product
 from .perf_encode import timed
 from .perf_setup import unit_features

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..model import ClipEncoder
+from ..encoders import ClipEncoder
 
 log = logging.getLogger(__name__)
 

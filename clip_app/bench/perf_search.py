@@ -8,7 +8,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..model import ClipEncoder
+from ..encoders import ClipEncoder
 from ..search import half_candidates, top_k
 from .perf_encode import text_forward, timed
 from .perf_setup import query_text, unit_features

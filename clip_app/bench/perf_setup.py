@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..model import ClipEncoder
+from ..encoders import ClipEncoder
 
 log = logging.getLogger(__name__)
 

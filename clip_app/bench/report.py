@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 from PIL import Image
 
-from ..model import CHECKPOINT_SUFFIXES
+from ..encoders import CHECKPOINT_SUFFIXES
 
 log = logging.getLogger(__name__)
 

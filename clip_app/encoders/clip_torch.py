@@ -1,4 +1,4 @@
-"""ClipEncoder: load an OpenAI CLIP model by name or checkpoint path; encode images and texts to unit rows."""
+"""ClipEncoder (PyTorch): load an OpenAI CLIP model by name or checkpoint path; encode images and texts to unit rows."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
-from .config import DEFAULT_MODEL, resolve_device
+from ..config import DEFAULT_MODEL, resolve_device
+from .base import ModelLoadError, l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,6 @@ DEFAULT_BATCH_SIZE = 32
 TEXT_BATCH_SIZE = 256
 TEXT_CACHE_SIZE = 20_000  # prompt strings kept (about 40 MB of ViT-B/32 features); classifiers are cached too
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-
-
-class ModelLoadError(RuntimeError):
-    """The CLIP model could not be loaded; the message names the model and the way out."""
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -61,12 +58,6 @@ def model_identity(model: str) -> tuple[str, str]:
             f"unknown CLIP model {model!r}: use one of {', '.join(clip.available_models())} "
             "or the path of a local checkpoint file")
     return model, model
-
-
-def l2_normalize(features: torch.Tensor) -> torch.Tensor:
-    """Float32 rows of unit length: [N, D] -> [N, D]."""
-    features = features.float()
-    return features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 class ClipEncoder:
