@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -20,6 +21,10 @@ MAX_LABEL_CHARS = 300
 
 class LabelError(ValueError):
     """The labels given cannot be used (none left after cleaning, or one is too long)."""
+
+
+class ThresholdError(LabelError):
+    """A tag threshold that is not a number in [-1, 1]."""
 
 
 class TextEncoder(Protocol):
@@ -86,6 +91,41 @@ def rank(labels: Sequence[str], image_feature: torch.Tensor, classifier: torch.T
 def tags(scores: Sequence[LabelScore], threshold: float = DEFAULT_TAG_THRESHOLD) -> list[LabelScore]:
     """Multi-label mode: every label whose cosine is at least `threshold`, highest cosine first."""
     return sorted((s for s in scores if s.cosine >= threshold), key=lambda s: -s.cosine)
+
+
+def check_threshold(value: object, what: str = "threshold") -> float:
+    """A cosine threshold as a float in [-1, 1]; ThresholdError for anything else (NaN, text, out of range)."""
+    if isinstance(value, bool):
+        raise ThresholdError(f"the {what} must be a number between -1 and 1, got {value!r}")
+    try:
+        number = float(str(value).strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ThresholdError(f"the {what} must be a number between -1 and 1, got {value!r}") from None
+    if not math.isfinite(number) or not -1.0 <= number <= 1.0:
+        raise ThresholdError(f"the {what} must be a number between -1 and 1 (a cosine), got {value!r}")
+    return number
+
+
+def cosine_matrix(features: torch.Tensor, classifier: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """Cosines [N, C] float32 of rows [N, D] (float16 as stored, or float32) with classifier columns [D, C]; one
+    matrix product per chunk of rows, in float32 (exact at the threshold, bounded memory)."""
+    weights = classifier.float()
+    if features.dtype == torch.float32:
+        return features @ weights
+    out = torch.empty(features.shape[0], weights.shape[1], dtype=torch.float32)
+    for start in range(0, features.shape[0], chunk):
+        torch.matmul(features[start:start + chunk].float(), weights, out=out[start:start + chunk])
+    return out
+
+
+def tag_mask(cos: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Tags as bool [N, C]: image n gets label c exactly when its cosine [N, C] reaches the label's threshold [C]."""
+    return cos >= thresholds.float().reshape(1, -1)
+
+
+def none_of_these(label_cosines: torch.Tensor, neutral_cosine: float) -> bool:
+    """True when the neutral prompts' cosine beats every label's cosine [C] for one image ("none of these")."""
+    return bool(len(label_cosines)) and float(neutral_cosine) > float(label_cosines.max())
 
 
 class ClassifierCache:

@@ -6,7 +6,10 @@ import argparse
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from .search import ConfidenceRule
 
 DEFAULT_MODEL = "ViT-B/32"
 
@@ -17,9 +20,34 @@ ENV_VARS: dict[str, str] = {
     "CLIP_APP_GALLERY": "gallery_dir",
     "CLIP_APP_LIBRARY": "library_file",
     "CLIP_APP_MODEL_DIR": "model_dir",
+    "CLIP_APP_TAG_THRESHOLD": "tag_threshold",
+    "CLIP_APP_CONFIDENCE_MIN_Z": "confidence_min_z",
+    "CLIP_APP_CONFIDENCE_MIN_MARGIN": "confidence_min_margin",
+    "CLIP_APP_CONFIDENCE_MIN_GALLERY": "confidence_min_gallery",
 }
 
 PATH_FIELDS = frozenset({"gallery_dir", "library_file", "model_dir"})
+#: numeric fields: name -> (type, low, high), checked when read from the environment or a flag
+NUMBER_FIELDS: dict[str, tuple[type, float, float]] = {
+    "tag_threshold": (float, -1.0, 1.0),
+    "confidence_min_z": (float, 0.0, 1000.0),
+    "confidence_min_margin": (float, -2.0, 2.0),
+    "confidence_min_gallery": (int, 1, 10**12),
+}
+#: the flag of each numeric field (also the dest of the argparse option)
+NUMBER_FLAGS = {name: "--" + name.replace("_", "-") for name in NUMBER_FIELDS}
+
+
+def parse_number(name: str, raw: object, source: str) -> float | int:
+    """A numeric setting from text: ValueError naming the variable or flag when it is not a number in range."""
+    kind, low, high = NUMBER_FIELDS[name]
+    try:
+        value = kind(float(str(raw).strip())) if kind is int else float(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"{source} must be a number, got {raw!r}") from None
+    if value != value or not low <= value <= high:  # NaN or out of range
+        raise ValueError(f"{source} must be between {low:g} and {high:g}, got {raw!r}")
+    return value
 
 
 def default_model_dir() -> Path:
@@ -36,6 +64,18 @@ class Settings:
     gallery_dir: Path = Path("gallery")
     library_file: Path = Path("features_library.pth")
     model_dir: Path = default_model_dir()
+    #: cosine from which an image gets a label when the library is tagged (a set may override it per label)
+    tag_threshold: float = 0.25
+    #: search confidence (see search.ConfidenceRule and docs/search-confidence.md)
+    confidence_min_z: float = 2.0
+    confidence_min_margin: float = 0.01
+    confidence_min_gallery: int = 10
+
+    def confidence_rule(self) -> "ConfidenceRule":
+        """The search confidence rule of these settings."""
+        from .search import ConfidenceRule
+
+        return ConfidenceRule(self.confidence_min_z, self.confidence_min_margin, int(self.confidence_min_gallery))
 
     def resolved_device(self) -> str:
         """The torch device to use: 'auto' means CUDA when available, else CPU."""
@@ -49,7 +89,10 @@ class Settings:
         for var, name in ENV_VARS.items():
             raw = env.get(var, "").strip()
             if raw:
-                values[name] = Path(raw).expanduser() if name in PATH_FIELDS else raw
+                if name in NUMBER_FIELDS:
+                    values[name] = parse_number(name, raw, var)
+                else:
+                    values[name] = Path(raw).expanduser() if name in PATH_FIELDS else raw
         return cls(**values)  # type: ignore[arg-type]
 
     @classmethod
@@ -65,6 +108,10 @@ class Settings:
             value = getattr(args, flag, None)
             if value:
                 changes[name] = Path(value).expanduser()
+        for name, flag in NUMBER_FLAGS.items():
+            value = getattr(args, name, None)
+            if value is not None:
+                changes[name] = parse_number(name, value, flag)
         return replace(base, **changes)
 
 
@@ -89,3 +136,15 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--library", help="feature library file [env CLIP_APP_LIBRARY; default features_library.pth]")
     parser.add_argument("--model-dir", dest="model_dir",
                         help="where model weights are downloaded [env CLIP_APP_MODEL_DIR; default ~/.cache/clip]")
+    parser.add_argument("--tag-threshold", dest="tag_threshold", metavar="COS",
+                        help="cosine from which an image gets a label when the library is tagged, unless the label "
+                        "set says otherwise [env CLIP_APP_TAG_THRESHOLD; default 0.25]")
+    parser.add_argument("--confidence-min-z", dest="confidence_min_z", metavar="Z",
+                        help="a confident search's best score stands at least Z standard deviations above the "
+                        "query's scores over the gallery [env CLIP_APP_CONFIDENCE_MIN_Z; default 2.0]")
+    parser.add_argument("--confidence-min-margin", dest="confidence_min_margin", metavar="COS",
+                        help="a confident text search's best image matches the query by at least this much more "
+                        "cosine than the neutral prompts [env CLIP_APP_CONFIDENCE_MIN_MARGIN; default 0.01]")
+    parser.add_argument("--confidence-min-gallery", dest="confidence_min_gallery", metavar="N",
+                        help="below N images only the margin decides confidence [env CLIP_APP_CONFIDENCE_MIN_GALLERY; "
+                        "default 10]")

@@ -1,23 +1,33 @@
-"""Saved label sets: named lists of labels in a JSON file beside the library, plus a read-only ImageNet set."""
+"""Saved label sets: named lists of labels in a JSON file beside the library, plus a read-only ImageNet set.
+
+A saved set has labels, a template (a mode, "single" or "ensemble", or a custom template with one '{}'),
+optional tag thresholds (one for the whole set, and per label), and whether the library is tagged with it. The file
+is {"version": 2, "sets": {name: {"labels": [...], "template": T, "threshold": t or null, "thresholds": {label: t},
+"tagged": bool, ...}}}; keys it does not know are kept as they are. A set with nothing but labels is written as a
+plain list of labels, version 1's form (a file holding only such sets says version 1, so older versions read it).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from .classify import parse_labels
+from .classify import LabelError, check_threshold, parse_labels
 from .library_file import LibraryWriteError, replace_atomically
 from .library_store import LABEL_SETS_NAME
-from .prompts import imagenet_classnames
+from .prompts import imagenet_classnames, templates_for
 
 log = logging.getLogger(__name__)
 
 IMAGENET_SET = "ImageNet (1000 classes, built in)"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_NAME_CHARS = 80
+DEFAULT_TEMPLATE = "single"
+KNOWN_KEYS = ("labels", "template", "threshold", "thresholds", "tagged")
 
 
 class LabelSetError(ValueError):
@@ -29,8 +39,60 @@ def default_label_sets_file(library_file: Path) -> Path:
     return Path(library_file).with_name(LABEL_SETS_NAME)
 
 
+@dataclass(frozen=True)
+class LabelSet:
+    """One label set as saved: labels, template, tag thresholds, whether the library is tagged with it."""
+
+    name: str
+    labels: tuple[str, ...]
+    template: str = DEFAULT_TEMPLATE
+    threshold: float | None = None  # the set's own default; None: the app's --tag-threshold
+    thresholds: Mapping[str, float] = field(default_factory=dict)  # per label, overriding `threshold`
+    tagged: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys written by others (kept as they are)
+
+    def threshold_for(self, label: str, default: float) -> float:
+        """The tag threshold of one label: its own, else the set's, else `default`."""
+        if label in self.thresholds:
+            return float(self.thresholds[label])
+        return float(self.threshold) if self.threshold is not None else float(default)
+
+    def to_json(self) -> list[str] | dict:
+        """The set's entry in the file: a plain list of labels when nothing else is set (version 1's form)."""
+        if (self.template == DEFAULT_TEMPLATE and self.threshold is None and not self.thresholds
+                and not self.tagged and not self.extra):
+            return list(self.labels)
+        out = dict(self.extra)
+        out.update(labels=list(self.labels), template=self.template, threshold=self.threshold,
+                   thresholds=dict(self.thresholds), tagged=self.tagged)
+        return out
+
+    @classmethod
+    def from_json(cls, name: str, raw: object) -> "LabelSet":
+        """A set from its file entry (a version 1 list of labels, or a dict); ValueError when malformed."""
+        if isinstance(raw, list):
+            raw = {"labels": raw}
+        if not isinstance(raw, dict):
+            raise ValueError(f"set {name!r} must be a list of labels or an object")
+        labels = raw.get("labels")
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ValueError(f"set {name!r}: 'labels' must be a list of strings")
+        template = raw.get("template", DEFAULT_TEMPLATE)
+        threshold = raw.get("threshold")
+        thresholds = raw.get("thresholds") or {}
+        if not isinstance(template, str) or not isinstance(thresholds, dict):
+            raise ValueError(f"set {name!r}: 'template' must be a string and 'thresholds' an object")
+        try:
+            threshold = None if threshold is None else check_threshold(threshold)
+            thresholds = {str(k): check_threshold(v) for k, v in thresholds.items()}
+        except LabelError as exc:
+            raise ValueError(f"set {name!r}: {exc}") from None
+        extra = {k: v for k, v in raw.items() if k not in KNOWN_KEYS}
+        return cls(name, tuple(labels), template, threshold, thresholds, bool(raw.get("tagged", False)), extra)
+
+
 class LabelSetStore:
-    """Named label sets kept in one JSON file ({"version": 1, "sets": {name: [labels]}}), written atomically.
+    """Named label sets kept in one JSON file (see the module's docstring), written atomically.
 
     The built-in ImageNet set is always listed first and can be read but not saved over, renamed or deleted.
     A file that cannot be read is never overwritten: every operation that needs it raises LabelSetError.
@@ -49,13 +111,23 @@ class LabelSetStore:
 
     def get(self, name: str) -> list[str]:
         """The labels of a set; LabelSetError when there is no set of that name."""
+        return list(self.get_set(name).labels)
+
+    def get_set(self, name: str) -> LabelSet:
+        """A whole set (labels, template, thresholds); LabelSetError when there is no set of that name."""
         if name in self._builtin:
-            return list(self._builtin[name]())
+            return LabelSet(name, tuple(self._builtin[name]()))
         with self._lock:
             sets = self._load()
         if name not in sets:
             raise LabelSetError(f"there is no label set named {name!r}")
-        return list(sets[name])
+        return sets[name]
+
+    def saved_sets(self) -> list[LabelSet]:
+        """Every saved set (not the built-in ones), in alphabetical order of name."""
+        with self._lock:
+            sets = self._load()
+        return [sets[name] for name in sorted(sets, key=str.casefold)]
 
     def builtin_names(self) -> list[str]:
         """The names of the built-in sets (they never need the file)."""
@@ -66,16 +138,56 @@ class LabelSetStore:
         return name in self._builtin
 
     # ---- writing ------------------------------------------------------------------------------------------
-    def save(self, name: str, labels: str | Sequence[str]) -> list[str]:
-        """Save (or replace) a set from label text or a list; returns the cleaned labels."""
+    def save(self, name: str, labels: str | Sequence[str], template: str | None = None) -> list[str]:
+        """Save (or replace) a set from label text or a list; returns the cleaned labels. A replaced set keeps its
+        template (unless one is given), its thresholds of the labels it keeps, and its other settings."""
         name = self._check_name(name)
         cleaned = parse_labels(labels)
+        if template is not None:
+            template = check_template(template)
         with self._lock:
             sets = self._load()
-            sets[name] = cleaned
+            old = sets.get(name) or LabelSet(name, ())
+            kept = {k: v for k, v in old.thresholds.items() if k in cleaned}
+            sets[name] = replace(old, labels=tuple(cleaned), template=template or old.template, thresholds=kept)
             self._write(sets)
         log.info("saved label set %r (%d labels) to %s", name, len(cleaned), self.path)
         return cleaned
+
+    def update(self, name: str, **changes: Any) -> LabelSet:
+        """Change a saved set's template, threshold, thresholds (merged per label; None removes one) or tagged
+        flag; every value is checked first (LabelSetError / LabelError), nothing is stored when one is bad."""
+        self._check_writable(name)
+        with self._lock:
+            sets = self._load()
+            if name not in sets:
+                raise LabelSetError(f"there is no label set named {name!r}")
+            current = sets[name]
+            values: dict[str, Any] = {}
+            if "template" in changes:
+                values["template"] = check_template(changes["template"])
+            if "threshold" in changes:
+                raw = changes["threshold"]
+                values["threshold"] = None if raw is None else check_threshold(raw)
+            if "thresholds" in changes:
+                merged = dict(current.thresholds)
+                for label, raw in (changes["thresholds"] or {}).items():
+                    if label not in current.labels:
+                        raise LabelSetError(f"the label set {name!r} has no label {label!r} (its labels: "
+                                            f"{', '.join(current.labels)})")
+                    if raw is None:
+                        merged.pop(label, None)
+                    else:
+                        merged[label] = check_threshold(raw, f"threshold for {label!r}")
+                values["thresholds"] = merged
+            if "tagged" in changes:
+                values["tagged"] = bool(changes["tagged"])
+            unknown = set(changes) - {"template", "threshold", "thresholds", "tagged"}
+            if unknown:
+                raise TypeError(f"unknown label set fields: {sorted(unknown)}")
+            sets[name] = replace(current, **values)
+            self._write(sets)
+        return sets[name]
 
     def rename(self, old: str, new: str) -> None:
         """Give a saved set a new name; the new name must be free."""
@@ -87,7 +199,8 @@ class LabelSetStore:
                 raise LabelSetError(f"there is no label set named {old!r}")
             if new != old and new in sets:
                 raise LabelSetError(f"a label set named {new!r} already exists; delete it first or pick another name")
-            sets = {(new if key == old else key): value for key, value in sets.items()}
+            sets = {(new if key == old else key): (replace(value, name=new) if key == old else value)
+                    for key, value in sets.items()}
             self._write(sets)
         log.info("renamed label set %r to %r", old, new)
 
@@ -116,25 +229,35 @@ class LabelSetStore:
         if name in self._builtin:
             raise LabelSetError(f"{name!r} is built in and read-only; save your changes under a new name")
 
-    def _load(self) -> dict[str, list[str]]:
+    def _load(self) -> dict[str, LabelSet]:
         if not self.path.exists():
             return {}
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
             sets = raw["sets"]
-            if not isinstance(sets, dict) or not all(
-                    isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
-                    for k, v in sets.items()):
-                raise ValueError("'sets' must map names to lists of labels")
-            return {k: list(v) for k, v in sets.items()}
+            if not isinstance(sets, dict) or not all(isinstance(k, str) for k in sets):
+                raise ValueError("'sets' must map names to label sets")
+            return {k: LabelSet.from_json(k, v) for k, v in sets.items()}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LabelSetError(f"the label sets file {self.path} cannot be read ({exc}); fix or move it away "
                                 "(it is left untouched)") from None
 
-    def _write(self, sets: dict[str, list[str]]) -> None:
+    def _write(self, sets: dict[str, LabelSet]) -> None:
         """Save atomically (the library's writer: temp file, fsync, os.replace); LabelSetError when it fails."""
-        payload = json.dumps({"version": FORMAT_VERSION, "sets": sets}, ensure_ascii=False, indent=1)
+        entries = {k: v.to_json() for k, v in sets.items()}
+        version = 1 if all(isinstance(v, list) for v in entries.values()) else FORMAT_VERSION  # readable by older apps
+        payload = json.dumps({"version": version, "sets": entries}, ensure_ascii=False, indent=1)
         try:
             replace_atomically(self.path, lambda handle: handle.write(payload.encode("utf-8")))
         except LibraryWriteError as exc:
             raise LabelSetError(f"the label sets could not be saved: {exc}") from None
+
+
+def check_template(template: str) -> str:
+    """A set's template: "single", "ensemble" or a custom template with one '{}' (LabelSetError otherwise)."""
+    template = (template or "").strip() or DEFAULT_TEMPLATE
+    try:
+        templates_for(template)
+    except ValueError as exc:
+        raise LabelSetError(str(exc)) from None
+    return template

@@ -41,6 +41,7 @@ from .library_file import (
     UnknownImageError,
     file_signature,
     fsync_dir,
+    sorted_member,
 )
 from .library_maintenance import LibraryMaintenance, Progress, _Batcher, _Candidate, sha256_bytes
 from .library_reports import (
@@ -64,7 +65,7 @@ from .library_store import (
     save_library,
     signature,
 )
-from .search import top_k
+from .search import scan, top_k
 
 __all__ = [
     "PROBLEM_KINDS", "AddReport", "AddResult", "CheckReport", "Entry", "FeatureLibrary", "LibraryBusyError",
@@ -278,6 +279,23 @@ class FeatureLibrary(LibraryMaintenance):
         state = self._current()
         self._require_model(state)
         return state.ids, state.features
+
+    def tag_rows(self) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """(model identity, ids int64 [N], float16 features [N, D]) of one state, for tagging; never modify them."""
+        state = self._current()
+        self._require_model(state)
+        return state.model, state.ids, state.features16
+
+    def scan(self, query: torch.Tensor, k: int, only_ids: torch.Tensor | None = None
+             ) -> tuple[list[tuple[Entry, float, int]], torch.Tensor, torch.Tensor]:
+        """search() plus the scan's score of every row: ([(entry, score, row)], all scores [N], the chosen rows'
+        stored features [k, D]); only_ids (int64, ascending) limits the results to those images."""
+        state = self._current()
+        self._require_model(state)
+        allowed = None if only_ids is None else sorted_member(state.ids, only_ids)
+        scores, rows, every = scan(query.float().reshape(-1), state.features16, state.ids, k, allowed)
+        hits = [(self._entry(state, int(row)), float(score), int(row)) for score, row in zip(scores, rows)]
+        return hits, every, state.features16[rows]
 
     def search(self, query: torch.Tensor, k: int) -> list[tuple[Entry, float]]:
         """The k entries most similar to a unit query [D], best first (ties to the lower ID)."""

@@ -6,7 +6,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROBLEM_KINDS = ("model_mismatch", "missing_file", "hash_mismatch", "not_unit", "orphan_file", "foreign_file")
+PROBLEM_KINDS = ("model_mismatch", "missing_file", "hash_mismatch", "not_unit", "orphan_file", "foreign_file", "tags")
 
 
 def index_command(command: str, model: str, gallery_dir: Path | str, library_file: Path | str,

@@ -40,6 +40,7 @@ from .library_file import (
 
 log = logging.getLogger(__name__)
 
+TAGS_SUFFIX = ".tags"  # the library's tags (tags.py): features_library.pth.tags
 LABEL_SETS_NAME = "label_sets.json"  # the App's saved label sets, kept beside the library file (label_sets.py)
 COMPACT_MIN_ROWS = 2048
 COMPACT_FRACTION = 20  # compact when the journal holds more than N / 20 entries (and more than COMPACT_MIN_ROWS)
@@ -60,7 +61,8 @@ def lock_path(path: Path) -> Path:
 def companion_files(path: Path) -> list[Path]:
     """The library file and the files that live beside it: its lock, its journal and the label sets file. None of
     them belongs to the gallery when the library file lies in the gallery folder, and none is ever served."""
-    return [path, lock_path(path), journal_path(path), path.with_name(LABEL_SETS_NAME)]
+    return [path, lock_path(path), journal_path(path), path.with_name(LABEL_SETS_NAME),
+            path.with_name(path.name + TAGS_SUFFIX)]
 
 
 def signature(path: Path) -> Signature:

@@ -17,6 +17,15 @@ from importlib import resources
 
 SINGLE_TEMPLATE = "a photo of a {}."
 
+#: The neutral bank: captions that fit any photo. A search whose best image is described no better by the query
+#: than by these, or a Classify answer where these beat every label, found nothing specific (see search.py's
+#: confidence rule and classify.none_of_these). Encoded once per model and averaged into one direction.
+NEUTRAL_PROMPTS: tuple[str, ...] = (
+    "a photo.", "an image.", "a picture of something.", "a photo of something.", "a picture.",
+    "a snapshot.", "an everyday photo.", "a photo of a thing.",
+)
+NEUTRAL_LABEL = "(neutral)"
+
 
 def _data_text(name: str) -> str:
     return resources.files("clip_app").joinpath("data").joinpath(name).read_text(encoding="utf-8")

@@ -1,6 +1,9 @@
-"""Similarity search (pure): top-k rows of a feature matrix for a query feature, ties broken by the lower ID."""
+"""Similarity search (pure): top-k rows of a feature matrix for a query feature, ties broken by the lower ID;
+percentiles and the confidence rule from the same scan's scores."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -16,19 +19,39 @@ def top_k(query: torch.Tensor, features: torch.Tensor, ids: torch.Tensor, k: int
     Float16 rows (as the library stores them) are scanned in float16, which reads half the bytes, and the few
     rows that can be in the top k are then scored exactly in float32: the same result as float32 rows.
     """
+    scores, rows, _ = scan(query, features, ids, k)
+    return scores, rows
+
+
+def scan(query: torch.Tensor, features: torch.Tensor, ids: torch.Tensor, k: int,
+         allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """top_k plus the scan's score of every row: (scores [k'], rows [k'], all scores [N], float16 for float16 rows).
+
+    The full scan is what top_k computes anyway; percentiles and the confidence rule are read from it for free.
+    `allowed` (bool [N]) limits the results to some rows (a tag); the scores of every row are still returned."""
     n = features.shape[0]
-    k = min(int(k), n)
+    k = min(int(k), n if allowed is None else int(allowed.sum()))
     if k <= 0:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
+        empty = torch.empty(0, dtype=torch.float16 if features.dtype == torch.float16 else torch.float32)
+        every = features @ query.reshape(-1).to(features.dtype) if n else empty
+        return torch.empty(0), torch.empty(0, dtype=torch.long), every
     query = query.reshape(-1)
     if features.dtype == torch.float16:
-        rows = half_candidates(query, features, k)
+        coarse = features @ query.to(torch.float16)  # [N], float16 arithmetic: memory bound, half the bytes
+        pool = coarse if allowed is None else coarse.masked_fill(~allowed, float("-inf"))
+        rows = candidates_from_scores(pool, k)
+        if allowed is not None:
+            rows = rows[allowed[rows]]
         scores = features[rows].float() @ query.float()
         chosen = best_rows(scores, ids[rows], k)
-        return scores[chosen], rows[chosen]
-    scores = features @ query.to(features.dtype)
-    chosen = best_rows(scores, ids, k)
-    return scores[chosen].float(), chosen
+        return scores[chosen], rows[chosen], coarse
+    every = features @ query.to(features.dtype)
+    if allowed is None:
+        chosen = best_rows(every, ids, k)
+        return every[chosen].float(), chosen, every
+    rows = torch.nonzero(allowed).flatten()
+    chosen = rows[best_rows(every[rows], ids[rows], k)]
+    return every[chosen].float(), chosen, every
 
 
 def half_candidates(query: torch.Tensor, features: torch.Tensor, k: int) -> torch.Tensor:
@@ -37,7 +60,12 @@ def half_candidates(query: torch.Tensor, features: torch.Tensor, k: int) -> torc
     If C is the k-th best float16 score and S the k-th best exact one, C <= S + m (m = HALF_SCORE_MARGIN), so every
     row scoring >= S exactly scores >= C - 2m in float16.
     """
-    coarse = features @ query.to(torch.float16)  # [N], float16 arithmetic: memory bound, half the bytes
+    return candidates_from_scores(features @ query.to(torch.float16), k)
+
+
+def candidates_from_scores(coarse: torch.Tensor, k: int) -> torch.Tensor:
+    """Row indices [M] (M >= k) within 2 * HALF_SCORE_MARGIN of the k-th best float16 score [N] (see
+    half_candidates)."""
     kth = float(torch.topk(coarse, k, sorted=False).values.min())
     return torch.nonzero(coarse >= kth - 2 * HALF_SCORE_MARGIN).flatten()
 
@@ -51,3 +79,70 @@ def best_rows(scores: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
     cand_scores = scores[candidates].float()
     order = sorted(range(len(candidates)), key=lambda i: (-float(cand_scores[i]), int(ids[candidates[i]])))[:k]
     return candidates[torch.tensor(order, dtype=torch.long)]
+
+
+def percentiles(all_scores: torch.Tensor, rows: torch.Tensor) -> list[float]:
+    """Percentile of each chosen row [k] within the gallery for this query: 100 x the share of all scores [N] that
+    are at most the row's own (the best image of the gallery is at 100). Read from the same scan's scores."""
+    n = int(all_scores.shape[0])
+    if n == 0:
+        return []
+    return [100.0 * int((all_scores <= all_scores[int(row)]).sum()) / n for row in rows]
+
+
+@dataclass(frozen=True)
+class ConfidenceRule:
+    """When a search counts as confident (see docs/search-confidence.md for the reasoning behind the defaults).
+
+    min_z: the best score must stand at least this many standard deviations above the mean of the query's scores
+    over the whole gallery (gallery-relative distinctiveness). min_margin: the best image must match the query by at
+    least this much more cosine than it matches the neutral prompts (text queries). min_gallery: below this many
+    images a mean and standard deviation say little, so only the margin decides."""
+
+    min_z: float = 2.0
+    min_margin: float = 0.01
+    min_gallery: int = 10
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """The verdict on one search: confident or not, why, and the two measures."""
+
+    confident: bool
+    reason: str
+    z: float | None  # None when the gallery is below min_gallery (or empty)
+    margin: float | None  # None for an image query (the neutral prompts are captions) or an empty gallery
+
+
+def confidence(all_scores: torch.Tensor, best: float | None, neutral_of_best: float | None,
+               rule: ConfidenceRule = ConfidenceRule()) -> Confidence:
+    """Judge a search from its scan's scores [N], its best score, and the best image's cosine with the neutral bank
+    (None for an image query): confident when every applicable test passes; the reason names the failing one."""
+    n = int(all_scores.shape[0])
+    if n == 0 or best is None:
+        return Confidence(False, "the library is empty", None, None)
+    z = None
+    if n >= rule.min_gallery:
+        std, mean = torch.std_mean(all_scores.float(), correction=0)
+        z = (float(best) - float(mean)) / float(std) if float(std) > 1e-6 else 0.0
+    margin = None if neutral_of_best is None else float(best) - float(neutral_of_best)
+    failures = []
+    if z is not None and z < rule.min_z:
+        failures.append(f"the best match is not distinctive: it stands {z:.1f} standard deviations above this "
+                        f"query's scores over the gallery (a confident match needs {rule.min_z:g})")
+    if margin is not None and margin < rule.min_margin:
+        failures.append(f"the query describes the best match no better than a neutral caption such as 'a photo.' "
+                        f"(margin {margin:+.3f}, a confident match needs {rule.min_margin:+.3f})")
+    if failures:
+        return Confidence(False, "; ".join(failures), z, margin)
+    parts = []
+    if z is not None:
+        parts.append(f"the best match stands {z:.1f} standard deviations above this query's scores over the gallery")
+    else:
+        parts.append(f"the gallery has {n} image{'' if n == 1 else 's'} (fewer than {rule.min_gallery}), so only the "
+                     "margin was checked")
+    if margin is not None:
+        parts.append(f"it beats the neutral prompts by {margin:+.3f}")
+    else:
+        parts.append("image query: the neutral-prompt margin applies to text queries only")
+    return Confidence(True, "; ".join(parts), z, margin)

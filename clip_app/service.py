@@ -15,7 +15,17 @@ from typing import Callable, Sequence, Union
 import torch
 from PIL import Image
 
-from .classify import DEFAULT_TAG_THRESHOLD, ClassifierCache, LabelError, LabelScore, parse_labels, rank, tags
+from .classify import (
+    DEFAULT_TAG_THRESHOLD,
+    ClassifierCache,
+    LabelError,
+    LabelScore,
+    check_threshold,
+    none_of_these,
+    parse_labels,
+    rank,
+    tags,
+)
 from .config import Settings
 from .encoders import ClipEncoder
 from .images import ImageError, decode_image
@@ -31,7 +41,9 @@ from .library import (
     RepairReport,
     private_paths,
 )
-from .prompts import templates_for
+from .prompts import NEUTRAL_LABEL, NEUTRAL_PROMPTS, templates_for
+from .search import Confidence, ConfidenceRule, confidence, percentiles
+from .tags import LibraryTags, SetTags, UnknownTagError, tags_path
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +78,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (AppError, ImageError, LabelError, La
 class Hit:
     entry: Entry
     score: float
+    percentile: float | None = None  # share of the gallery scoring at most this image for the query (0-100)
 
 
 @dataclass
@@ -76,6 +89,8 @@ class ClassifyResult:
     tags: list[LabelScore] | None = None      # tag mode: labels with cosine >= threshold (None when off)
     threshold: float | None = None
     saved: AddResult | None = None            # the gallery outcome when saving was asked for
+    none_of_these: bool | None = None         # opt-in: the neutral prompts beat every label (None when not asked)
+    neutral_cosine: float | None = None       # the image's cosine with the neutral prompts (when asked)
 
 
 @dataclass
@@ -85,6 +100,21 @@ class SearchResult:
     library_size: int = 0
     min_score: float | None = None
     note: str | None = None                   # e.g. the non-English query note
+    confident: bool = False                   # see search.confidence: distinctive and above the neutral prompts
+    reason: str = ""                          # why (not) confident
+    tag: str | None = None                    # the tag the search was limited to
+
+
+@dataclass
+class TagPreview:
+    """What a threshold would do to one label of a tagged set: the count, and the images just above and below."""
+
+    set_name: str
+    label: str
+    threshold: float
+    count: int
+    above: list[tuple[Entry, float]]          # tagged at this threshold, lowest cosine first
+    below: list[tuple[Entry, float]]          # not tagged, highest cosine first
 
 
 @dataclass
@@ -159,12 +189,17 @@ class App:
     """clip-app's actions over one encoder and one library; safe to share between threads (Gradio's workers)."""
 
     def __init__(self, encoder: ClipEncoder, library: FeatureLibrary, label_sets: LabelSetStore | None = None,
-                 max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> None:
+                 max_file_size: int = DEFAULT_MAX_FILE_SIZE, *, tag_threshold: float = DEFAULT_TAG_THRESHOLD,
+                 confidence_rule: ConfidenceRule | None = None) -> None:
         self.encoder = encoder
         self.library = library
-        self.label_sets = label_sets or LabelSetStore(default_label_sets_file(library.stats()["library_file"]))
+        library_file = Path(library.stats()["library_file"])
+        self.label_sets = label_sets or LabelSetStore(default_label_sets_file(library_file))
         self.max_file_size = int(max_file_size)
         self.classifiers = ClassifierCache()
+        self.tags = LibraryTags(tags_path(library_file), self.label_sets, self.classifiers,
+                                check_threshold(tag_threshold, "default tag threshold"))
+        self.confidence_rule = confidence_rule or ConfidenceRule()
         # no App-level write lock: the library serialises its saves (threads and processes) and checks for
         # duplicates again under its own lock, while it encodes outside any lock, so a photo saved from Classify
         # or a delete does not wait for a bulk upload to be encoded
@@ -174,19 +209,24 @@ class App:
         """Load the model and the library once (ModelLoadError / LibraryError when they cannot be used)."""
         encoder = ClipEncoder(settings.model, settings.device, download_root=settings.model_dir)
         library = FeatureLibrary(settings.gallery_dir, settings.library_file, encoder)
-        app = cls(encoder, library, LabelSetStore(default_label_sets_file(settings.library_file)), max_file_size)
+        app = cls(encoder, library, LabelSetStore(default_label_sets_file(settings.library_file)), max_file_size,
+                  tag_threshold=settings.tag_threshold, confidence_rule=settings.confidence_rule())
         log.info("clip-app ready: model %s on %s, %d images in %s (library %s)", encoder.name, encoder.device,
                  len(library), settings.gallery_dir, settings.library_file)
         return app
 
     # ---- Classify -----------------------------------------------------------------------------------------
     def classify(self, image: ImageInput, labels: str | Sequence[str], template: str = "single", *,
-                 save: bool = True, tag_threshold: float | None = None) -> ClassifyResult:
+                 save: bool = True, tag_threshold: float | None = None,
+                 allow_none: bool = False) -> ClassifyResult:
         """Zero-shot classify one photo against labels; optionally save it to the gallery (known photos keep
-        their ID). Every input is checked before anything is stored."""
+        their ID). allow_none: answer "none of these" when the neutral prompts beat every label. Every input is
+        checked before anything is stored."""
         data, name = self._read(image)
         label_list = parse_labels(labels if labels is not None else "")
         templates = self._templates(template)
+        if tag_threshold is not None:
+            tag_threshold = check_threshold(tag_threshold, "tag threshold")
         # a bad image stops here, before anything is stored (JPEGs decode at a reduced scale: see ClipEncoder)
         picture = decode_image(data, name, min_side=self.encoder.decode_min_side)
         saved: AddResult | None = None
@@ -202,7 +242,16 @@ class App:
         if tag_threshold is not None:
             result.threshold = float(tag_threshold)
             result.tags = tags(scores, result.threshold)
+        if allow_none:
+            result.neutral_cosine = float(feature.float() @ self.neutral_direction())
+            result.none_of_these = none_of_these(torch.tensor([s.cosine for s in scores]), result.neutral_cosine)
+        if saved is not None and saved.status == "added":
+            self._sync_tags()
         return result
+
+    def neutral_direction(self) -> torch.Tensor:
+        """The neutral prompts' direction [D] for the running model (encoded once, then cached)."""
+        return self.classifiers.get(self.encoder, [NEUTRAL_LABEL], NEUTRAL_PROMPTS)[:, 0]
 
     def _stored_feature(self, image_id: int | None) -> torch.Tensor | None:
         """The library's feature row [D] of an image, or None (not stored, or removed meanwhile)."""
@@ -232,57 +281,85 @@ class App:
             raise InputError("pick a label set first")
         return self.label_sets.get(name)
 
-    def save_label_set(self, name: str, labels: str | Sequence[str]) -> list[str]:
-        """Save the labels under a name (replacing a saved set of that name)."""
-        return self.label_sets.save(name, labels if labels is not None else "")
+    def save_label_set(self, name: str, labels: str | Sequence[str], template: str | None = None) -> list[str]:
+        """Save the labels under a name (replacing a saved set of that name; a tagged set is re-tagged)."""
+        cleaned = self.label_sets.save(name, labels if labels is not None else "", template)
+        self._sync_tags()
+        return cleaned
 
     def rename_label_set(self, old: str, new: str) -> None:
-        """Rename a saved set."""
+        """Rename a saved set (a tagged one keeps being tagged, under its new name)."""
         if not old:
             raise InputError("pick the label set to rename first")
         self.label_sets.rename(old, new)
+        self.tags.untag(old)
+        self._sync_tags()
 
     def delete_label_set(self, name: str) -> None:
-        """Delete a saved set."""
+        """Delete a saved set (and its tags)."""
         if not name:
             raise InputError("pick the label set to delete first")
         self.label_sets.delete(name)
+        self.tags.untag(name)
 
     # ---- Search -------------------------------------------------------------------------------------------
-    def search_text(self, query: str, k: int = DEFAULT_K, min_score: float | None = None) -> SearchResult:
-        """The k gallery images closest to a text query (those under min_score are left out and counted)."""
+    def search_text(self, query: str, k: int = DEFAULT_K, min_score: float | None = None, tag: str | None = None,
+                    set_name: str | None = None) -> SearchResult:
+        """The k gallery images closest to a text query (those under min_score are left out and counted), with
+        percentiles and the confidence verdict; tag limits the results to images carrying that tag."""
         query = " ".join((query or "").split())
         if not query:
             raise InputError("empty query: describe what you are looking for, e.g. 'a dog on a beach'")
         if len(query) > MAX_QUERY_CHARS:
             raise InputError(f"the query is too long ({len(query)} characters, at most {MAX_QUERY_CHARS})")
         k = self._k(k)
+        only = self._tag_ids(tag, set_name)
         feature = self.encoder.encode_texts([query])[0]  # [D]
-        result = self._search(feature, k, min_score)
+        result = self._search(feature, k, min_score, only, text=True)
         result.note = english_note(query)
+        result.tag = tag or None
         return result
 
-    def search_image(self, image: ImageInput, k: int = DEFAULT_K, min_score: float | None = None) -> SearchResult:
+    def search_image(self, image: ImageInput, k: int = DEFAULT_K, min_score: float | None = None,
+                     tag: str | None = None, set_name: str | None = None) -> SearchResult:
         """The k gallery images closest to an example image (the example is not stored)."""
         data, name = self._read(image)
         k = self._k(k)
+        only = self._tag_ids(tag, set_name)
         feature = self.encoder.encode_images([decode_image(data, name, min_side=self.encoder.decode_min_side)])[0]
-        return self._search(feature, k, min_score)
+        result = self._search(feature, k, min_score, only, text=False)
+        result.tag = tag or None
+        return result
 
-    def _search(self, feature: torch.Tensor, k: int, min_score: float | None) -> SearchResult:
-        found = [Hit(entry, float(score)) for entry, score in self.library.search(feature, k)]
-        shown = found if min_score is None else [h for h in found if h.score >= float(min_score)]
-        return SearchResult(shown, hidden=len(found) - len(shown), library_size=len(self.library),
-                            min_score=None if min_score is None else float(min_score))
+    def _search(self, feature: torch.Tensor, k: int, min_score: float | None, only: torch.Tensor | None = None,
+                text: bool = True) -> SearchResult:
+        found, every, best_rows = self.library.scan(feature, k, only)
+        pct = percentiles(every, torch.tensor([row for _, _, row in found], dtype=torch.long))
+        hits = [Hit(entry, score, p) for (entry, score, _), p in zip(found, pct)]
+        neutral = float(best_rows[0].float() @ self.neutral_direction()) if text and len(hits) else None
+        verdict: Confidence = confidence(every, hits[0].score if hits else None, neutral, self.confidence_rule)
+        if only is not None and not hits:
+            verdict = Confidence(False, "no image carries this tag", None, None)
+        shown = hits if min_score is None else [h for h in hits if h.score >= float(min_score)]
+        return SearchResult(shown, hidden=len(hits) - len(shown), library_size=int(every.shape[0]),
+                            min_score=None if min_score is None else float(min_score), confident=verdict.confident,
+                            reason=verdict.reason)
 
     # ---- Gallery ------------------------------------------------------------------------------------------
-    def gallery_page(self, page: int | float | None = 1, per_page: int = PER_PAGE) -> GalleryPage:
-        """One page of the library in ID order; a page past either end shows the first or last page."""
+    def gallery_page(self, page: int | float | None = 1, per_page: int = PER_PAGE, tag: str | None = None,
+                     set_name: str | None = None) -> GalleryPage:
+        """One page of the library in ID order (only images carrying `tag` when given); a page past either end
+        shows the first or last page."""
         number = self._integer(page if page not in (None, "") else 1, "page number")
-        total = len(self.library)
+        only = self._tag_ids(tag, set_name)
+        total = len(self.library) if only is None else len(only)
         pages = max(1, -(-total // per_page))
         number = min(max(1, number), pages)
-        return GalleryPage(self.library.page(number, per_page), number, pages, total, per_page)
+        if only is None:
+            entries = self.library.page(number, per_page)
+        else:
+            entries = [self.library.get(int(i)) for i in only[(number - 1) * per_page:number * per_page]]
+        return GalleryPage(entries, number, pages, total, per_page)
 
     def image_info(self, image_id: int | float | str | None) -> Entry:
         """The library entry of one image (UnknownImageError when there is none)."""
@@ -294,6 +371,7 @@ class App:
         entry = self.library.get(image_id)
         self.library.remove([image_id])  # UnknownImageError when another request removed it meanwhile
         log.info("deleted image #%d (%s)", entry.id, entry.file)
+        self._sync_tags()
         return entry
 
     # ---- Library ------------------------------------------------------------------------------------------
@@ -311,6 +389,8 @@ class App:
                 result.error = result.error.replace(str(path), path.name)
             result.name = path.name
         log.info("add: %s", report.summary())
+        if report.added:
+            self._sync_tags()
         return report
 
     def stats(self) -> LibraryStats:
@@ -321,13 +401,101 @@ class App:
                             str(known["gallery_dir"]), str(known["library_file"]), raw)
 
     def check(self, progress: Progress | None = None) -> CheckReport:
-        """Look for disagreements between the library file and the gallery folder (changes nothing); progress(rows
-        checked, rows)."""
-        return self.library.check(progress=progress)
+        """Look for disagreements between the library file, the gallery folder and the tags file (changes
+        nothing); progress(rows checked, rows)."""
+        report = self.library.check(progress=progress)
+        report.problems.extend(self.check_tags())
+        return report
 
     def repair(self, progress: Progress | None = None) -> RepairReport:
-        """Fix what check finds; progress(files read, files)."""
-        return self.library.repair(progress=progress)
+        """Fix what check finds (tags included); progress(files read, files)."""
+        report = self.library.repair(progress=progress)
+        report.actions.extend(self.tags.repair(self.library, self.encoder))
+        return report
+
+    def check_tags(self) -> list:
+        """The tags file's problems (none when the library is of another model: check says so already)."""
+        try:
+            model, ids, _ = self.library.tag_rows()
+        except LibraryError:
+            return []
+        return self.tags.check(model, ids)
+
+    # ---- Tags ---------------------------------------------------------------------------------------------
+    def tag_library(self, set_name: str, progress: Progress | None = None) -> SetTags:
+        """Tag every image with the labels of a saved set (from stored features: one matrix product); images
+        added later are tagged on add."""
+        if not set_name:
+            raise InputError("pick a label set to tag the library with")
+        return self.tags.tag(set_name, self.library, self.encoder, progress)
+
+    def set_tag_thresholds(self, set_name: str, threshold: float | str | None = None,
+                           per_label: dict[str, float | str | None] | None = None) -> SetTags:
+        """Store a set's thresholds (the whole set's and/or per label; all checked first) and re-tag with them."""
+        if not set_name:
+            raise InputError("pick a label set first")
+        if self.label_sets.is_builtin(set_name):
+            self.tags._label_set(set_name)  # the read-only message
+        changes: dict = {}
+        if threshold is not None and threshold != "":
+            changes["threshold"] = check_threshold(threshold)
+        if per_label:
+            changes["thresholds"] = {k: (None if v is None else check_threshold(v, f"threshold for {k!r}"))
+                                     for k, v in per_label.items()}
+        self.label_sets.update(set_name, **changes)
+        return self.tag_library(set_name)
+
+    def set_tags(self, set_name: str) -> SetTags:
+        """The up-to-date tags of a tagged set."""
+        return self.tags.current(set_name, self.library, self.encoder)
+
+    def tag_counts(self) -> list[tuple[str, str, int]]:
+        """(set, label, images) for every label of every tagged set."""
+        out = []
+        for name in self.tags.tagged_sets():
+            try:
+                counts = self.set_tags(name).counts()
+            except USER_ERRORS as exc:  # a set that cannot be tagged now is left out, not an error for the page
+                log.warning("tags of %r: %s", name, exc)
+                continue
+            out.extend((name, label, n) for label, n in counts.items())
+        return out
+
+    def images_with_tag(self, tag: str, set_name: str | None = None) -> list[Entry]:
+        """The images carrying a tag (of the named set, else of any tagged set), in ID order."""
+        ids = self._tag_ids(tag, set_name)
+        return [self.library.get(int(i)) for i in (ids if ids is not None else [])]
+
+    def tag_preview(self, set_name: str, label: str, threshold: float | str, n: int = 6) -> TagPreview:
+        """How many images a threshold would tag with one label, and the borderline images around it."""
+        if not set_name or not label:
+            raise InputError("pick a label set and one of its labels")
+        value = check_threshold(threshold)
+        tags_now = self.tags.current(set_name, self.library, self.encoder, store=False)
+        above, below = tags_now.borderline(label, value, n)
+        count = len(tags_now.ids_with(label, value))
+        entries = lambda pairs: [(self.library.get(i), c) for i, c in pairs]  # noqa: E731
+        return TagPreview(set_name, label, value, count, entries(above), entries(below))
+
+    def _tag_ids(self, tag: str | None, set_name: str | None) -> torch.Tensor | None:
+        """IDs [M] (ascending) carrying a tag, or None when no tag is given; UnknownTagError for an unknown one."""
+        tag = " ".join((tag or "").split())
+        if not tag:
+            return None
+        names = self.tags.sets_with_label(tag, set_name or None)
+        if not names:
+            where = f"the label set {set_name!r}" if set_name else "no tagged label set"
+            raise UnknownTagError(f"{where} has no label {tag!r}" + ("" if set_name else
+                                  f" (tagged sets: {', '.join(self.tags.tagged_sets()) or 'none'})"))
+        parts = [self.tags.current(name, self.library, self.encoder).ids_with(tag) for name in names]
+        return torch.unique(torch.cat(parts)) if len(parts) > 1 else parts[0]
+
+    def _sync_tags(self) -> None:
+        """Tag images added (and forget images removed) for every tagged set; a failure is logged, not raised."""
+        try:
+            self.tags.sync(self.library, self.encoder)
+        except (LibraryError, LabelSetError, LabelError) as exc:
+            log.warning("tags not updated (check reports it, repair fixes it): %s", exc)
 
     def rebuild(self, progress: Progress | None = None) -> RebuildReport:
         """Re-encode every gallery image with the running model."""
@@ -393,5 +561,6 @@ class App:
 
 
 __all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
+           "TagPreview", "SetTags",
            "GalleryPage", "LibraryStats", "Hit", "english_note", "parse_size", "format_size",
            "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "private_paths"]
