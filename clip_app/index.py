@@ -1,8 +1,9 @@
-"""The index manager: `python -m clip_app.index [settings flags] <add|remove|list|stats|check|repair|rebuild> ...`.
+"""The index manager: `python -m clip_app.index [settings flags] <add|remove|list|stats|check|repair|rebuild|labels|
+classify|search|tag> ...` (labels, classify, search and tag: index_tags.py).
 
-Exit status: 0 done; 1 the command could not do what was asked (nothing could be added, an unknown ID, `check`
-found a disagreement); 2 an error that stops everything (model cannot load, library of another model, corrupt or
-locked library file, a failed save).
+Exit status: 0 done; 1 the command could not do what was asked (nothing could be added, an unknown ID, set or tag,
+bad labels or a bad threshold, `check` found a disagreement); 2 an error that stops everything (model cannot load,
+library of another model, corrupt or locked library file, a failed save).
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from .classify import LabelError
 from .config import Settings, add_settings_arguments
 from .encoders import ClipEncoder, ModelLoadError, model_identity
 from .images import IMAGE_EXTENSIONS
+from .index_tags import add_parsers, library_tags, list_tagged, sync_tags, tag_problems
+from .label_sets import LabelSetError
 from .library import AddReport, AddResult, FeatureLibrary, LibraryError, UnknownImageError
+from .tags import UnknownTagError
 
 log = logging.getLogger("clip_app.index")
 
@@ -50,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("stats", "count, model, feature width, file size")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--json", action="store_true", help="print JSON")
+        if name == "list":
+            sub.add_argument("--tag", metavar="LABEL", help="only the images tagged LABEL (see the tag command)")
+            sub.add_argument("--set", metavar="NAME", help="the label set of --tag (default: any tagged set)")
     check = commands.add_parser("check", help="list every disagreement between gallery, library file and model "
                                 "(exit status 1 when there is any)")
     check.add_argument("--quick", action="store_true", help="do not read the image files to compare their hashes")
@@ -58,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "re-encode changed files, set aside what is not an image)")
     commands.add_parser("rebuild", help="re-encode every gallery image with the running model into a new library "
                         "file, swapped in atomically")
+    COMMANDS.update(add_parsers(commands))
     return parser
 
 
@@ -72,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         encoder = LazyEncoder(settings, args.batch_size)
         return COMMANDS[args.command](args, settings, encoder)  # type: ignore[arg-type]
-    except UnknownImageError as exc:
+    except (UnknownImageError, UnknownTagError, LabelSetError, LabelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (ModelLoadError, LibraryError, ValueError) as exc:
@@ -184,6 +193,8 @@ def cmd_add(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) 
             chunk = files[start:start + ADD_CHUNK]
             report = library.add(chunk, progress=lambda done, _total, s=start: update(s + done, len(files)))
             results.extend(report.results)
+    if any(r.status == "added" for r in results):
+        sync_tags(settings, library, encoder)  # images added later are tagged for every tagged set
     report = AddReport(results=results + failures)
     print(report.summary())
     for result in report.duplicates:
@@ -198,15 +209,19 @@ def cmd_add(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) 
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
-    removed = open_library(args, settings, encoder, strict=False).remove(args.ids)
+    library = open_library(args, settings, encoder, strict=False)
+    removed = library.remove(args.ids)
+    sync_tags(settings, library, encoder)  # a deleted image leaves no tag
     print(f"removed {len(removed)} image{'' if len(removed) == 1 else 's'}: {', '.join(map(str, removed))}")
     return 0
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
-    library = open_library(args, settings, encoder, strict=False)
+    if args.set and not args.tag:
+        raise LabelSetError("--set goes with --tag LABEL")
+    entries = list_tagged(args, settings, encoder) if args.tag else open_library(args, settings, encoder, strict=False)
     rows = [{"id": e.id, "file": e.file, "sha256": e.sha256, "size": e.size, "added": e.added,
-             "added_utc": _iso(e.added), "name": e.name} for e in library]
+             "added_utc": _iso(e.added), "name": e.name} for e in entries]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -236,6 +251,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder
     library = open_library(args, settings, encoder, strict=False)
     with progress_bar("checking") as update:
         report = library.check(hashes=not args.quick, progress=update)
+    report.problems.extend(tag_problems(settings, library))
     if args.json:
         print(json.dumps({"ok": report.ok, "problems": [p.__dict__ for p in report.problems]}, indent=1))
     else:
@@ -253,9 +269,11 @@ def cmd_repair(args: argparse.Namespace, settings: Settings, encoder: ClipEncode
     library = open_library(args, settings, encoder)
     with progress_bar("reading files", unit="file") as update:
         report = library.repair(progress=update)
+    report.actions.extend(library_tags(settings).repair(library, encoder))
     for action in report.actions:
         print(action)
     left = library.check(hashes=False)
+    left.problems.extend(tag_problems(settings, library))
     print(f"{len(report.actions)} repair action(s)" if report.actions else "nothing to repair")
     if not left.ok:
         for problem in left.problems:
@@ -270,6 +288,7 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings, encoder: ClipEncod
         report = library.rebuild(progress=update)
     for action in report.actions:
         print(action)
+    sync_tags(settings, library, encoder)  # tags of another model are recomputed
     print(f"rebuilt {settings.library_file} with {encoder.name}: {report.count} images "
           f"(previous model {report.previous_model}, now {report.model})")
     return 0

@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 import torch
 
-from .classify import ClassifierCache, TextEncoder, tag_mask
+from .classify import ClassifierCache, TextEncoder, ThresholdError, tag_mask
 from .label_sets import LabelSet, LabelSetError, LabelSetStore
 from .library_file import LibraryError, file_signature, load_failure_reason, replace_atomically, sorted_member
 from .library_reports import Problem
@@ -399,6 +399,6 @@ def parse_threshold_for(items: Sequence[str]) -> dict[str, str]:
         label, sep, value = str(item).rpartition("=")
         label = " ".join(label.split())
         if not sep or not label:
-            raise TagsError(f"--threshold-for needs LABEL=T (e.g. dog=0.3), got {item!r}")
+            raise ThresholdError(f"--threshold-for needs LABEL=T (e.g. dog=0.3), got {item!r}")
         out[label] = value.strip()
     return out
