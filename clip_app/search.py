@@ -83,11 +83,14 @@ def best_rows(scores: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
 
 def percentiles(all_scores: torch.Tensor, rows: torch.Tensor) -> list[float]:
     """Percentile of each chosen row [k] within the gallery for this query: 100 x the share of all scores [N] that
-    are at most the row's own (the best image of the gallery is at 100). Read from the same scan's scores."""
+    are at most the row's own (the best image of the gallery is at 100). Read from the same scan's scores (one
+    comparison pass over [k, N]; pass float32 scores to share one conversion with `confidence`)."""
     n = int(all_scores.shape[0])
-    if n == 0:
+    if n == 0 or len(rows) == 0:
         return []
-    return [100.0 * int((all_scores <= all_scores[int(row)]).sum()) / n for row in rows]
+    every = all_scores.float()
+    counts = (every.unsqueeze(0) <= every[rows.long()].unsqueeze(1)).sum(dim=1)  # [k]
+    return [100.0 * int(c) / n for c in counts.tolist()]
 
 
 @dataclass(frozen=True)

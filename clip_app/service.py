@@ -334,6 +334,7 @@ class App:
     def _search(self, feature: torch.Tensor, k: int, min_score: float | None, only: torch.Tensor | None = None,
                 text: bool = True) -> SearchResult:
         found, every, best_rows = self.library.scan(feature, k, only)
+        every = every.float()  # one conversion for the percentiles and the confidence rule
         pct = percentiles(every, torch.tensor([row for _, _, row in found], dtype=torch.long))
         hits = [Hit(entry, score, p) for (entry, score, _), p in zip(found, pct)]
         neutral = float(best_rows[0].float() @ self.neutral_direction()) if text and len(hits) else None

@@ -24,13 +24,13 @@ from typing import Callable, Iterator
 import torch
 
 from ..config import resolve_device
-from . import perf_app, perf_encode, perf_library, perf_product, perf_search
+from . import perf_app, perf_encode, perf_library, perf_product, perf_search, perf_tags
 from .perf_setup import ARCHITECTURES, load_encoder, write_photos
 from .perf_stats import Results, Target, format_table, format_targets, load_average
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("forward", "index", "classify", "search", "library", "app")
+SECTIONS = ("forward", "index", "classify", "search", "library", "tags", "app")
 DEFAULT_SIZES = "1000,10000,100000,1000000"
 QUICK_SIZES = "300,3000"
 LIBRARY_SIZE = 100_000
@@ -101,6 +101,11 @@ def targets(sizes: list[int], library_size: int, pipeline: str) -> list[Target]:
         Target(f"add one image to a {library_size:,}-row library, without the forward pass",
                f"library.add_one.{library_size}", "<=", 0.5),
         Target("a bulk add saves the library file once", f"library.bulk_add.saves.{library_size}", "<=", 1),
+        Target(f"tag {library_size:,} rows with a 20-label set (text encoding excluded)",
+               f"tags.compute.{library_size}", "<=", 0.5),
+        Target(f"list one tag at {library_size:,} rows", f"tags.list.{library_size}", "<=", 0.05),
+        Target(f"search with percentiles and confidence at {library_size:,} rows / top-k alone",
+               f"search.confidence.{library_size}.ratio", "<=", 1.10),
     ]
 
 
@@ -154,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             "search": lambda: perf_search.measure_search(encoder, sizes, repeats, args.k, results),
             "library": lambda: perf_library.measure_library(encoder, sizes, library_size, photos["library"], batch,
                                                             repeats, args.k, results, work),
+            "tags": lambda: perf_tags.measure_tags(encoder.dim, library_size, repeats, args.k, results),
             "app": lambda: perf_app.measure_cold_start(checkpoint, photos["classify"][0], 1 if quick else repeats,
                                                        results, work),
         }
