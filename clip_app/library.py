@@ -65,7 +65,7 @@ from .library_store import (
     save_library,
     signature,
 )
-from .search import scan, top_k
+from .search import Scan, scan, top_k
 
 __all__ = [
     "PROBLEM_KINDS", "AddReport", "AddResult", "CheckReport", "Entry", "FeatureLibrary", "LibraryBusyError",
@@ -255,6 +255,32 @@ class FeatureLibrary(LibraryMaintenance):
             raise UnknownImageError(f"no image with ID {id} in the library")
         return self._entry(state, row)
 
+    def entries(self, ids: Sequence[int] | torch.Tensor) -> list[Entry]:
+        """The entries of several IDs from one state, in the order given; UnknownImageError for an unknown one."""
+        state = self._current()
+        rows = self._rows_of(state, ids)
+        index = torch.tensor(rows, dtype=torch.long)
+        folder = str(self.gallery_dir)
+        return [Entry(id=i, file=state.files[r], path=Path(folder, state.files[r]), sha256=state.sha256[r], added=a,
+                      size=z, name=state.names[r])
+                for r, i, a, z in zip(rows, state.ids[index].tolist(), state.added[index].tolist(),
+                                      state.sizes[index].tolist())]
+
+    def files_of(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
+        """The gallery file names of several IDs, in the order given (UnknownImageError for an unknown one)."""
+        state = self._current()
+        return [state.files[r] for r in self._rows_of(state, ids)]
+
+    @staticmethod
+    def _rows_of(state: LibraryState, ids: Sequence[int] | torch.Tensor) -> list[int]:
+        wanted = ids.tolist() if isinstance(ids, torch.Tensor) else [int(i) for i in ids]
+        row_of = state.row_of
+        rows = [row_of.get(i) for i in wanted]
+        if None in rows:
+            missing = ", ".join(str(i) for i, r in zip(wanted, rows) if r is None)
+            raise UnknownImageError(f"no image with ID {missing} in the library")
+        return rows  # type: ignore[return-value]
+
     def find_sha256(self, sha256: str) -> int | None:
         """The ID of the image with these bytes (hex sha256), or None."""
         return self._current().id_of_hash.get(sha256.lower())
@@ -287,15 +313,15 @@ class FeatureLibrary(LibraryMaintenance):
         return state.model, state.ids, state.features16
 
     def scan(self, query: torch.Tensor, k: int, only_ids: torch.Tensor | None = None
-             ) -> tuple[list[tuple[Entry, float, int]], torch.Tensor, torch.Tensor]:
-        """search() plus the scan's score of every row: ([(entry, score, row)], all scores [N], the chosen rows'
-        stored features [k, D]); only_ids (int64, ascending) limits the results to those images."""
+             ) -> tuple[list[tuple[Entry, float]], Scan, torch.Tensor]:
+        """search() plus the scan itself (every row's score, for percentiles and confidence) and the results' stored
+        features [k, D]; only_ids (int64, ascending) limits the results to those images."""
         state = self._current()
         self._require_model(state)
         allowed = None if only_ids is None else sorted_member(state.ids, only_ids)
-        scores, rows, every = scan(query.float().reshape(-1), state.features16, state.ids, k, allowed)
-        hits = [(self._entry(state, int(row)), float(score), int(row)) for score, row in zip(scores, rows)]
-        return hits, every, state.features16[rows]
+        found = scan(query.float().reshape(-1), state.features16, state.ids, k, allowed)
+        hits = [(self._entry(state, int(row)), float(score)) for score, row in zip(found.scores, found.rows)]
+        return hits, found, state.features16[found.rows]
 
     def search(self, query: torch.Tensor, k: int) -> list[tuple[Entry, float]]:
         """The k entries most similar to a unit query [D], best first (ties to the lower ID)."""

@@ -19,23 +19,30 @@ def top_k(query: torch.Tensor, features: torch.Tensor, ids: torch.Tensor, k: int
     Float16 rows (as the library stores them) are scanned in float16, which reads half the bytes, and the few
     rows that can be in the top k are then scored exactly in float32: the same result as float32 rows.
     """
-    scores, rows, _ = scan(query, features, ids, k)
-    return scores, rows
+    found = scan(query, features, ids, k)
+    return found.scores, found.rows
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One exact scan: the best rows and the score of every row (what percentiles and confidence are read from)."""
+
+    scores: torch.Tensor  # float32 [k'], best first
+    rows: torch.Tensor  # int64 [k'], row indices of the results
+    every: torch.Tensor  # [N], the scan's score of every row (float16 for float16 rows)
+    above: torch.Tensor | None = None  # int64 [M]: rows holding every row that scores above any result (or None)
 
 
 def scan(query: torch.Tensor, features: torch.Tensor, ids: torch.Tensor, k: int,
-         allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """top_k plus the scan's score of every row: (scores [k'], rows [k'], all scores [N], float16 for float16 rows).
-
-    The full scan is what top_k computes anyway; percentiles and the confidence rule are read from it for free.
-    `allowed` (bool [N]) limits the results to some rows (a tag); the scores of every row are still returned."""
+         allowed: torch.Tensor | None = None) -> Scan:
+    """top_k plus the scan's score of every row; `allowed` (bool [N]) limits the results to some rows (a tag),
+    the scores of every row are still returned. The full scan is what top_k computes anyway."""
     n = features.shape[0]
     k = min(int(k), n if allowed is None else int(allowed.sum()))
-    if k <= 0:
-        empty = torch.empty(0, dtype=torch.float16 if features.dtype == torch.float16 else torch.float32)
-        every = features @ query.reshape(-1).to(features.dtype) if n else empty
-        return torch.empty(0), torch.empty(0, dtype=torch.long), every
     query = query.reshape(-1)
+    if k <= 0:
+        every = features @ query.to(features.dtype) if n else torch.empty(0)
+        return Scan(torch.empty(0), torch.empty(0, dtype=torch.long), every)
     if features.dtype == torch.float16:
         coarse = features @ query.to(torch.float16)  # [N], float16 arithmetic: memory bound, half the bytes
         pool = coarse if allowed is None else coarse.masked_fill(~allowed, float("-inf"))
@@ -44,14 +51,15 @@ def scan(query: torch.Tensor, features: torch.Tensor, ids: torch.Tensor, k: int,
             rows = rows[allowed[rows]]
         scores = features[rows].float() @ query.float()
         chosen = best_rows(scores, ids[rows], k)
-        return scores[chosen], rows[chosen], coarse
+        # without `allowed`, every row scoring above a result in the scan is a candidate (see half_candidates)
+        return Scan(scores[chosen], rows[chosen], coarse, rows if allowed is None else None)
     every = features @ query.to(features.dtype)
     if allowed is None:
         chosen = best_rows(every, ids, k)
-        return every[chosen].float(), chosen, every
-    rows = torch.nonzero(allowed).flatten()
-    chosen = rows[best_rows(every[rows], ids[rows], k)]
-    return every[chosen].float(), chosen, every
+    else:
+        allowed_rows = torch.nonzero(allowed).flatten()
+        chosen = allowed_rows[best_rows(every[allowed_rows], ids[allowed_rows], k)]
+    return Scan(every[chosen].float(), chosen, every)
 
 
 def half_candidates(query: torch.Tensor, features: torch.Tensor, k: int) -> torch.Tensor:
@@ -81,16 +89,17 @@ def best_rows(scores: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
     return candidates[torch.tensor(order, dtype=torch.long)]
 
 
-def percentiles(all_scores: torch.Tensor, rows: torch.Tensor) -> list[float]:
-    """Percentile of each chosen row [k] within the gallery for this query: 100 x the share of all scores [N] that
-    are at most the row's own (the best image of the gallery is at 100). Read from the same scan's scores (one
-    comparison pass over [k, N]; pass float32 scores to share one conversion with `confidence`)."""
-    n = int(all_scores.shape[0])
-    if n == 0 or len(rows) == 0:
+def percentiles(found: Scan) -> list[float]:
+    """Percentile of each result within the gallery for this query: 100 x the share of the scan's scores [N] that
+    are at most the result's own (the gallery's best image is at 100). Counted as N minus the rows scoring above
+    it, which all lie among the scan's candidates when it has them (no second pass over N), else over all rows."""
+    n = int(found.every.shape[0])
+    if n == 0 or len(found.rows) == 0:
         return []
-    every = all_scores.float()
-    counts = (every.unsqueeze(0) <= every[rows.long()].unsqueeze(1)).sum(dim=1)  # [k]
-    return [100.0 * int(c) / n for c in counts.tolist()]
+    pool = found.every if found.above is None else found.every[found.above]
+    own = found.every[found.rows]
+    above = (pool.float().unsqueeze(0) > own.float().unsqueeze(1)).sum(dim=1)  # [k]
+    return [100.0 * (n - int(a)) / n for a in above.tolist()]
 
 
 @dataclass(frozen=True)

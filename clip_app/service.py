@@ -333,16 +333,15 @@ class App:
 
     def _search(self, feature: torch.Tensor, k: int, min_score: float | None, only: torch.Tensor | None = None,
                 text: bool = True) -> SearchResult:
-        found, every, best_rows = self.library.scan(feature, k, only)
-        every = every.float()  # one conversion for the percentiles and the confidence rule
-        pct = percentiles(every, torch.tensor([row for _, _, row in found], dtype=torch.long))
-        hits = [Hit(entry, score, p) for (entry, score, _), p in zip(found, pct)]
+        found, scanned, best_rows = self.library.scan(feature, k, only)
+        hits = [Hit(entry, score, p) for (entry, score), p in zip(found, percentiles(scanned))]
         neutral = float(best_rows[0].float() @ self.neutral_direction()) if text and len(hits) else None
-        verdict: Confidence = confidence(every, hits[0].score if hits else None, neutral, self.confidence_rule)
+        verdict: Confidence = confidence(scanned.every, hits[0].score if hits else None, neutral,
+                                         self.confidence_rule)
         if only is not None and not hits:
             verdict = Confidence(False, "no image carries this tag", None, None)
         shown = hits if min_score is None else [h for h in hits if h.score >= float(min_score)]
-        return SearchResult(shown, hidden=len(hits) - len(shown), library_size=int(every.shape[0]),
+        return SearchResult(shown, hidden=len(hits) - len(shown), library_size=int(scanned.every.shape[0]),
                             min_score=None if min_score is None else float(min_score), confident=verdict.confident,
                             reason=verdict.reason)
 
@@ -359,7 +358,7 @@ class App:
         if only is None:
             entries = self.library.page(number, per_page)
         else:
-            entries = [self.library.get(int(i)) for i in only[(number - 1) * per_page:number * per_page]]
+            entries = self.library.entries(only[(number - 1) * per_page:number * per_page])
         return GalleryPage(entries, number, pages, total, per_page)
 
     def image_info(self, image_id: int | float | str | None) -> Entry:
@@ -465,7 +464,7 @@ class App:
     def images_with_tag(self, tag: str, set_name: str | None = None) -> list[Entry]:
         """The images carrying a tag (of the named set, else of any tagged set), in ID order."""
         ids = self._tag_ids(tag, set_name)
-        return [self.library.get(int(i)) for i in (ids if ids is not None else [])]
+        return self.library.entries(ids) if ids is not None else []
 
     def tag_preview(self, set_name: str, label: str, threshold: float | str, n: int = 6) -> TagPreview:
         """How many images a threshold would tag with one label, and the borderline images around it."""

@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             "search": lambda: perf_search.measure_search(encoder, sizes, repeats, args.k, results),
             "library": lambda: perf_library.measure_library(encoder, sizes, library_size, photos["library"], batch,
                                                             repeats, args.k, results, work),
-            "tags": lambda: perf_tags.measure_tags(encoder.dim, library_size, repeats, args.k, results),
+            "tags": lambda: perf_tags.measure_tags(encoder, library_size, repeats, args.k, results),
             "app": lambda: perf_app.measure_cold_start(checkpoint, photos["classify"][0], 1 if quick else repeats,
                                                        results, work),
         }
