@@ -44,6 +44,7 @@ from .library import (
 from .prompts import NEUTRAL_LABEL, NEUTRAL_PROMPTS, templates_for
 from .search import Confidence, ConfidenceRule, confidence, percentiles
 from .tags import LibraryTags, SetTags, UnknownTagError, tags_path
+from .tags import as_json as tags_json
 
 log = logging.getLogger(__name__)
 
@@ -461,6 +462,11 @@ class App:
             out.extend((name, label, n) for label, n in counts.items())
         return out
 
+    def tag_choices(self) -> list[tuple[str, int]]:
+        """(label, images carrying it in any tagged set) for every label of the tagged sets, by label."""
+        labels = sorted({label for _, label, _ in self.tag_counts()}, key=str.casefold)
+        return [(label, len(self._tag_ids(label, None))) for label in labels]  # type: ignore[arg-type]
+
     def images_with_tag(self, tag: str, set_name: str | None = None) -> list[Entry]:
         """The images carrying a tag (of the named set, else of any tagged set), in ID order."""
         ids = self._tag_ids(tag, set_name)
@@ -561,6 +567,6 @@ class App:
 
 
 __all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
-           "TagPreview", "SetTags",
+           "TagPreview", "SetTags", "tags_json",
            "GalleryPage", "LibraryStats", "Hit", "english_note", "parse_size", "format_size",
            "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "private_paths"]

@@ -28,6 +28,7 @@ from .service import (
     format_size,
     private_paths,
 )
+from .ui_tags import NO_TAG, tag_choice_list, tags_panel
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,17 @@ def cosine_rows(result: ClassifyResult) -> list[list[Any]]:
 
 
 def tags_text(result: ClassifyResult) -> str:
-    """The tag-mode list, or '' when tag mode is off."""
+    """The tag-mode list and the "none of these" answer, or '' when both are off."""
+    none = ""
+    if result.none_of_these:
+        best = max(s.cosine for s in result.scores)
+        none = (f"**None of these**: a neutral caption (“a photo.”) fits this photo better than every label "
+                f"(cosine {result.neutral_cosine:.3f} against the best label's {best:.3f}).")
     if result.tags is None:
-        return ""
+        return none
+    if none:
+        return none + "\n\n" + tags_text(ClassifyResult(result.labels, result.templates, result.scores, result.tags,
+                                                      result.threshold))
     if not result.tags:
         return f"**Tags** (cosine ≥ {result.threshold:.2f}): no label reaches the threshold."
     listed = ", ".join(f"{md_escape(s.label)} ({s.cosine:.3f})" for s in result.tags)
@@ -117,8 +126,10 @@ def saved_text(result: ClassifyResult) -> str:
 
 
 def search_items(result: SearchResult) -> list[tuple[str, str]]:
-    """gr.Gallery value: (gallery file, '#ID · score') for each hit."""
-    return [(str(h.entry.path), f"#{h.entry.id} · {h.score:.3f}") for h in result.hits]
+    """gr.Gallery value: (gallery file, '#ID · score · percentile P') for each hit (P: the share of the gallery
+    scoring at most this image for the query)."""
+    return [(str(h.entry.path), f"#{h.entry.id} · {h.score:.3f}"
+             + ("" if h.percentile is None else f" · percentile {h.percentile:.1f}")) for h in result.hits]
 
 
 def search_text(result: SearchResult) -> str:
@@ -130,7 +141,10 @@ def search_text(result: SearchResult) -> str:
                  "matches hidden): lower the minimum score."]
     else:
         lines = [f"{len(result.hits)} of {result.library_size} images shown"
+                 + (f" (only images tagged “{md_escape(result.tag)}”)" if result.tag else "")
                  + (f"; {result.hidden} under the minimum score hidden." if result.hidden else ".")]
+        if not result.confident:
+            lines.insert(0, f"**No confident match**: {md_escape(result.reason)}. The best guesses are shown below.")
     if result.note:
         lines.append(f"*{result.note}*")
     return "\n\n".join(lines)
@@ -192,8 +206,8 @@ def build_demo(app: App) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Classify", id="classify"):
                 _classify_tab(app)
-            with gr.Tab("Search", id="search"):
-                _search_tab(app)
+            with gr.Tab("Search", id="search") as search_tab:
+                refresh_tags = _search_tab(app)
             with gr.Tab("Gallery", id="gallery") as gallery_tab:
                 refresh = _gallery_tab(app)
             with gr.Tab("Library", id="library") as library_tab:
@@ -201,6 +215,7 @@ def build_demo(app: App) -> gr.Blocks:
         gallery_tab.select(refresh.fn, refresh.inputs, refresh.outputs, api_visibility=PRIVATE,
                            concurrency_limit=READ_CONCURRENCY)
         library_tab.select(refresh_stats.fn, None, refresh_stats.outputs, api_visibility=PRIVATE)
+        search_tab.select(refresh_tags.fn, None, refresh_tags.outputs, api_visibility=PRIVATE)
     demo.queue(default_concurrency_limit=READ_CONCURRENCY)
     return demo
 
@@ -225,7 +240,10 @@ def _classify_tab(app: App) -> None:
             with gr.Row():
                 tag_mode = gr.Checkbox(False, label="Tag mode (every label over the threshold)")
                 threshold = gr.Slider(0.0, 1.0, DEFAULT_TAG_THRESHOLD, step=0.01, label="Tag threshold (cosine)")
-            save = gr.Checkbox(True, label="Save this photo to the gallery")
+            with gr.Row():
+                save = gr.Checkbox(True, label="Save this photo to the gallery")
+                allow_none = gr.Checkbox(False, label="Allow “none of these” (when a neutral caption fits better "
+                                         "than every label)", elem_id="classify-none")
             run = gr.Button("Classify", variant="primary", elem_id="classify-run")
             set_names, set_problem = app.label_set_choices()  # a damaged file: the built-in sets and why
             with gr.Accordion("Label sets", open=set_problem is not None):
@@ -248,12 +266,13 @@ def _classify_tab(app: App) -> None:
 
     @user_errors
     def classify(image: str | None, labels: str, template: str, tag_mode: bool = False,
-                 threshold: float = DEFAULT_TAG_THRESHOLD, save: bool = True):
+                 threshold: float = DEFAULT_TAG_THRESHOLD, save: bool = True, none_of_these: bool = False):
         result = app.classify(image, labels, template, save=bool(save),
-                              tag_threshold=float(threshold) if tag_mode else None)
+                              tag_threshold=float(threshold) if tag_mode else None, allow_none=bool(none_of_these))
         return label_value(result), cosine_rows(result), tags_text(result), saved_text(result)
 
-    run.click(classify, [image, labels, template, tag_mode, threshold, save], [top, table, tag_list, saved],
+    run.click(classify, [image, labels, template, tag_mode, threshold, save, allow_none],
+              [top, table, tag_list, saved],
               api_name="classify", concurrency_limit=READ_CONCURRENCY)
 
     @user_errors
@@ -299,26 +318,29 @@ def _search_tab(app: App) -> None:
     with gr.Row():
         k = gr.Slider(1, MAX_K, DEFAULT_K, step=1, label="Top K")
         min_score = gr.Slider(0.0, 1.0, 0.0, step=0.01, label="Minimum score (cosine): hide weaker matches")
+        only_tag = gr.Dropdown(tag_choice_list(app), value=NO_TAG, label="Only images tagged", allow_custom_value=True,
+                               elem_id="search-tag", info="tag the library in the Library tab")
+    message = gr.Markdown(label="message", elem_id="search-message")  # above the results: "No confident match"
     results = gr.Gallery(label="Results", columns=6, height="auto", interactive=False, object_fit="cover",
                          elem_id="search-results")
-    message = gr.Markdown(label="message", elem_id="search-message")
 
     @user_errors
-    def by_text(query: str, k: int = DEFAULT_K, min_score: float = 0.0):
-        result = app.search_text(query, int(k), min_score)
+    def by_text(query: str, k: int = DEFAULT_K, min_score: float = 0.0, tag: str = NO_TAG):
+        result = app.search_text(query, int(k), min_score, tag=tag or None)
         return search_items(result), search_text(result)
 
     @user_errors
-    def by_image(image: str | None, k: int = DEFAULT_K, min_score: float = 0.0):
-        result = app.search_image(image, int(k), min_score)
+    def by_image(image: str | None, k: int = DEFAULT_K, min_score: float = 0.0, tag: str = NO_TAG):
+        result = app.search_image(image, int(k), min_score, tag=tag or None)
         return search_items(result), search_text(result)
 
-    run.click(by_text, [query, k, min_score], [results, message], api_name="search",
+    run.click(by_text, [query, k, min_score, only_tag], [results, message], api_name="search",
               concurrency_limit=READ_CONCURRENCY)
-    query.submit(by_text, [query, k, min_score], [results, message], api_visibility=PRIVATE,
+    query.submit(by_text, [query, k, min_score, only_tag], [results, message], api_visibility=PRIVATE,
                  concurrency_limit=READ_CONCURRENCY)
-    run_image.click(by_image, [example, k, min_score], [results, message], api_name="search_by_image",
+    run_image.click(by_image, [example, k, min_score, only_tag], [results, message], api_name="search_by_image",
                     concurrency_limit=READ_CONCURRENCY)
+    return _Wiring(lambda: gr.Dropdown(choices=tag_choice_list(app)), None, [only_tag])
 
 
 def _gallery_tab(app: App) -> _Wiring:
@@ -327,6 +349,9 @@ def _gallery_tab(app: App) -> _Wiring:
         page = gr.Number(1, precision=0, minimum=1, label="Page", scale=0, min_width=100)
         show = gr.Button("Show page", size="sm", scale=0)
         following = gr.Button("Next ▶", size="sm", scale=0)
+        tag = gr.Dropdown(tag_choice_list(app), value=NO_TAG, label="Filter by tag", scale=0, min_width=200,
+                          allow_custom_value=True,  # tags made after the page was built (and API clients)
+                          elem_id="gallery-tag")
         info = gr.Markdown(label="page_info", elem_id="gallery-info")
     images = gr.Gallery(label=f"Images ({PER_PAGE} per page)", columns=8, height="auto", interactive=False,
                         allow_preview=False, object_fit="cover", elem_id="gallery-images")
@@ -342,15 +367,17 @@ def _gallery_tab(app: App) -> _Wiring:
     message = gr.Markdown(label="message", elem_id="gallery-message")
 
     @user_errors
-    def show_page(page: float | None = 1):
-        result = app.gallery_page(page)
-        return page_items(result), page_text(result), result.page, [e.id for e in result.entries]
+    def show_page(page: float | None = 1, tag: str = NO_TAG):
+        result = app.gallery_page(page, tag=tag or None)
+        text = page_text(result) if not tag else f"{page_text(result)} tagged “{md_escape(tag)}”"
+        return page_items(result), text, result.page, [e.id for e in result.entries]
 
     outputs = [images, info, page, ids]
-    show.click(show_page, [page], outputs, api_name="gallery_page", concurrency_limit=READ_CONCURRENCY)
-    page.submit(show_page, [page], outputs, api_visibility=PRIVATE)
-    previous.click(lambda n: show_page((n or 1) - 1), [page], outputs, api_visibility=PRIVATE)
-    following.click(lambda n: show_page((n or 1) + 1), [page], outputs, api_visibility=PRIVATE)
+    show.click(show_page, [page, tag], outputs, api_name="gallery_page", concurrency_limit=READ_CONCURRENCY)
+    page.submit(show_page, [page, tag], outputs, api_visibility=PRIVATE)
+    tag.input(lambda t: show_page(1, t), [tag], outputs, api_visibility=PRIVATE)
+    previous.click(lambda n, t: show_page((n or 1) - 1, t), [page, tag], outputs, api_visibility=PRIVATE)
+    following.click(lambda n, t: show_page((n or 1) + 1, t), [page, tag], outputs, api_visibility=PRIVATE)
 
     @user_errors
     def pick(page_ids: list[int], evt: gr.SelectData):
@@ -376,8 +403,14 @@ def _gallery_tab(app: App) -> _Wiring:
 
     yes.click(delete_image, [selected], [message, selected, details, confirm], api_name="delete_image",
               concurrency_limit=1, concurrency_id=WRITE_CONCURRENCY_ID
-              ).success(show_page, [page], outputs, api_visibility=PRIVATE)
-    return _Wiring(show_page, [page], outputs)
+              ).success(show_page, [page, tag], outputs, api_visibility=PRIVATE)
+
+    def refresh(page: float | None, current: str):
+        choices = tag_choice_list(app)
+        keep = current if current in [value for _, value in choices] else NO_TAG
+        return (*show_page(page, keep), gr.Dropdown(choices=choices, value=keep))
+
+    return _Wiring(refresh, [page, tag], [*outputs, tag])
 
 
 def _library_tab(app: App) -> _Wiring:
@@ -391,6 +424,7 @@ def _library_tab(app: App) -> _Wiring:
         repair = gr.Button("Repair")
         rebuild = gr.Button("Rebuild (re-encode every image)")
     report = gr.Markdown()
+    refresh_sets, tag_sets = tags_panel(app, user_errors, WRITE_CONCURRENCY_ID)
 
     @user_errors
     def add_images(files: list[str] | None, progress=gr.Progress()):
@@ -426,7 +460,7 @@ def _library_tab(app: App) -> _Wiring:
                  concurrency_id=WRITE_CONCURRENCY_ID)
     rebuild.click(run_rebuild, None, [report, stats], api_visibility=PRIVATE, concurrency_limit=1,
                   concurrency_id=WRITE_CONCURRENCY_ID)
-    return _Wiring(lambda: stats_text(app), None, [stats])
+    return _Wiring(lambda: (stats_text(app), refresh_sets()), None, [stats, tag_sets])
 
 
 # ---- launching --------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def client(server, tmp_path_factory: pytest.TempPathFactory) -> Client:
 def test_the_client_sees_exactly_the_named_endpoints(client: Client) -> None:
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/classify", "/search", "/search_by_image", "/add_images", "/gallery_page",
-                              "/delete_image"}
+                              "/delete_image", "/tag_library", "/images_with_tag"}
 
 
 def test_classify_returns_the_label_first(client: Client, server, tmp_path: Path) -> None:
@@ -78,6 +78,25 @@ def test_add_browse_and_delete(client: Client, server, tmp_path: Path) -> None:
     assert info == f"Page 1 of 1 · {len(app.library)} images" and page == 1 and ids == [e.id for e in app.library]
     message, *_ = client.predict(ids[-1], api_name="/delete_image")
     assert message.startswith(f"Deleted image #{ids[-1]}") and ids[-1] not in [e.id for e in app.library]
+
+
+def test_tag_the_library_then_filter_by_tag(client: Client, server) -> None:
+    _, app, _ = server
+    app.save_label_set("rgb", "red, green, blue")
+    summary, tags, label, threshold = client.predict("rgb", api_name="/tag_library")
+    assert summary.startswith("**Tagged") and tags["set"] == "rgb" and threshold == 0.25
+    red = [e.id for e in app.library if e.name == "red.png"]
+    assert tags["labels"]["red"] == {"threshold": 0.25, "count": len(red), "ids": red}
+    assert client.predict("red", api_name="/images_with_tag") == [{"id": i, "file": app.image_info(i).file}
+                                                                   for i in red]
+    assert client.predict("red", "rgb", api_name="/images_with_tag") == client.predict("red",
+                                                                                       api_name="/images_with_tag")
+    gallery, info, *_ = client.predict(1, "red", api_name="/gallery_page")
+    assert [int(g["caption"][1:]) for g in gallery] == red and info.endswith("tagged “red”")
+    with pytest.raises(AppError, match="no label 'pink'"):
+        client.predict("pink", api_name="/images_with_tag")
+    with pytest.raises(AppError, match="no label set"):
+        client.predict("nope", api_name="/tag_library")
 
 
 @pytest.mark.parametrize("args, api_name, text", [

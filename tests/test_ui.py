@@ -10,11 +10,13 @@ import gradio as gr
 import pytest
 
 import clip_app.ui as ui
+import clip_app.ui_tags as ui_tags
 from clip_app.label_sets import IMAGENET_SET
 from clip_app.service import App
 from tests.app_helpers import make_app, write_png
 
-NAMED = {"/classify", "/search", "/search_by_image", "/add_images", "/gallery_page", "/delete_image"}
+NAMED = {"/classify", "/search", "/search_by_image", "/add_images", "/gallery_page", "/delete_image", "/tag_library",
+         "/images_with_tag"}
 
 
 @pytest.fixture()
@@ -43,10 +45,12 @@ def test_the_named_api_is_exactly_the_six_endpoints(demo: gr.Blocks) -> None:
     params = {name: [p["parameter_name"] for p in e["parameters"]] for name, e in info["named_endpoints"].items()}
     assert params["/classify"][:3] == ["image", "labels", "template"]
     assert params["/search"][:2] == ["query", "k"] and params["/search_by_image"][:2] == ["image", "k"]
-    assert params["/add_images"] == ["files"] and params["/gallery_page"] == ["page"]
+    assert params["/add_images"] == ["files"] and params["/gallery_page"] == ["page", "tag"]
     assert params["/delete_image"] == ["id"]
+    assert params["/tag_library"] == ["set_name"] and params["/images_with_tag"] == ["tag", "set_name"]
     # everything after the documented parameters has a default, so a client may leave it out
-    for name, count in (("/classify", 3), ("/search", 2), ("/search_by_image", 2)):
+    for name, count in (("/classify", 3), ("/search", 2), ("/search_by_image", 2), ("/gallery_page", 1),
+                        ("/images_with_tag", 1)):
         assert all(p["parameter_has_default"] for p in info["named_endpoints"][name]["parameters"][count:])
 
 
@@ -95,7 +99,7 @@ def test_search_endpoints(demo: gr.Blocks, app: App, tmp_path: Path) -> None:
     items, message = endpoint(demo, "search").fn("something red", 2)
     assert len(items) == 2 and message == "2 of 3 images shown."
     path, caption = items[0]
-    assert re.fullmatch(r"#\d+ · -?\d\.\d{3}", caption)
+    assert re.fullmatch(r"#\d+ · -?\d\.\d{3} · percentile \d+\.\d", caption)
     red_id = int(caption[1:].split(" ")[0])
     assert Path(path) == app.image_info(red_id).path and Path(path).parent == Path(app.stats().gallery_dir)
     items, message = endpoint(demo, "search").fn("a photo of nothing in particular", 3, 0.5)
@@ -198,15 +202,16 @@ def test_a_damaged_label_sets_file_offers_the_built_in_set_and_says_why(tmp_path
     assert app.label_sets.path.read_text(encoding="utf-8") == "{not json"  # left untouched
 
 
-def test_the_ui_module_stays_thin() -> None:
-    tree = ast.parse(Path(ui.__file__).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("module", [ui, ui_tags])
+def test_the_ui_module_stays_thin(module) -> None:
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.level == 0}
     relative = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
     assert not imported & {"torch", "clip", "PIL", "numpy"}
-    assert relative <= {"service"}
+    assert relative <= {"service", "ui_tags"}
     calls = {node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
              for node in ast.walk(tree) if isinstance(node, ast.Call)}
     assert not calls & {"open", "read_bytes", "read_text", "write_bytes", "load", "save", "encode_texts",
