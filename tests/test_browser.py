@@ -1,6 +1,7 @@
 """End to end in a real headless browser: Debian's chromium driven by playwright, one server, one page load.
 
-Classifies an uploaded photo, searches, adds images, browses the gallery and deletes one with confirmation, and
+Classifies an uploaded photo, searches, adds images, browses the gallery and deletes one with confirmation, tags
+the library with a label set and filters the gallery by a tag, and
 saves a screenshot of each tab (to tmp_path, and into $CLIP_APP_SCREENSHOTS when that is set). Without
 /usr/bin/chromium the test skips, except under CI (the CI variable set), where it fails.
 """
@@ -142,6 +143,25 @@ def test_browse_and_delete_with_confirmation(page, served, shots, tmp_path_facto
     page.locator("#gallery-info", has_text="5 images").wait_for()
     assert 2 not in [e.id for e in app.library] and len(app.library) == 5
     assert len(shots) == 4
+
+
+def test_tag_the_library_then_filter_the_gallery_by_tag(page, served, shots, tmp_path_factory) -> None:
+    _, app, _ = served
+    app.save_label_set("rgb", "red, green, blue")
+    page.get_by_role("tab", name="Library").click()  # refreshes the label set choices
+    page.get_by_text("Tags: tag the whole library with a label set").click()
+    page.locator("#tags-set input").click()
+    page.get_by_role("option", name="rgb").click()
+    page.locator("#tags-run").click()
+    page.locator("#tags-summary", has_text="Tagged 5 images").wait_for()
+    page.locator("#tags-count", has_text="would be tagged").wait_for()
+    assert "red: 1 image" in page.locator("#tags-summary").inner_text()
+    screenshot(page, shots, tmp_path_factory, "tags")
+    page.get_by_role("tab", name="Gallery").click()  # refreshes the tag choices
+    page.locator("#gallery-tag input").click()
+    page.get_by_role("option", name="red · 1").click()
+    page.locator("#gallery-info", has_text="1 image tagged").wait_for()
+    assert page.locator("#gallery-images .thumbnail-item").count() == 1
 
 
 def test_a_missing_chromium_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch,
