@@ -331,7 +331,9 @@ class LibraryTags:
             sets = self.file.load()
         except TagsError as exc:
             return [Problem("tags", None, self.path.name, str(exc))]
-        tagged = {s.name: s for s in self.label_sets.saved_sets() if s.tagged} if self._sets_readable() else {}
+        if not self._sets_readable():  # the label sets file's own message says what is wrong with it
+            return []
+        tagged = {s.name: s for s in self.label_sets.saved_sets() if s.tagged}
         problems = []
         for name, label_set in tagged.items():
             stored = sets.get(name)

@@ -44,3 +44,27 @@ def test_confidence_needs_distinctiveness_and_a_margin() -> None:
     image = confidence(spike, 0.3, None, rule)
     assert image.confident and image.margin is None
     assert not confidence(torch.empty(0), None, None, rule).confident
+
+
+def test_the_thresholds_are_settings_from_flags_and_environment() -> None:
+    import argparse
+
+    from clip_app.config import Settings, add_settings_arguments
+
+    assert Settings().confidence_rule() == ConfidenceRule(2.0, 0.01, 10) and Settings().tag_threshold == 0.25
+    env = {"CLIP_APP_TAG_THRESHOLD": "0.3", "CLIP_APP_CONFIDENCE_MIN_Z": "3", "CLIP_APP_CONFIDENCE_MIN_MARGIN": "0.05",
+           "CLIP_APP_CONFIDENCE_MIN_GALLERY": "20"}
+    settings = Settings.from_env(env)
+    assert settings.tag_threshold == 0.3 and settings.confidence_rule() == ConfidenceRule(3.0, 0.05, 20)
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser)
+    args = parser.parse_args(["--tag-threshold", "0.2", "--confidence-min-margin", "0.02"])
+    flagged = Settings.from_args(args, env)
+    assert flagged.tag_threshold == 0.2 and flagged.confidence_min_margin == 0.02 and flagged.confidence_min_z == 3.0
+    for var, value, message in (("CLIP_APP_TAG_THRESHOLD", "1.5", "must be between -1 and 1"),
+                                ("CLIP_APP_TAG_THRESHOLD", "nan", "must be between"),
+                                ("CLIP_APP_CONFIDENCE_MIN_Z", "high", "must be a number")):
+        with pytest.raises(ValueError, match=f"{var} {message}"):
+            Settings.from_env({var: value})
+    with pytest.raises(ValueError, match="--tag-threshold must be between"):
+        Settings.from_args(parser.parse_args(["--tag-threshold", "-3"]), {})
