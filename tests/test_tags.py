@@ -218,3 +218,18 @@ def test_label_sets_keep_template_and_thresholds_and_read_version_one(tmp_path: 
     assert kept.template == "a {} picture." and kept.thresholds == {"blue": 0.4} and kept.tagged
     with pytest.raises(LabelSetError, match="exactly one"):
         app.save_label_set("bad", "red", template="no placeholder")
+
+
+def test_a_tags_file_beside_a_library_in_the_gallery_is_neither_reported_nor_served(tmp_path: Path,
+                                                                                     colour_encoder) -> None:
+    from clip_app.library import FeatureLibrary, private_paths
+
+    gallery = tmp_path / "gallery"
+    app = App(colour_encoder, FeatureLibrary(gallery, gallery / "features_library.pth", colour_encoder))
+    app.add_images([write_png(tmp_path / "in" / "red.png", "red")])
+    app.save_label_set("rgb", "red, blue")
+    app.tag_library("rgb")
+    assert (gallery / "features_library.pth.tags").is_file()
+    assert app.check().ok
+    private = private_paths(gallery, gallery / "features_library.pth")
+    assert (gallery / "features_library.pth.tags").absolute() in private
