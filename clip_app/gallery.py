@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from .images import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS
-from .library_file import fsync_dir
+from .files import create_new, fsync_dir, move_no_clobber  # noqa: F401  (move_no_clobber: repair)
 
 ID_DIGITS = 6
 QUARANTINE_DIR = ".quarantine"
@@ -93,34 +92,8 @@ def id_taken_on_disk(folder: Path, image_id: int) -> bool:
 
 
 def write_new_file(folder: Path, name: str, data: bytes) -> Path:
-    """Write bytes to folder/name durably (temp file, fsync, no-clobber rename); FileExistsError if it exists."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / name
-    tmp = folder / f".{name}.{secrets.token_hex(4)}.partial"
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        move_no_clobber(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return target
-
-
-def move_no_clobber(source: Path, target: Path) -> None:
-    """Rename source to target without ever replacing an existing target (FileExistsError instead)."""
-    try:
-        os.link(source, target)  # atomic, fails when the target exists
-    except FileExistsError:
-        raise
-    except OSError:  # file systems without hard links
-        if os.path.lexists(target):
-            raise FileExistsError(f"{target} exists") from None
-        os.rename(source, target)
-        return
-    os.unlink(source)
+    """Write bytes to folder/name durably and never over an existing file: see files.create_new."""
+    return create_new(folder, name, data)
 
 
 def quarantine(folder: Path, name: str) -> str:

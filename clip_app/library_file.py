@@ -27,7 +27,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from itertools import compress
@@ -35,6 +34,9 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
 import torch
+
+from . import files
+from .files import file_signature, fsync_dir  # noqa: F401  (re-exported for the store)
 
 log = logging.getLogger(__name__)
 
@@ -493,52 +495,8 @@ def write_atomic(data: dict, path: Path) -> None:
 
 
 def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write a file through `write(handle)` into a temp file in the same folder (`.<name>.<random>.tmp`), flush,
-    fsync, os.replace, fsync the folder: readers see the old file or the new one, never a part.
-
-    On any failure the temp file is removed, the previous file is untouched, and LibraryWriteError is raised.
-    """
-    path = Path(path)
+    """files.replace_atomically, with any failure raised as LibraryWriteError (the previous file is unchanged)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
+        files.replace_atomically(path, write)
+    except Exception as exc:
         raise LibraryWriteError(f"could not save {path} ({exc}); the previous file is unchanged") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        if isinstance(exc, Exception):
-            raise LibraryWriteError(f"could not save {path} ({exc}); the previous file is unchanged") from exc
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make renames in a folder durable (best effort; not every platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def file_signature(path: Path) -> tuple[int, int, int] | None:
-    """(inode, mtime_ns, size) of a file, None when it does not exist: a change means another writer saved it."""
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):  # a path under a file cannot exist either
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)

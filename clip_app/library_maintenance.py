@@ -11,7 +11,6 @@ is not read again, so only files that changed meanwhile (or rows another writer 
 from __future__ import annotations
 
 import glob
-import hashlib
 import logging
 import os
 import re
@@ -24,7 +23,8 @@ import torch
 from PIL import Image
 
 from . import gallery as gal
-from .encoders import ClipEncoder, file_sha256
+from .encoders import ClipEncoder
+from .files import regular_file_signature, sha256_bytes, sha256_file
 from .images import ImageError, decode_image, image_extension, read_bytes
 from .library_file import LibraryState, fsync_dir
 from .library_reports import CheckReport, Problem, RebuildReport, RepairReport
@@ -114,7 +114,7 @@ class _GalleryReader:
         cannot be read. decode (or decode(read) returning True): also decode it and queue it for encoding (see
         flush); a decoding failure is kept in .error."""
         path = self.folder / name
-        signature = _regular_file_signature(path)
+        signature = regular_file_signature(path)
         if signature is None:
             return None
         known = self._known.get(name)
@@ -141,20 +141,6 @@ class _GalleryReader:
 
 def _wants(decode: bool | Callable[[_FileRead], bool], found: _FileRead) -> bool:
     return decode(found) if callable(decode) else bool(decode)
-
-
-def _regular_file_signature(path: Path) -> tuple[int, int, int] | None:
-    """(inode, mtime_ns, size) of a regular file (following links), None for anything else or nothing."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size) if stat.S_ISREG(st.st_mode) else None
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of bytes."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def bad_rows(features: torch.Tensor) -> torch.Tensor:
@@ -200,7 +186,7 @@ class LibraryMaintenance:
                 problems.append(Problem("missing_file", image_id, name, f"ID {image_id} has a row but its file "
                                         f"{name} is missing"))
             elif hashes:
-                digest = file_sha256(path)
+                digest = sha256_file(path)
                 if digest != state.sha256[row]:
                     problems.append(Problem("hash_mismatch", image_id, name, f"{name} changed since it was added "
                                             f"(sha256 {digest[:12]}..., stored {state.sha256[row][:12]}...)"))
@@ -410,7 +396,7 @@ class LibraryMaintenance:
             if tick:
                 tick()
             if id_hint is None and not gal.has_image_extension(name):
-                set_aside(name, "not a regular file" if _regular_file_signature(self.gallery_dir / name) is None
+                set_aside(name, "not a regular file" if regular_file_signature(self.gallery_dir / name) is None
                           else "not an image file name")
                 continue
             try:

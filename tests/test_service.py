@@ -199,7 +199,7 @@ def test_a_label_set_save_that_fails_is_a_label_set_error_and_keeps_the_saved_se
     def disk_full(source, target):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(clip_app.library_file.os, "replace", disk_full)  # the library's atomic writer is used
+    monkeypatch.setattr(clip_app.files.os, "replace", disk_full)  # the library's atomic writer is used
     with pytest.raises(LabelSetError, match="No space left"):
         store.save("birds", "owl")
     assert store.path.read_bytes() == before and store.names()[1:] == ["pets"]
@@ -207,9 +207,11 @@ def test_a_label_set_save_that_fails_is_a_label_set_error_and_keeps_the_saved_se
 
 
 def test_one_file_hash_helper() -> None:
-    from clip_app import library_maintenance, model
+    from clip_app import files, library_maintenance
+    from clip_app.encoders import clip_torch
 
-    assert library_maintenance.file_sha256 is model.file_sha256
+    assert library_maintenance.sha256_file is files.sha256_file is clip_torch.file_sha256
+    assert library_maintenance.sha256_bytes is files.sha256_bytes
 
 
 # ---- search ---------------------------------------------------------------------------------------------------

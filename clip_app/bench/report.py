@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 from PIL import Image
 
 from ..encoders import CHECKPOINT_SUFFIXES
+from ..files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +35,8 @@ def model_slug(name: str) -> str:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write a text file atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write a UTF-8 text file atomically: see files.write_text_atomically."""
+    return write_text_atomically(Path(path), text)
 
 
 def format_cell(value: object, digits: int = 2) -> str:

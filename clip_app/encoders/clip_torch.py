@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..config import DEFAULT_MODEL, resolve_device
+from ..files import sha256_file as file_sha256
 from .base import ModelLoadError, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -22,15 +22,6 @@ DEFAULT_BATCH_SIZE = 32
 TEXT_BATCH_SIZE = 256
 TEXT_CACHE_SIZE = 20_000  # prompt strings kept (about 40 MB of ViT-B/32 features); classifiers are cached too
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def official_checksums() -> dict[str, str]:
