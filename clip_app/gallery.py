@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .images import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS
 from .files import create_new, fsync_dir, move_no_clobber  # noqa: F401  (move_no_clobber: repair)
+from .images import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS
 
 ID_DIGITS = 6
 QUARANTINE_DIR = ".quarantine"

@@ -24,7 +24,6 @@ The reader also accepts lists of strings (and hex strings for sha256).
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import re
 import time

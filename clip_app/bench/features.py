@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence

@@ -7,7 +7,6 @@ import csv
 import io
 import logging
 import math
-import os
 import re
 from pathlib import Path
 from typing import Mapping, Sequence
