@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings.from_args(args)
     from clip_app.encoders import ModelLoadError
-    from clip_app.index import describe_os_error
+    from clip_app.files import describe_os_error
     from clip_app.library import LibraryError
     from clip_app.ui import build_demo
 

@@ -129,3 +129,10 @@ def regular_file_signature(path: Path) -> Signature | None:
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size) if stat.S_ISREG(st.st_mode) else None
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError in one line: what failed and on which file."""
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}" if where else reason

@@ -15,14 +15,19 @@ import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
 from .config import Settings, add_settings_arguments
 from .encoders import ClipEncoder, ModelLoadError, model_identity
+from .files import describe_os_error
 from .images import IMAGE_EXTENSIONS
 from .library import AddReport, AddResult, FeatureLibrary, LibraryError, UnknownImageError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 log = logging.getLogger("clip_app.index")
 
@@ -113,17 +118,42 @@ class LazyEncoder:
                                         download_root=self._settings.model_dir, batch_size=self._batch_size)
         return self._encoder
 
-    def __getattr__(self, name: str) -> object:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.load(), name)
+    # ---- the Encoder protocol: everything past identity, name, source and model_dir loads the weights ----
+    @property
+    def dim(self) -> int:
+        return self.load().dim
 
+    @property
+    def device(self) -> str:
+        return self.load().device
 
-def describe_os_error(exc: OSError) -> str:
-    """An OSError in one line: what failed and on which file."""
-    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") if exc.filename else ""
-    reason = exc.strerror or str(exc)
-    return f"{where}: {reason}" if where else reason
+    @property
+    def input_resolution(self) -> int:
+        return self.load().input_resolution
+
+    @property
+    def decode_min_side(self) -> int:
+        return self.load().decode_min_side
+
+    @property
+    def batch_size(self) -> int:
+        return self.load().batch_size
+
+    @property
+    def preprocess(self) -> Callable[[Image.Image], torch.Tensor]:
+        return self.load().preprocess
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int | None = None) -> torch.Tensor:
+        """PIL images -> float32 unit rows [N, D] (loads the model)."""
+        return self.load().encode_images(images, batch_size)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed pixels [N, 3, H, W] -> float32 unit rows [N, D] (loads the model)."""
+        return self.load().encode_pixels(pixels)
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Strings -> float32 unit rows [N, D] (loads the model)."""
+        return self.load().encode_texts(texts)
 
 
 def open_library(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder,

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .classify import parse_labels
-from .library_file import LibraryWriteError, replace_atomically
-from .library_store import LABEL_SETS_NAME
+from .library.errors import LibraryWriteError
+from .library.fileformat import replace_atomically
+from .library.store import LABEL_SETS_NAME
 from .prompts import imagenet_classnames
 
 log = logging.getLogger(__name__)

@@ -129,7 +129,7 @@ def crash_child(root: str, start: int, journal: str, remove_every: int = 4, comp
     of its own images instead). One line goes to the journal in a single write() after each call returns:
     'A <id> <sha256>' or 'R <id>', and 'r <id>' before a remove starts (a remove cut short may or may not
     have happened). compact_rows lowers the journal's limit so that whole-file rewrites (compactions) happen often."""
-    import clip_app.library_store as store
+    import clip_app.library.store as store
     from tests.fakes import color_encoder
     from tests.library_helpers import open_library
 

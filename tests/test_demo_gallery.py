@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from clip_app.gallery import is_ignored, parse_id_name
 from clip_app.images import image_extension
+from clip_app.library.gallery import is_ignored, parse_id_name
 from tests.library_helpers import open_library
 
 GALLERY = Path(__file__).resolve().parents[1] / "gallery"

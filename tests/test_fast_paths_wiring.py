@@ -3,8 +3,8 @@ classify, search by image) and the float16 scan in library search."""
 
 import torch
 
-import clip_app.library as library_module
-import clip_app.library_maintenance as maintenance_module
+import clip_app.library.feature_library as library_module
+import clip_app.library.ingest as ingest_module
 import clip_app.service as service_module
 from clip_app.images import decode_image
 from clip_app.label_sets import LabelSetStore
@@ -30,11 +30,11 @@ def jpeg(colour: str) -> bytes:
 
 
 def test_library_add_and_rebuild_decode_at_the_encoders_scale(tmp_path, colour_encoder, monkeypatch):
-    calls = spy_decode(monkeypatch, library_module)
+    calls = spy_decode(monkeypatch, ingest_module)
     library = FeatureLibrary(tmp_path / "gallery", tmp_path / "lib.pth", colour_encoder)
     assert len(library.add([(jpeg("red"), "red.jpg"), (jpeg("blue"), "blue.jpg")]).added) == 2
     assert calls == [colour_encoder.decode_min_side] * 2
-    rebuild_calls = spy_decode(monkeypatch, maintenance_module)
+    rebuild_calls = spy_decode(monkeypatch, ingest_module)
     library.rebuild()
     assert rebuild_calls and set(rebuild_calls) == {colour_encoder.decode_min_side}
 

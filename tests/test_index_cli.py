@@ -176,7 +176,7 @@ def test_a_library_that_cannot_be_written_is_one_error_line_and_exit_2(tmp_path:
 
 def test_an_os_error_while_repairing_is_one_error_line_and_exit_2(tmp_path: Path, tiny_checkpoint: Path, capsys,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import clip_app.gallery
+    import clip_app.library.gallery
 
     (tmp_path / "gallery").mkdir()
     (tmp_path / "gallery" / "notes.txt").write_text("not an image: repair moves it to .quarantine/")
@@ -185,7 +185,7 @@ def test_an_os_error_while_repairing_is_one_error_line_and_exit_2(tmp_path: Path
     def refuse(folder: Path, name: str) -> str:
         raise PermissionError(13, "Permission denied", str(folder / name), None, str(folder / ".quarantine" / name))
 
-    monkeypatch.setattr(clip_app.gallery, "quarantine", refuse)
+    monkeypatch.setattr(clip_app.library.gallery, "quarantine", refuse)
     capsys.readouterr()
     assert main(_cli(tmp_path, tiny_checkpoint, "repair")) == 2
     err = capsys.readouterr().err.strip().splitlines()

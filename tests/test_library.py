@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import clip_app.library_store as library_store
+import clip_app.library.store as library_store
 from clip_app.library import (
     FeatureLibrary,
     LibraryCorruptError,

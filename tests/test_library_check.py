@@ -175,7 +175,7 @@ def test_repair_reports_progress_over_every_file_it_reads(tmp_path: Path, colour
 
 
 def test_only_exact_documentation_names_are_ignored_never_images(tmp_path: Path, colour_encoder) -> None:
-    from clip_app.gallery import is_ignored
+    from clip_app.library.gallery import is_ignored
 
     for name in ("README", "README.md", "readme.txt", "LICENSE", "License.txt", "LICENCE.md", "CREDITS.md",
                  "COPYING", "Thumbs.db", "desktop.ini", ".DS_Store"):

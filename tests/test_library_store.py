@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import clip_app.library_store as store
+import clip_app.library.store as store
 from clip_app.library import LibraryCorruptError
-from clip_app.library_file import LibraryState
+from clip_app.library.state import LibraryState
 from tests.fakes import COLOUR_NAMES
 from tests.library_helpers import image_bytes, open_library
 
@@ -59,7 +59,8 @@ def test_a_stale_journal_is_ignored(tmp_path: Path, colour_encoder, caplog) -> N
     library.add([(image_bytes("green"), "g")])
     old_journal = (tmp_path / JOURNAL).read_bytes()
     library.repair()  # nothing to repair: no write
-    library._save(library._state, compact=True)  # what a compaction does (repair, rebuild, a big journal)
+    with library.store.writing() as state:
+        library.store.save(state, compact=True)  # what a compaction does (repair, rebuild, a big journal)
     assert not (tmp_path / JOURNAL).exists()
     (tmp_path / JOURNAL).write_bytes(old_journal)  # a crash between replacing the main file and deleting it
     with caplog.at_level(logging.WARNING):

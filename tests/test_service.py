@@ -186,7 +186,7 @@ def test_an_unreadable_label_sets_file_is_reported_and_left_untouched(app: App, 
 
 def test_a_label_set_save_that_fails_is_a_label_set_error_and_keeps_the_saved_sets(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import clip_app.library_file
+    import clip_app.files
     from clip_app.label_sets import LabelSetStore
 
     (tmp_path / "plain-file").write_text("not a folder")
@@ -207,11 +207,12 @@ def test_a_label_set_save_that_fails_is_a_label_set_error_and_keeps_the_saved_se
 
 
 def test_one_file_hash_helper() -> None:
-    from clip_app import files, library_maintenance
+    from clip_app import files
     from clip_app.encoders import clip_torch
+    from clip_app.library import feature_library, ingest, maintenance
 
-    assert library_maintenance.sha256_file is files.sha256_file is clip_torch.file_sha256
-    assert library_maintenance.sha256_bytes is files.sha256_bytes
+    assert maintenance.sha256_file is files.sha256_file is clip_torch.file_sha256
+    assert ingest.sha256_bytes is feature_library.sha256_bytes is files.sha256_bytes
 
 
 # ---- search ---------------------------------------------------------------------------------------------------

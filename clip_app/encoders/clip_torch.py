@@ -54,6 +54,8 @@ def model_identity(model: str) -> tuple[str, str]:
 class ClipEncoder:
     """A loaded CLIP model with batched, normalised, cached encoders. Outputs are float32 CPU tensors."""
 
+    loaded = True  # Encoder.loaded: the weights are in memory from the start
+
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto",
                  download_root: str | os.PathLike[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  text_cache_size: int = TEXT_CACHE_SIZE) -> None:
@@ -83,6 +85,7 @@ class ClipEncoder:
         """Wrap an already built model with CLIP's interface (encode_image, encode_text)."""
         self = cls.__new__(cls)
         self.device = device
+        self.source, self.model_dir = name, None  # Encoder.source: a built model is known by its name
         self._setup(model.to(device), preprocess, name=name, identity=identity or name, batch_size=batch_size,
                     text_cache_size=text_cache_size, tokenizer=tokenizer)
         return self

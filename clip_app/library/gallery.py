@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .files import create_new, fsync_dir, move_no_clobber  # noqa: F401  (move_no_clobber: repair)
-from .images import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS
+from ..files import fsync_dir
+from ..images import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS
 
 ID_DIGITS = 6
 QUARANTINE_DIR = ".quarantine"
@@ -89,11 +89,6 @@ def scan_gallery(folder: Path, extra_ignored: Iterable[str] = ()) -> GalleryScan
 def id_taken_on_disk(folder: Path, image_id: int) -> bool:
     """True when any file named after this ID exists (whatever its extension)."""
     return any(os.path.lexists(folder / id_file_name(image_id, ext)) for ext in KNOWN_EXTENSIONS)
-
-
-def write_new_file(folder: Path, name: str, data: bytes) -> Path:
-    """Write bytes to folder/name durably and never over an existing file: see files.create_new."""
-    return create_new(folder, name, data)
 
 
 def quarantine(folder: Path, name: str) -> str:

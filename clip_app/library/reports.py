@@ -14,7 +14,7 @@ def index_command(command: str, model: str, gallery_dir: Path | str, library_fil
     """The index manager command line for this library and model, ready to paste into a POSIX shell:
     `python -m clip_app.index --model M [--model-dir D] --gallery G --library L COMMAND` (--model-dir when it is
     not the default)."""
-    from .config import default_model_dir
+    from ..config import default_model_dir
 
     parts = ["python", "-m", "clip_app.index", "--model", str(model)]
     if model_dir and Path(model_dir).expanduser().absolute() != default_model_dir().expanduser().absolute():
