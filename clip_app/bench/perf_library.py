@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 def write_library(folder: Path, n: int, identity: str, name: str, dim: int) -> Path:
     """A library file of n synthetic rows (unit features, made-up hashes) written by the library's own code."""
-    from ..library_file import LibraryState
-    from ..library_store import save_library
+    from ..library.state import LibraryState
+    from ..library.store import save_library
 
     path = folder / "features_library.pth"
     shutil.rmtree(folder, ignore_errors=True)  # a fresh gallery too (a kept --workdir holds the last run's)

@@ -217,7 +217,8 @@ class FeatureLibrary:
 
     # ---- adding and removing ----------------------------------------------------------------------------
     def add(self, items: Sequence[Item], progress: Progress | None = None) -> AddReport:
-        """Store new images (paths, bytes or (bytes, name)) under new IDs; one save for the whole call."""
+        """Store new images (paths, bytes or (bytes, name)) under new IDs; one save for the whole call. Each result
+        of an added or duplicate image carries its stored feature row [D]."""
         items = list(items)
         total = len(items)
         results: list[AddResult | None] = [None] * total
@@ -238,7 +239,8 @@ class FeatureLibrary:
             digest = sha256_bytes(data)  # read -> hash -> decode -> encode, as repair does (ingest.py)
             existing = state.id_of_hash.get(digest)
             if existing is not None or digest in first_of_hash:
-                results[index] = AddResult(name=name, status="duplicate", id=existing)
+                results[index] = AddResult(name=name, status="duplicate", id=existing,
+                                           feature=None if existing is None else state.row_feature(existing))
                 if existing is None:
                     repeats.append((index, first_of_hash[digest]))
                 advance(1)
@@ -260,6 +262,7 @@ class FeatureLibrary:
                 self._store_new(state, candidates, results)
         for index, first in repeats:  # the same bytes twice in one call: the first one's ID
             results[index].id = results[first.index].id  # type: ignore[union-attr]
+            results[index].feature = results[first.index].feature  # type: ignore[union-attr]
         return AddReport(results=[r for r in results if r is not None])
 
     def _store_new(self, state: LibraryState, candidates: list[Candidate], results: list[AddResult | None]) -> None:
@@ -268,7 +271,8 @@ class FeatureLibrary:
         for candidate in candidates:
             existing = state.id_of_hash.get(candidate.sha256)  # added by another writer meanwhile
             if existing is not None:
-                results[candidate.index] = AddResult(name=candidate.name, status="duplicate", id=existing)
+                results[candidate.index] = AddResult(name=candidate.name, status="duplicate", id=existing,
+                                                     feature=state.row_feature(existing))
             else:
                 fresh.append(candidate)
         if not fresh:
@@ -289,7 +293,7 @@ class FeatureLibrary:
             fsync_dir(self.gallery_dir)
             rows = torch.stack([c.feature for c in fresh])  # type: ignore[misc]
             near = self._near_duplicates(state, rows, new_ids)
-            self.store.append(new_ids, rows, files, [c.sha256 for c in fresh], [c.size for c in fresh],
+            stored = self.store.append(new_ids, rows, files, [c.sha256 for c in fresh], [c.size for c in fresh],
                               [_display_name(c.name) for c in fresh], next_id)
         except (OSError, LibraryWriteError) as exc:
             for path in written:
@@ -301,7 +305,8 @@ class FeatureLibrary:
         for candidate, image_id, (near_id, sim) in zip(fresh, new_ids, near):
             candidate.data = None
             results[candidate.index] = AddResult(name=candidate.name, status="added", id=image_id,
-                                                 near_duplicate_of=near_id, similarity=sim)
+                                                 near_duplicate_of=near_id, similarity=sim,
+                                                 feature=stored.row_feature(image_id))
             log.info("added %s as %s", candidate.name, gal.id_file_name(image_id, candidate.ext))
 
     def _near_duplicates(self, state: LibraryState, rows: torch.Tensor,

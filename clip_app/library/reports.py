@@ -5,6 +5,10 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 PROBLEM_KINDS = ("model_mismatch", "missing_file", "hash_mismatch", "not_unit", "orphan_file", "foreign_file")
 
@@ -46,6 +50,8 @@ class AddResult:
     near_duplicate_of: int | None = None
     similarity: float | None = None
     error: str | None = None
+    #: the feature row [D] as stored (float32 of the float16 row) for an added or duplicate image, else None
+    feature: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

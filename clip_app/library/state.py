@@ -191,6 +191,10 @@ class LibraryState:
         return self._taken(order, [self.files[i] for i in index], [self.sha256[i] for i in index],
                            [self.names[i] for i in index])
 
+    def row_feature(self, image_id: int) -> torch.Tensor:
+        """The feature row [D] of an ID as stored (float32 of the float16 row); KeyError when absent."""
+        return self.features[self.row_of[int(image_id)]]
+
     def without(self, ids: Sequence[int]) -> "LibraryState":
         """A copy without the rows of these IDs (next_id unchanged: IDs are never reused). Vectorised: a keep mask
         over the sorted IDs; only the float16 rows are copied (float32 rows are made when first used)."""
