@@ -62,10 +62,6 @@ class LabelSetStore:
         """The names of the built-in sets (they never need the file)."""
         return list(self._builtin)
 
-    def is_builtin(self, name: str) -> bool:
-        """True for the read-only sets that ship with the app."""
-        return name in self._builtin
-
     # ---- writing ------------------------------------------------------------------------------------------
     def save(self, name: str, labels: str | Sequence[str]) -> list[str]:
         """Save (or replace) a set from label text or a list; returns the cleaned labels."""

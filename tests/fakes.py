@@ -13,6 +13,7 @@ import torch
 from clip.clip import _transform
 from PIL import Image
 
+from clip_app.bench.perf.setup import random_clip
 from clip_app.encoders import ClipEncoder
 
 TINY_RESOLUTION = 32
@@ -37,10 +38,9 @@ COLOUR_NAMES = tuple(COLOURS)
 
 def make_tiny_clip(seed: int = 0) -> clip.model.CLIP:
     """A real CLIP architecture with widths of 64 (one head each), 32 px input and 32-d features."""
-    torch.manual_seed(seed)
-    return clip.model.CLIP(embed_dim=TINY_DIM, image_resolution=TINY_RESOLUTION, vision_layers=1, vision_width=64,
-                           vision_patch_size=16, context_length=77, vocab_size=49408, transformer_width=64,
-                           transformer_heads=1, transformer_layers=1)
+    # (embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size, context_length, vocab_size,
+    #  transformer_width, transformer_heads, transformer_layers)
+    return random_clip((TINY_DIM, TINY_RESOLUTION, 1, 64, 16, 77, 49408, 64, 1, 1), seed)
 
 
 def save_tiny_checkpoint(path: Path, seed: int = 0) -> Path:

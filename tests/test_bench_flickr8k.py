@@ -13,12 +13,12 @@ import torch
 
 from clip_app.bench.__main__ import main
 from clip_app.bench.features import encode_image_files
-from clip_app.bench.flickr8k import Flickr8kOptions, caption_features, evaluate, image_features
-from clip_app.bench.flickr8k_data import load_flickr8k
-from clip_app.bench.flickr8k_plots import image_to_text_rows, text_to_image_rows
-from clip_app.bench.flickr8k_report import reference_for
-from clip_app.bench.report import model_slug
-from clip_app.bench.retrieval import image_to_text_ranks, text_to_image_ranks
+from clip_app.bench.flickr8k.cli import Flickr8kOptions, caption_features, evaluate, image_features
+from clip_app.bench.flickr8k.data import load_flickr8k
+from clip_app.bench.flickr8k.metrics import image_to_text_ranks, text_to_image_ranks
+from clip_app.bench.flickr8k.plots import image_to_text_rows, text_to_image_rows
+from clip_app.bench.flickr8k.report import reference_for
+from clip_app.bench.output import model_slug
 from clip_app.bench.timing import StageTimer
 from tests.fakes import color_encoder
 from tests.flickr8k_helpers import KNOWN_CAPTIONS, LAYOUTS, known_flickr8k
@@ -199,8 +199,8 @@ def _hand_made_result(model: str, reference: dict | None) -> dict:
 
 
 def test_markdown_report_tables_hold_the_numbers() -> None:
-    from clip_app.bench.flickr8k_report import markdown_report, summary_markdown
-    from clip_app.bench.report import MISSING
+    from clip_app.bench.flickr8k.report import markdown_report, summary_markdown
+    from clip_app.bench.output import MISSING
 
     lines = markdown_report(_hand_made_result("m", {"text_to_image": 0.8054, "image_to_text": 0.914})).splitlines()
     assert "| text \u2192 image | 0.9167 | 1.0000 | 1.0000 | 2.5 | 0.8054 |" in lines

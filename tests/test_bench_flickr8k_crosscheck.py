@@ -12,8 +12,8 @@ from clip_benchmark.metrics import zeroshot_retrieval  # dev dependency, install
 from torch.utils.data import DataLoader, Dataset
 
 from clip_app.bench.features import encode_image_files
-from clip_app.bench.flickr8k_data import Flickr8k, load_flickr8k
-from clip_app.bench.retrieval import retrieval_metrics
+from clip_app.bench.flickr8k.data import Flickr8k, load_flickr8k
+from clip_app.bench.flickr8k.metrics import retrieval_metrics
 from clip_app.images import open_image
 from tests.flickr8k_helpers import write_flickr8k
 

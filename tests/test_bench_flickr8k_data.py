@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clip_app.bench.flickr8k_data import DatasetError, load_flickr8k
+from clip_app.bench.flickr8k.data import DatasetError, load_flickr8k
 from tests.flickr8k_helpers import KNOWN_CAPTIONS, KNOWN_IMAGES, LAYOUTS, known_flickr8k, write_flickr8k
 
 EXPECTED_CAPTIONS = tuple(c for texts in KNOWN_CAPTIONS.values() for c in texts)

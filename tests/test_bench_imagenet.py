@@ -10,9 +10,9 @@ import torch
 from clip.clip import tokenize
 
 from clip_app.bench.features import FeatureCache
-from clip_app.bench.imagenet_eval import evaluate_model, parse_modes, text_classifier
-from clip_app.bench.imagenet_readers import read_imagenet
-from clip_app.bench.imagenet_report import misclassified_grid
+from clip_app.bench.imagenet.data import read_imagenet
+from clip_app.bench.imagenet.evaluate import evaluate_model, parse_modes, text_classifier
+from clip_app.bench.imagenet.report import misclassified_grid
 from clip_app.encoders import ClipEncoder
 from clip_app.images import open_image
 from clip_app.prompts import SINGLE_TEMPLATE, imagenet_classnames, imagenet_templates, imagenet_wnids

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip_app.bench.imagenet_readers import (
+from clip_app.bench.imagenet.data import (
     DatasetError,
     balanced_subset,
     detect_layout,

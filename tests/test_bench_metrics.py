@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from clip_app.bench.metrics import (
+from clip_app.bench.imagenet.metrics import (
     classification_metrics,
     mean_per_class_recall,
     per_class_recall,

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from clip_app.bench.__main__ import build_parser
-from clip_app.bench.perf import parse_sizes, targets
-from clip_app.bench.perf_setup import ARCHITECTURES, random_checkpoint, unit_features, write_photos
-from clip_app.bench.perf_stats import Figure, Target, counting, format_value
+from clip_app.bench.perf.cli import parse_sizes, targets
+from clip_app.bench.perf.setup import ARCHITECTURES, random_checkpoint, unit_features, write_photos
+from clip_app.bench.perf.stats import Figure, Target, counting, format_value
 
 SIZES = (300, 3000)
 
@@ -123,7 +123,7 @@ def test_counting_counts_and_restores():
         assert worker.work(1) == 2 and worker.work(2) == 3
     assert totals["calls"] == 2 and totals["seconds"] >= 0
     assert "work" not in vars(worker) and worker.work(5) == 6  # the class method again
-    import clip_app.bench.perf_setup as module
+    import clip_app.bench.perf.setup as module
 
     original, seen = module.query_text, {}
     with counting(module, "query_text", seen):

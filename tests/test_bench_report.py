@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from clip_app.bench.features import FeatureCache
-from clip_app.bench.report import append_csv, grouped_bar_chart, image_grid, markdown_table, slugify, write_text
+from clip_app.bench.output import append_csv, grouped_bar_chart, image_grid, markdown_table, slugify, write_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

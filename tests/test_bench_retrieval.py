@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clip_app.bench.flickr8k_analysis import gallery_size_curve, pick_examples, recall_by_length, word_count
-from clip_app.bench.retrieval import (
+from clip_app.bench.flickr8k.analysis import gallery_size_curve, pick_examples, recall_by_length, word_count
+from clip_app.bench.flickr8k.metrics import (
     image_to_text_ranks,
     median_rank,
     rank_gallery,

@@ -129,10 +129,10 @@ def load_average() -> list[float] | None:
         return None
 
 
-def rss_bytes() -> int:
-    """Resident memory of this process in bytes (Linux /proc; 0 where unknown)."""
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of this process (or of process `pid`) in bytes (Linux /proc; 0 where unknown)."""
     try:
-        with open("/proc/self/statm") as handle:
+        with open(f"/proc/{pid}/statm") as handle:
             pages = int(handle.read().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):

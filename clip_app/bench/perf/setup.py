@@ -12,7 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..encoders import ClipEncoder
+from ...encoders import ClipEncoder
+from ...label_sets import LabelSetStore
+from ...library import FeatureLibrary
+from ...service import App
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +31,21 @@ ARCHITECTURES: dict[str, tuple] = {
 }
 
 
-def random_checkpoint(model: str, path: Path, seed: int = 0) -> Path:
-    """Save a CLIP of `model`'s architecture with random weights (float16, like the official files) at path."""
+def random_clip(dims: tuple, seed: int = 0) -> torch.nn.Module:
+    """A clip.model.CLIP of these dimensions (see ARCHITECTURES) with seeded random weights: the one builder of
+    random-weight CLIP models (the tests' tiny model too)."""
     import clip.model
 
+    torch.manual_seed(seed)
+    return clip.model.CLIP(*dims)
+
+
+def random_checkpoint(model: str, path: Path, seed: int = 0) -> Path:
+    """Save a CLIP of `model`'s architecture with random weights (float16, like the official files) at path."""
     if model not in ARCHITECTURES:
         raise ValueError(f"no architecture table for {model!r}: use one of {', '.join(ARCHITECTURES)} "
                          "or --model PATH of a checkpoint")
-    torch.manual_seed(seed)
-    net = clip.model.CLIP(*ARCHITECTURES[model])
+    net = random_clip(ARCHITECTURES[model], seed)
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
@@ -117,3 +126,14 @@ LABELS = ("dog", "cat", "car", "bicycle", "tree", "house", "person", "boat", "bi
 def label_set(index: int, count: int = 10) -> list[str]:
     """A distinct label set of `count` labels for each index (so no classifier cache answers)."""
     return [f"{LABELS[i % len(LABELS)]} {index}-{i}" for i in range(count)]
+
+
+def open_library(folder: Path, encoder: ClipEncoder, batch_size: int) -> FeatureLibrary:
+    """A FeatureLibrary with its gallery and file under `folder` (created empty when new)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return FeatureLibrary(folder / "gallery", folder / "features_library.pth", encoder, batch_size=batch_size)
+
+
+def make_app(folder: Path, encoder: ClipEncoder, batch_size: int) -> App:
+    """An App over this encoder and a library under `folder` (label sets stored there too)."""
+    return App(encoder, open_library(folder, encoder, batch_size), LabelSetStore(folder / "label_sets.json"))

@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..images import IMAGE_EXTENSIONS
-from ..prompts import imagenet_ilsvrc_ids, imagenet_short_names, imagenet_wnids
+from ...images import IMAGE_EXTENSIONS
+from ...prompts import imagenet_ilsvrc_ids, imagenet_short_names, imagenet_wnids
 
 log = logging.getLogger(__name__)
 

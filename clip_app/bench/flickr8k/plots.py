@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..images import ImageError, open_image
-from .flickr8k_data import Flickr8k
-from .retrieval import rank_gallery
+from ...images import ImageError, open_image
+from .data import Flickr8k
+from .metrics import rank_gallery
 
 log = logging.getLogger(__name__)
 

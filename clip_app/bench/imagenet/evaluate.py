@@ -11,11 +11,11 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from ..classify import build_classifier, cosines, probabilities
-from ..encoders import ClipEncoder
-from ..prompts import SINGLE_TEMPLATE, imagenet_classnames, imagenet_templates
-from .features import FeatureCache, cached_image_features, text_features_key
-from .imagenet_readers import ImagenetSet
+from ...classify import build_classifier, cosines, probabilities
+from ...encoders import ClipEncoder
+from ...prompts import SINGLE_TEMPLATE, imagenet_classnames, imagenet_templates
+from ..features import FeatureCache, cached_image_features, text_features_key
+from .data import ImagenetSet
 from .metrics import classification_metrics
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,15 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..config import resolve_device
-from . import perf_app, perf_encode, perf_library, perf_product, perf_search
-from .perf_setup import ARCHITECTURES, load_encoder, write_photos
-from .perf_stats import Results, Target, format_table, format_targets, load_average
+from ...config import DEFAULT_MODEL, Settings, resolve_device
+from ...encoders import DEFAULT_BATCH_SIZE
+from ...service import DEFAULT_K
+from . import app as perf_app
+from . import encode as perf_encode
+from . import library as perf_library
+from . import search as perf_search
+from .setup import ARCHITECTURES, load_encoder, write_photos
+from .stats import Results, Target, format_table, format_targets, load_average
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +43,10 @@ LIBRARY_SIZE = 100_000
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The perf sub-command's flags."""
-    parser.add_argument("--model", default="ViT-B/32",
+    parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"architecture to time with random weights ({', '.join(ARCHITECTURES)}) or the path of "
-                        "a checkpoint file (default ViT-B/32)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+                        f"a checkpoint file (default {DEFAULT_MODEL})")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
     parser.add_argument("--sizes", default=None,
                         help=f"library sizes (rows) for search, comma-separated (default {DEFAULT_SIZES}; "
                         f"--quick: {QUICK_SIZES})")
@@ -50,8 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the largest of --sizes)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 3; --quick: 2)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per forward pass, as the library batches them (default 32; --quick: 4)")
-    parser.add_argument("--k", type=int, default=12, help="results per search (default 12, the app's default)")
+                        help=f"images per forward pass, as the library batches them (default {DEFAULT_BATCH_SIZE}; "
+                        "--quick: 4)")
+    parser.add_argument("--k", type=int, default=DEFAULT_K,
+                        help=f"results per search (default {DEFAULT_K}, the app's default)")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
@@ -121,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     quick = bool(args.quick)
     sizes = parse_sizes(args.sizes or (QUICK_SIZES if quick else DEFAULT_SIZES))
     repeats = max(1, args.repeats or (2 if quick else 3))
-    batch = max(1, args.batch_size or (4 if quick else 32))
+    batch = max(1, args.batch_size or (4 if quick else DEFAULT_BATCH_SIZE))
     library_size = args.library_size or (max(sizes) if quick else LIBRARY_SIZE)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
@@ -131,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device or Settings.from_env().device)
     load_start = load_average()
     started = time.time()
     results = Results()
@@ -144,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         print(banner(meta, encoder.name))
         photos = make_photos(work / "photos", batch, repeats, quick) if {"index", "classify", "library", "app"} & \
             set(only) else {}
-        pipeline = "library_add" if perf_product.library_module() is not None else "decode_encode_draft"
+        pipeline = "library_add"
         steps: dict[str, Callable[[], None]] = {
             "forward": lambda: perf_encode.measure_forward(encoder, batch, repeats, results),
             "index": lambda: perf_encode.measure_indexing(

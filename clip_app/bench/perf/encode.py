@@ -11,14 +11,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..classify import ClassifierCache, parse_labels, rank
-from ..encoders import ClipEncoder
-from ..images import decode_image, draft_size, read_bytes
-from ..prompts import SINGLE_TEMPLATE, imagenet_templates
-from . import perf_product
-from .perf_setup import QUERIES, label_set
-from .perf_stats import Results, counting
-from .timing import _sync
+from ...encoders import ClipEncoder
+from ...images import decode_image, draft_size, read_bytes
+from ..timing import sync_device
+from .setup import QUERIES, label_set, make_app, open_library
+from .stats import Results, counting
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +29,7 @@ def image_forward(encoder: ClipEncoder, batch: int) -> Callable[[], None]:
     def run() -> None:
         with torch.inference_mode():
             encoder.model.encode_image(pixels)
-        _sync()
+        sync_device()
 
     return run
 
@@ -46,17 +43,17 @@ def text_forward(encoder: ClipEncoder, text: str = QUERIES[0]) -> Callable[[], N
     def run() -> None:
         with torch.inference_mode():
             encoder.model.encode_text(tokens)
-        _sync()
+        sync_device()
 
     return run
 
 
 def timed(fn: Callable[[], object]) -> float:
     """Seconds one call of fn takes (CUDA work synchronised)."""
-    _sync()
+    sync_device()
     start = time.perf_counter()
     fn()
-    _sync()
+    sync_device()
     return time.perf_counter() - start
 
 
@@ -97,7 +94,6 @@ def measure_indexing(encoder: ClipEncoder, photos: dict[str, list[Path]], batch:
     measured inside one run, so a busy machine moves it much less. The library pipeline adds chunk after chunk to
     a fresh library (one add call, hence one save, per chunk).
     """
-    has_library = perf_product.library_module() is not None
     min_side = encoder.decode_min_side
     forwards: dict[int, Callable[[], None]] = {}
     for name, paths in photos.items():
@@ -107,16 +103,15 @@ def measure_indexing(encoder: ClipEncoder, photos: dict[str, list[Path]], batch:
         }
         if min_side and draft_size(_image_size(paths[0]), min_side) is not None:  # else the same as above
             variants["decode_encode_draft"] = lambda chunk, library: decode_encode(encoder, chunk, batch, min_side)
-        if has_library:
-            variants["library_add"] = lambda chunk, library: _add_all(library, chunk)
+        variants["library_add"] = lambda chunk, library: _add_all(library, chunk)
         seconds: dict[str, list[float]] = {v: [] for v in variants}
         ratios: dict[str, list[float]] = {v: [] for v in variants}
         shares: dict[str, list[float]] = {v: [] for v in variants}
-        warm = _fresh_library(workdir / f"index-{name}-warm-up", encoder, batch) if has_library else None
+        warm = _fresh_library(workdir / f"index-{name}-warm-up", encoder, batch)
         for run in variants.values():
             run(chunks[0], warm)  # warm-up, and a check that each pipeline works
         for r in range(repeats):
-            library = _fresh_library(workdir / f"index-{name}-{r}", encoder, batch) if has_library else None
+            library = _fresh_library(workdir / f"index-{name}-{r}", encoder, batch)
             for chunk in chunks:
                 forward = forwards.setdefault(len(chunk), image_forward(encoder, len(chunk)))
                 reference = timed(forward)
@@ -139,13 +134,11 @@ def measure_indexing(encoder: ClipEncoder, photos: dict[str, list[Path]], batch:
                         shares[variant])
         results.facts[f"index.{name}.file_bytes"] = paths[0].stat().st_size
         results.facts[f"index.{name}.images"] = len(paths)
-    if not has_library:
-        results.pending["index.library_add"] = "clip_app.library is not in this build: FeatureLibrary.add not timed"
 
 
 def _fresh_library(folder: Path, encoder: ClipEncoder, batch: int) -> Any:
     shutil.rmtree(folder, ignore_errors=True)
-    return perf_product.open_library(folder, encoder, batch)
+    return open_library(folder, encoder, batch)
 
 
 def _add_all(library: Any, paths: list[Path]) -> None:
@@ -162,35 +155,17 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 # ---- classify -----------------------------------------------------------------------------------------------
-def classify_bytes(encoder: ClipEncoder, cache: ClassifierCache, data: bytes, labels: Sequence[str],
-                   templates: Sequence[str]) -> list:
-    """The classify path without the App (used when clip_app.service is not in the build): the same steps."""
-    picture = decode_image(data, "photo.jpg", min_side=encoder.decode_min_side)
-    feature = encoder.encode_images([picture])[0]
-    label_list = parse_labels(list(labels))
-    return rank(label_list, feature, cache.get(encoder, label_list, tuple(templates)))
-
-
 def measure_classify(encoder: ClipEncoder, photo: Path, repeats: int, results: Results, workdir: Path,
                      batch: int) -> None:
     """classify.*: one 640x480 JPEG against a cached label set (ratio to one image forward pass), and the first
     call with a new label set (single template and the 80-template ensemble)."""
     data = photo.read_bytes()
     forward = image_forward(encoder, 1)
-    if perf_product.service_module() is not None:
-        app = perf_product.make_app(workdir / "classify-app", encoder, batch)
-        path = "App.classify(save=False)"
+    app = make_app(workdir / "classify-app", encoder, batch)
+    path = "App.classify(save=False)"
 
-        def classify(labels: Sequence[str], ensemble: bool) -> object:
-            return app.classify(data, list(labels), "ensemble" if ensemble else "single", save=False)
-    else:
-        cache = ClassifierCache()
-        path = "decode + encode + cached classifier + rank (no App in this build)"
-        results.pending["classify.app"] = "clip_app.service is not in this build: timed the same steps without App"
-
-        def classify(labels: Sequence[str], ensemble: bool) -> object:
-            return classify_bytes(encoder, cache, data, labels, imagenet_templates() if ensemble else
-                                  (SINGLE_TEMPLATE,))
+    def classify(labels: Sequence[str], ensemble: bool) -> object:
+        return app.classify(data, list(labels), "ensemble" if ensemble else "single", save=False)
 
     cached = label_set(0)
     classify(cached, True)  # builds and caches the classifier: every timed call below is a cache hit

@@ -8,11 +8,11 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..encoders import ClipEncoder
-from ..search import half_candidates, top_k
-from .perf_encode import text_forward, timed
-from .perf_setup import query_text, unit_features
-from .perf_stats import Results, counting
+from ...encoders import ClipEncoder
+from ...search import half_candidates, top_k
+from .encode import text_forward, timed
+from .setup import query_text, unit_features
+from .stats import Results, counting
 
 log = logging.getLogger(__name__)
 

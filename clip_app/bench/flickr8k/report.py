@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .report import format_cell, markdown_table, slugify, write_text
+from ..output import format_cell, markdown_table, slugify, write_text
 
 REFERENCE_SOURCE = "CLIP_benchmark benchmark/benchmark.csv (OpenAI weights, Flickr8k test split, raw captions)"
 #: published Recall@5 (fractions) by model; keys are slugify()'d model names

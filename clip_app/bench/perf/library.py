@@ -21,11 +21,11 @@ from typing import Any, Sequence
 
 import torch
 
-from ..encoders import ClipEncoder
-from . import perf_product
-from .perf_encode import timed
-from .perf_setup import unit_features
-from .perf_stats import Results, counting, peak_rss_bytes, rss_bytes
+from ...encoders import ClipEncoder
+from ...library import FeatureLibrary
+from .encode import timed
+from .setup import open_library, unit_features
+from .stats import Results, counting, peak_rss_bytes, rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,8 @@ def _added(report: Any, expected: int) -> None:
 
 def measure_library(encoder: ClipEncoder, sizes: Sequence[int], add_size: int, photos: list[Path], batch: int,
                     repeats: int, k: int, results: Results, workdir: Path) -> None:
-    """library.add_one.<N>, library.bulk_add.<N>, library.search.<N>, library.load.<N>, library.rss.<N>."""
-    if perf_product.library_module() is None:
-        results.pending["library"] = "clip_app.library is not in this build: add/search/load at scale not timed"
-        return
+    """library.add_one.<N>, library.bulk_add.<N>, library.search.<N>, library.remove_one.<N>, library.compact.<N>,
+    library.load.<N>, library.rss.<N>."""
     folder = workdir / f"library-{add_size}"
     write_library(folder, add_size, encoder.identity, encoder.name, encoder.dim)
     _measure_adds(encoder, folder, add_size, photos, batch, repeats, k, results)
@@ -97,7 +95,7 @@ def _measure_adds(encoder: ClipEncoder, folder: Path, add_size: int, photos: lis
                   k: int, results: Results) -> None:
     """Adding one image (repeats times), one bulk add, and search, on the library in folder."""
     start = time.perf_counter()
-    library = perf_product.open_library(folder, encoder, batch)
+    library = open_library(folder, encoder, batch)
     results.facts[f"library.open_in_process_s.{add_size}"] = round(time.perf_counter() - start, 3)
     if len(photos) < repeats + 1 + batch:
         raise ValueError("not enough photos for the library figures")
@@ -122,11 +120,18 @@ def _measure_adds(encoder: ClipEncoder, folder: Path, add_size: int, photos: lis
     library.search(query, k)
     results.add(f"library.search.{add_size}", f"FeatureLibrary.search top-{k}, {len(library):,} rows", "s",
                 [timed(lambda: library.search(query, k)) for _ in range(max(repeats, 10))])
+    ids = [entry.id for entry in library.page(1, repeats)]  # synthetic rows: remove allows their missing files
+    results.add(f"library.remove_one.{add_size}", f"remove 1 image from a {len(library):,}-row library", "s",
+                [timed(lambda image_id=image_id: library.remove([image_id])) for image_id in ids])
+    with library.store.writing() as state:
+        compact = timed(lambda: library.store.save(state, compact=True))
+    results.add(f"library.compact.{add_size}", f"rewrite the whole {len(library):,}-row library file (compaction: "
+                "repair, rebuild, a long journal)", "s", [compact])
 
 
 def probe_in_subprocess(path: Path, gallery: Path, encoder: ClipEncoder) -> dict:
     """Load one library in a fresh Python process; its load seconds and resident memory (bytes)."""
-    command = [sys.executable, "-m", "clip_app.bench.perf_library", "probe", str(path), str(gallery),
+    command = [sys.executable, "-m", "clip_app.bench.perf.library", "probe", str(path), str(gallery),
                encoder.identity, encoder.name, str(encoder.dim)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [_package_root(), os.environ.get("PYTHONPATH")]
                                                        if p))
@@ -137,17 +142,16 @@ def probe_in_subprocess(path: Path, gallery: Path, encoder: ClipEncoder) -> dict
 
 
 def _package_root() -> str:
-    return str(Path(__file__).resolve().parents[2])
+    return str(Path(__file__).resolve().parents[3])
 
 
 def probe(path: Path, gallery: Path, identity: str, name: str, dim: int) -> dict:
     """Time FeatureLibrary(...) on an existing file; the encoder is a stand-in with the library's identity (loading
     a library reads only identity, name and dim), so the memory counted is the library's own."""
-    library_module = perf_product.library_module()
-    stand_in = SimpleNamespace(identity=identity, name=name, dim=dim)
+    stand_in = SimpleNamespace(identity=identity, name=name, dim=dim, loaded=True, source=name, model_dir=None)
     before = rss_bytes()
     start = time.perf_counter()
-    library = library_module.FeatureLibrary(gallery, path, stand_in)  # type: ignore[union-attr]
+    library = FeatureLibrary(gallery, path, stand_in)  # type: ignore[arg-type]
     load_s = time.perf_counter() - start
     count = len(library)
     return {"load_s": load_s, "rss_delta": rss_bytes() - before, "peak_rss": peak_rss_bytes(), "rows": count}

@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .retrieval import DEFAULT_KS, image_to_text_ranks, recall_at_k, subset_captions, summarize, text_to_image_ranks
+from .metrics import DEFAULT_KS, image_to_text_ranks, recall_at_k, subset_captions, summarize, text_to_image_ranks
 
 log = logging.getLogger(__name__)
 

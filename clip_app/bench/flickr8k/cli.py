@@ -15,13 +15,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..config import Settings
-from ..encoders import ClipEncoder, ModelLoadError
-from ..images import ImageError
-from .features import MAX_DEFAULT_WORKERS, FeatureCache, cached_image_features, default_workers, text_features_key
-from .flickr8k_analysis import GALLERY_SIZES, gallery_size_curve, pick_examples, recall_by_length
-from .flickr8k_data import SPLITS, DatasetError, Flickr8k, load_flickr8k
-from .flickr8k_plots import (
+from ...encoders import ClipEncoder
+from ...images import ImageError
+from ..common import ModelUnavailable, add_model_arguments, each_model
+from ..features import MAX_DEFAULT_WORKERS, FeatureCache, cached_image_features, default_workers, text_features_key
+from ..output import model_slug, write_text
+from ..timing import StageTimer
+from .analysis import GALLERY_SIZES, gallery_size_curve, pick_examples, recall_by_length
+from .data import SPLITS, DatasetError, Flickr8k, load_flickr8k
+from .metrics import DEFAULT_KS, image_to_text_ranks, summarize, text_to_image_ranks
+from .plots import (
     draw_grid,
     image_to_text_rows,
     plot_caption_length,
@@ -29,10 +32,7 @@ from .flickr8k_plots import (
     plot_prefixes,
     text_to_image_rows,
 )
-from .flickr8k_report import markdown_report, reference_for, summary_markdown, write_json
-from .report import model_slug
-from .retrieval import DEFAULT_KS, image_to_text_ranks, summarize, text_to_image_ranks
-from .timing import StageTimer
+from .report import markdown_report, reference_for, summary_markdown, write_json
 
 log = logging.getLogger(__name__)
 
@@ -201,16 +201,13 @@ def _non_negative(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `python -m clip_app.bench flickr8k`."""
     parser.add_argument("--root", required=True, help="the Flickr8k folder (original, Kaggle or captions.json layout)")
-    parser.add_argument("--model", action="append", help="CLIP model name or checkpoint path; repeat for several "
-                        "[default: CLIP_APP_MODEL or ViT-B/32]")
+    add_model_arguments(parser)
     parser.add_argument("--split", default="test", choices=SPLITS, help="which split to evaluate [default test]")
     parser.add_argument("--prefix", action="append", help="text put before every caption; repeat to compare several; "
                         "the first is the headline [default: '' and 'a photo of ']")
     parser.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass [default 64]")
     parser.add_argument("--workers", type=_non_negative, default=default_workers(),
                         help=f"image decoding processes [default: CPU count, at most {MAX_DEFAULT_WORKERS}]")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
-    parser.add_argument("--model-dir", help="where model weights are downloaded [env CLIP_APP_MODEL_DIR]")
     parser.add_argument("--out", default="results", help="folder for the JSON, Markdown and PNG files [results/]")
     parser.add_argument("--cache-dir", help="feature cache folder [default <out>/cache]")
     parser.add_argument("--gallery-sizes", type=_positive, nargs="+", default=list(GALLERY_SIZES),
@@ -224,7 +221,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark for every --model; print the headline numbers; 0 on success, 2 on bad input."""
-    settings = Settings.from_args(argparse.Namespace(device=args.device, model_dir=args.model_dir))
     reading = StageTimer()
     try:
         with reading.stage("read_dataset"):
@@ -239,26 +235,22 @@ def run(args: argparse.Namespace) -> int:
                               subsets=args.subsets, seed=args.seed, examples=args.examples,
                               progress=not args.no_progress, extra_timings=reading.as_dict())
     results = []
-    for model in args.model or [settings.model]:
-        timer = StageTimer()
-        try:
-            with timer.stage("load_model"):
-                encoder = ClipEncoder(model, device=settings.device, download_root=settings.model_dir,
-                                      batch_size=args.batch_size)
-        except (ModelLoadError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        try:
-            result = evaluate(encoder, data, options, timer)
-        except (ImageError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        results.append(result)
-        t2i, i2t = result["text_to_image"], result["image_to_text"]
-        print(f"{encoder.name} Flickr8k {data.split} ({data.n_images} images, {data.n_captions} captions, prefix "
-              f"{options.prefixes[0]!r}): text->image R@1 {t2i['R@1']:.4f} R@5 {t2i['R@5']:.4f} R@10 {t2i['R@10']:.4f}"
-              f" | image->text R@1 {i2t['R@1']:.4f} R@5 {i2t['R@5']:.4f} R@10 {i2t['R@10']:.4f}")
-        del encoder
-    (out / "flickr8k-summary.md").write_text(summary_markdown(results), encoding="utf-8")
+    try:
+        for encoder, timer in each_model(args, args.batch_size):
+            try:
+                result = evaluate(encoder, data, options, timer)
+            except (ImageError, OSError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            results.append(result)
+            t2i, i2t = result["text_to_image"], result["image_to_text"]
+            print(f"{encoder.name} Flickr8k {data.split} ({data.n_images} images, {data.n_captions} captions, "
+                  f"prefix {options.prefixes[0]!r}): text->image R@1 {t2i['R@1']:.4f} R@5 {t2i['R@5']:.4f} "
+                  f"R@10 {t2i['R@10']:.4f} | image->text R@1 {i2t['R@1']:.4f} R@5 {i2t['R@5']:.4f} "
+                  f"R@10 {i2t['R@10']:.4f}")
+    except ModelUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_text(out / "flickr8k-summary.md", summary_markdown(results))
     print(f"results written to {out}/")
     return 0

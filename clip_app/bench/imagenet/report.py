@@ -10,10 +10,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from ..images import ImageError, open_image
-from .imagenet_eval import MODE_HELP, MODES, ModelResult
-from .imagenet_readers import ImagenetSet
-from .report import grouped_bar_chart, image_grid, markdown_table, model_slug, write_text
+from ...images import ImageError, open_image
+from ..output import grouped_bar_chart, image_grid, markdown_table, model_slug, write_text
+from .data import ImagenetSet
+from .evaluate import MODE_HELP, MODES, ModelResult
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import perf_product
-from .perf_stats import Results
+from .stats import Results, rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ READY_MARK = "clip-app ready"  # App.from_settings logs it once the model and th
 
 def app_script() -> Path | None:
     """app.py of this checkout (next to the clip_app package), or None in a build without the app."""
-    path = Path(__file__).resolve().parents[2] / "app.py"
+    path = Path(__file__).resolve().parents[3] / "app.py"
     return path if path.is_file() else None
 
 
@@ -79,6 +78,7 @@ def cold_start(checkpoint: Path, photo: Path, folder: Path, timeout: float = 300
         marks["server"] = time.perf_counter() - start
         client.predict(handle_file(str(photo)), "dog, cat, car", "single", False, 0.25, False, api_name="/classify")
         marks["first_answer"] = time.perf_counter() - start
+        marks["rss_mb"] = rss_bytes(process.pid) / 2**20  # the app's resident memory once it has answered
     finally:
         process.terminate()
         try:
@@ -92,13 +92,16 @@ def cold_start(checkpoint: Path, photo: Path, folder: Path, timeout: float = 300
 
 def measure_cold_start(checkpoint: Path, photo: Path, repeats: int, results: Results, workdir: Path) -> None:
     """app.cold_start.* figures (each repeat a fresh process and a fresh, empty library)."""
-    if app_script() is None or perf_product.service_module() is None:
-        results.pending["app"] = "app.py with the App (clip_app.service) is not in this build: cold start not timed"
+    if app_script() is None:
+        results.pending["app"] = "app.py (a checkout's launcher) is not here: cold start not timed"
         return
     runs: list[dict[str, float]] = [cold_start(checkpoint, photo, workdir / f"cold-{r}") for r in range(repeats)]
     _add(results, runs, "ready", "app cold start: process start -> model and library loaded")
     _add(results, runs, "server", "app cold start: -> server answers")
     _add(results, runs, "first_answer", "app cold start: -> first /classify answered (gradio_client)")
+    values = [run["rss_mb"] for run in runs if run.get("rss_mb")]
+    if values:
+        results.add("app.rss_mb", "  the app's resident memory after its first answer", "MB", values)
 
 
 def _add(results: Results, runs: Sequence[dict[str, float]], mark: str, label: str) -> None:
