@@ -91,6 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _loads_model(name: str, doc: str) -> property:
+    """A LazyEncoder property of the Encoder protocol that the loaded model answers (loading it first)."""
+    return property(lambda self: getattr(self.load(), name), doc=f"{doc} (loads the model)")
+
+
 class LazyEncoder:
     """The --model as the library sees it: its identity and name are known without loading any weights (a model
     name, or a checkpoint's sha256); the model itself is loaded on first use of anything else (encoding, its feature
@@ -119,29 +124,12 @@ class LazyEncoder:
         return self._encoder
 
     # ---- the Encoder protocol: everything past identity, name, source and model_dir loads the weights ----
-    @property
-    def dim(self) -> int:
-        return self.load().dim
-
-    @property
-    def device(self) -> str:
-        return self.load().device
-
-    @property
-    def input_resolution(self) -> int:
-        return self.load().input_resolution
-
-    @property
-    def decode_min_side(self) -> int:
-        return self.load().decode_min_side
-
-    @property
-    def batch_size(self) -> int:
-        return self.load().batch_size
-
-    @property
-    def preprocess(self) -> Callable[[Image.Image], torch.Tensor]:
-        return self.load().preprocess
+    dim = _loads_model("dim", "feature width D")
+    device = _loads_model("device", "where the model runs")
+    input_resolution = _loads_model("input_resolution", "the image tower's input size in pixels")
+    decode_min_side = _loads_model("decode_min_side", "the shortest side images may be decoded at")
+    batch_size = _loads_model("batch_size", "images per forward pass")
+    preprocess = _loads_model("preprocess", "PIL image -> [3, H, W]")
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int | None = None) -> torch.Tensor:
         """PIL images -> float32 unit rows [N, D] (loads the model)."""

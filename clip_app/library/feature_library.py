@@ -30,34 +30,11 @@ from ..images import ImageError
 from ..search import top_k
 from . import gallery as gal
 from . import maintenance
-from .errors import (
-    LibraryBusyError,
-    LibraryCorruptError,
-    LibraryError,
-    LibraryWriteError,
-    ModelMismatchError,
-    UnknownImageError,
-)
+from .errors import LibraryCorruptError, LibraryWriteError, ModelMismatchError, UnknownImageError
 from .ingest import Batcher, Candidate, Counter, Progress, decode_for, read_item
-from .reports import (
-    PROBLEM_KINDS,
-    AddReport,
-    AddResult,
-    CheckReport,
-    Entry,
-    Problem,
-    RebuildReport,
-    RepairReport,
-    index_command,
-)
+from .reports import AddReport, AddResult, CheckReport, Entry, RebuildReport, RepairReport, index_command
 from .state import LibraryState
 from .store import FileStore, Store, companion_files
-
-__all__ = [
-    "PROBLEM_KINDS", "AddReport", "AddResult", "CheckReport", "Entry", "FeatureLibrary", "LibraryBusyError",
-    "LibraryCorruptError", "LibraryError", "LibraryWriteError", "ModelMismatchError", "Problem", "RebuildReport",
-    "RepairReport", "UnknownImageError", "private_paths",
-]
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from .state import LibraryState
 if TYPE_CHECKING:
     from .feature_library import FeatureLibrary
 
-log = logging.getLogger("clip_app.library")
+log = logging.getLogger(__name__)
 
 _PARTIAL = re.compile(r"^\.\d{%d,}\.[A-Za-z0-9]{1,8}\.[0-9a-f]{8}\.partial$" % gal.ID_DIGITS)  # files.create_new
 UNIT_TOLERANCE = 1e-2  # stored rows are float16: their norms are within ~1e-3 of 1

@@ -35,7 +35,7 @@ from .errors import LibraryBusyError, LibraryCorruptError, LibraryWriteError
 from .fileformat import JOURNAL_RECOVERY, load_raw, parse_state, save_state
 from .state import LibraryState, sorted_member
 
-log = logging.getLogger("clip_app.library")
+log = logging.getLogger(__name__)
 
 LABEL_SETS_NAME = "label_sets.json"  # the App's saved label sets, kept beside the library file (label_sets.py)
 COMPACT_MIN_ROWS = 2048

@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 def write_library(folder: Path, n: int, identity: str, name: str, dim: int) -> Path:
     """A library file of n synthetic rows (unit features, made-up hashes) written by the library's own code."""
-    from ..library.state import LibraryState
-    from ..library.store import save_library
+    from ...library.state import LibraryState
+    from ...library.store import save_library
 
     path = folder / "features_library.pth"
     shutil.rmtree(folder, ignore_errors=True)  # a fresh gallery too (a kept --workdir holds the last run's)
@@ -55,7 +55,7 @@ def add_without_forward(library: Any, items: Sequence[Path], encoder: ClipEncode
     """
     forward: dict[str, float] = {}
     saves: dict[str, float] = {}
-    with counting(encoder, "encode_pixels", forward), counting(library, "_save", saves):
+    with counting(encoder, "encode_pixels", forward), counting(library.store, "save", saves):
         took = timed(lambda: _added(library.add(list(items)), len(items)))
     return took - forward.get("seconds", 0.0), forward.get("seconds", 0.0), int(saves.get("calls", 0))
 
