@@ -7,7 +7,7 @@ Names the library ignores in the gallery folder (never reported, never moved): h
 which covers the library's own temp files and the `.quarantine/` folder), ``README`` / ``LICENSE`` / ``LICENCE`` /
 ``COPYING`` / ``CREDITS`` with no extension or ``.md``, ``.txt``, ``.rst``, ``Thumbs.db`` and ``desktop.ini`` (exact
 names, case-insensitive: ``license_plate.jpg`` is an image like any other), and the library file, its lock, journal
-and label sets file when the library file lives inside the gallery folder (library_store.companion_files).
+and label sets file when the library file lives inside the gallery folder (store.companion_files).
 """
 
 from __future__ import annotations
