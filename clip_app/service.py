@@ -31,7 +31,7 @@ from .library import (
     RepairReport,
     private_paths,
 )
-from .prompts import templates_for
+from .prompts import TEMPLATE_CHOICES, templates_for
 
 log = logging.getLogger(__name__)
 
@@ -388,4 +388,4 @@ class App:
 
 __all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
            "GalleryPage", "LibraryStats", "Hit", "english_note", "parse_size", "format_size",
-           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "private_paths"]
+           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "TEMPLATE_CHOICES", "private_paths"]

@@ -15,12 +15,12 @@ from typing import Any, Callable, Sequence
 
 import gradio as gr
 
-from .prompts import TEMPLATE_CHOICES
 from .service import (
     DEFAULT_K,
     DEFAULT_TAG_THRESHOLD,
     MAX_K,
     PER_PAGE,
+    TEMPLATE_CHOICES,
     USER_ERRORS,
     App,
     ClassifyResult,
