@@ -31,6 +31,7 @@ import filelock
 import torch
 
 from ..files import file_signature, fsync_dir
+from ..search import top_k
 from .errors import LibraryBusyError, LibraryCorruptError, LibraryWriteError
 from .fileformat import JOURNAL_RECOVERY, load_raw, parse_state, save_state
 from .state import LibraryState, sorted_member
@@ -174,6 +175,10 @@ class Store(Protocol):
     def save(self, state: LibraryState, compact: bool = False) -> None:
         """Inside writing(): make `state` the library (compact: rewrite it whole, e.g. after repair or rebuild)."""
 
+    def search(self, state: LibraryState, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores [k'], ids [k']) of the rows of `state` most similar to a unit query [D], best first, ties to the
+        lower ID, k' = min(k, N) (a database store answers from its own index, rescored exactly)."""
+
     def usage(self) -> dict:
         """Bytes at rest: file_size (everything), journal_size, journal_file (or None where not applicable)."""
 
@@ -303,6 +308,10 @@ class FileStore:
         saved = signature(self.path)
         with self._lock:
             self._on_disk, self._state, self._signature = on_disk, state, saved
+
+    def search(self, state: LibraryState, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, rows = top_k(query, state.features16, state.ids, k)  # the float16 rows: half the bytes to scan
+        return scores, state.ids[rows]
 
     def usage(self) -> dict:
         main, journal = signature(self.path)
