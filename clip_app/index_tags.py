@@ -16,8 +16,8 @@ from .classify import ClassifierCache, parse_labels, rank
 from .config import Settings
 from .images import decode_image, read_bytes
 from .label_sets import LabelSet, LabelSetStore, default_label_sets_file
+from .library.tags import LibraryTags, as_json, parse_threshold_for, tags_path
 from .prompts import templates_for
-from .tags import LibraryTags, as_json, parse_threshold_for, tags_path
 
 # ---- labels -----------------------------------------------------------------------------------------------------
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .classify import LabelError, check_threshold, parse_labels
-from .library_file import LibraryWriteError, replace_atomically
-from .library_store import LABEL_SETS_NAME
+from .library.errors import LibraryWriteError
+from .library.fileformat import replace_atomically
+from .library.store import LABEL_SETS_NAME
 from .prompts import imagenet_classnames, templates_for
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ def top_k(query: torch.Tensor, features: torch.Tensor, ids: torch.Tensor, k: int
     Float16 rows (as the library stores them) are scanned in float16, which reads half the bytes, and the few
     rows that can be in the top k are then scored exactly in float32: the same result as float32 rows.
     """
-    found = scan(query, features, ids, k)
+    found = scan_rows(query, features, ids, k)
     return found.scores, found.rows
 
 
@@ -33,7 +33,7 @@ class Scan:
     above: torch.Tensor | None = None  # int64 [M]: rows holding every row that scores above any result (or None)
 
 
-def scan(query: torch.Tensor, features: torch.Tensor, ids: torch.Tensor, k: int,
+def scan_rows(query: torch.Tensor, features: torch.Tensor, ids: torch.Tensor, k: int,
          allowed: torch.Tensor | None = None) -> Scan:
     """top_k plus the scan's score of every row; `allowed` (bool [N]) limits the results to some rows (a tag),
     the scores of every row are still returned. The full scan is what top_k computes anyway."""

@@ -41,11 +41,11 @@ from .library import (
     RepairReport,
     private_paths,
 )
-from .prompts import NEUTRAL_LABEL, NEUTRAL_PROMPTS, templates_for
+from .library.tags import LibraryTags, SetTags, tags_path
+from .library.tags import as_json as tags_json
+from .prompts import NEUTRAL_LABEL, NEUTRAL_PROMPTS, TEMPLATE_CHOICES, templates_for
 from .search import Confidence, ConfidenceRule, confidence, percentiles
 from .service_tags import TagActions, TagPreview
-from .tags import LibraryTags, SetTags, tags_path
-from .tags import as_json as tags_json
 
 log = logging.getLogger(__name__)
 
@@ -217,14 +217,16 @@ class App(TagActions):
         templates = self._templates(template)
         if tag_threshold is not None:
             tag_threshold = check_threshold(tag_threshold, "tag threshold")
-        # a bad image stops here, before anything is stored (JPEGs decode at a reduced scale: see ClipEncoder)
-        picture = decode_image(data, name, min_side=self.encoder.decode_min_side)
+        feature: torch.Tensor | None = None
         saved: AddResult | None = None
-        feature = None
-        if save:  # the library encodes a new photo and knows a stored one: use its row, never encode twice
+        if save:  # the library decodes and encodes the photo once (or knows it) and returns its stored row
             saved = self.library.add([(data, name)]).results[0]
-            feature = self._stored_feature(saved.id)
-        if feature is None:
+            if saved.status == "failed":  # a bad image: nothing was stored; raise its ImageError
+                decode_image(data, name, min_side=self.encoder.decode_min_side)
+                raise ImageError(name, saved.error or "cannot be read")
+            feature = saved.feature
+        if feature is None:  # JPEGs decode at a reduced scale: see ClipEncoder
+            picture = decode_image(data, name, min_side=self.encoder.decode_min_side)
             feature = self.encoder.encode_images([picture])[0]  # [D]
         weights = self.classifiers.get(self.encoder, label_list, templates)  # [D, C]
         scores = rank(label_list, feature, weights)
@@ -242,14 +244,6 @@ class App(TagActions):
     def neutral_direction(self) -> torch.Tensor:
         """The neutral prompts' direction [D] for the running model (encoded once, then cached)."""
         return self.classifiers.get(self.encoder, [NEUTRAL_LABEL], NEUTRAL_PROMPTS)[:, 0]
-
-    def _stored_feature(self, image_id: int | None) -> torch.Tensor | None:
-        """The library's feature row [D] of an image, or None (not stored, or removed meanwhile)."""
-        if image_id is None:
-            return None
-        ids, features = self.library.snapshot()  # [N], [N, D]
-        rows = (ids == int(image_id)).nonzero().flatten()
-        return features[int(rows[0])] if len(rows) else None
 
     # ---- Label sets ---------------------------------------------------------------------------------------
     def label_set_names(self) -> list[str]:
@@ -323,7 +317,7 @@ class App(TagActions):
 
     def _search(self, feature: torch.Tensor, k: int, min_score: float | None, only: torch.Tensor | None = None,
                 text: bool = True) -> SearchResult:
-        found, scanned, best_rows = self.library.scan(feature, k, only)
+        found, scanned, best_rows = self.library.search_scan(feature, k, only)
         hits = [Hit(entry, score, p) for (entry, score), p in zip(found, percentiles(scanned))]
         neutral = float(best_rows[0].float() @ self.neutral_direction()) if text and len(hits) else None
         verdict: Confidence = confidence(scanned.every, hits[0].score if hits else None, neutral,
@@ -469,4 +463,4 @@ class App(TagActions):
 __all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
            "TagPreview", "SetTags", "tags_json",
            "GalleryPage", "LibraryStats", "Hit", "english_note", "parse_size", "format_size",
-           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "private_paths"]
+           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "TEMPLATE_CHOICES", "private_paths"]

@@ -12,7 +12,7 @@ import torch
 from .classify import LabelError, check_threshold
 from .label_sets import LabelSetError, LabelSetStore
 from .library import Entry, FeatureLibrary, LibraryError
-from .tags import LibraryTags, SetTags, UnknownTagError
+from .library.tags import LibraryTags, SetTags, UnknownTagError
 
 if TYPE_CHECKING:
     from .encoders import ClipEncoder

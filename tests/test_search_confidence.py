@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clip_app.search import ConfidenceRule, confidence, percentiles, scan
+from clip_app.search import ConfidenceRule, confidence, percentiles, scan_rows
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
@@ -18,7 +18,7 @@ def test_percentiles_equal_brute_force(dtype: torch.dtype, limited: bool) -> Non
     ids = torch.arange(1, 3001) * 3
     allowed = (torch.arange(3000) % 7 == 0) if limited else None
     query = torch.nn.functional.normalize(torch.randn(32), dim=0)
-    found = scan(query, rows, ids, 12, allowed)
+    found = scan_rows(query, rows, ids, 12, allowed)
     every = found.every.float()
     expected = [100.0 * int((every <= every[r]).sum()) / 3000 for r in found.rows]
     assert percentiles(found) == pytest.approx(expected)
