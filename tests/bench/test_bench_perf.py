@@ -60,6 +60,8 @@ def test_the_issue_figures_are_there(perf_run):
                 f"library.search.{big}", f"library.load.{big}", f"library.rss.{big}", "app.cold_start.ready",
                 "app.cold_start.server", "app.cold_start.first_answer", f"search.parts.scan16.{big}",
                 f"search.parts.scan32.{big}", f"search.parts.rescore.{big}", f"search.parts.select.{big}"]
+    expected += [f"tags.compute.{big}", f"tags.tag_and_save.{big}", f"tags.list.{big}", f"tags.list_entries.{big}",
+                 f"search.plain.{big}", f"search.confidence.{big}", f"search.confidence.{big}.ratio"]
     expected += [f"search.{kind}.{n}" for n in SIZES for kind in ("topk", "topk_float32", "query")]
     expected += [f"search.query.{n}.{kind}" for n in SIZES for kind in ("ratio", "in_run")]
     assert [key for key in expected if key not in figures] == []
@@ -68,7 +70,7 @@ def test_the_issue_figures_are_there(perf_run):
 
 def test_targets_are_all_decided(perf_run):
     checks = perf_run[1]["targets"]
-    assert len(checks) == 6
+    assert len(checks) == 9
     for check in checks:
         assert check["value"] is not None and isinstance(check["met"], bool), check
 
