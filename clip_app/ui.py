@@ -74,6 +74,14 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def api_event(fn: Callable[..., Any], inputs: list[Any], outputs: list[Any], api_name: str) -> None:
+    """A named endpoint with the inputs it has always had (raw HTTP callers send every value, so a new input would
+    break them): wired to a hidden button, while the page's own button passes the newer controls too (tag filter,
+    "none of these") to the same handler."""
+    gr.Button(visible=False, render=True).click(fn, inputs, outputs, api_name=api_name,
+                                                concurrency_limit=READ_CONCURRENCY)
+
+
 def md_escape(text: object) -> str:
     """Text shown literally inside Markdown (file names, labels, reasons)."""
     out = str(text)
@@ -272,9 +280,10 @@ def _classify_tab(app: App) -> None:
                               tag_threshold=float(threshold) if tag_mode else None, allow_none=bool(none_of_these))
         return label_value(result), cosine_rows(result), tags_text(result), saved_text(result)
 
+    api_event(classify, [image, labels, template, tag_mode, threshold, save], [top, table, tag_list, saved],
+              "classify")  # first: the named endpoint takes the handler's name
     run.click(classify, [image, labels, template, tag_mode, threshold, save, allow_none],
-              [top, table, tag_list, saved],
-              api_name="classify", concurrency_limit=READ_CONCURRENCY)
+              [top, table, tag_list, saved], api_visibility=PRIVATE, concurrency_limit=READ_CONCURRENCY)
 
     @user_errors
     def pick_set(name: str | None):
@@ -335,11 +344,12 @@ def _search_tab(app: App) -> None:
         result = app.search_image(image, int(k), min_score, tag=tag or None)
         return search_items(result), search_text(result)
 
-    run.click(by_text, [query, k, min_score, only_tag], [results, message], api_name="search",
-              concurrency_limit=READ_CONCURRENCY)
-    query.submit(by_text, [query, k, min_score, only_tag], [results, message], api_visibility=PRIVATE,
-                 concurrency_limit=READ_CONCURRENCY)
-    run_image.click(by_image, [example, k, min_score, only_tag], [results, message], api_name="search_by_image",
+    api_event(by_text, [query, k, min_score], [results, message], "search")
+    api_event(by_image, [example, k, min_score], [results, message], "search_by_image")
+    for trigger in (run.click, query.submit):
+        trigger(by_text, [query, k, min_score, only_tag], [results, message], api_visibility=PRIVATE,
+                concurrency_limit=READ_CONCURRENCY)
+    run_image.click(by_image, [example, k, min_score, only_tag], [results, message], api_visibility=PRIVATE,
                     concurrency_limit=READ_CONCURRENCY)
     return _Wiring(lambda: gr.Dropdown(choices=tag_choice_list(app)), None, [only_tag])
 
@@ -374,7 +384,8 @@ def _gallery_tab(app: App) -> _Wiring:
         return page_items(result), text, result.page, [e.id for e in result.entries]
 
     outputs = [images, info, page, ids]
-    show.click(show_page, [page, tag], outputs, api_name="gallery_page", concurrency_limit=READ_CONCURRENCY)
+    api_event(show_page, [page], outputs, "gallery_page")
+    show.click(show_page, [page, tag], outputs, api_visibility=PRIVATE, concurrency_limit=READ_CONCURRENCY)
     page.submit(show_page, [page, tag], outputs, api_visibility=PRIVATE)
     tag.input(lambda t: show_page(1, t), [tag], outputs, api_visibility=PRIVATE)
     previous.click(lambda n, t: show_page((n or 1) - 1, t), [page, tag], outputs, api_visibility=PRIVATE)

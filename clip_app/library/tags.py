@@ -316,7 +316,11 @@ class LibraryTags:
     def sets_with_label(self, label: str, set_name: str | None = None) -> list[str]:
         """The tagged sets (or the one named) that have this label."""
         if set_name:
-            return [set_name] if label in self._label_set(set_name).labels else []
+            label_set = self._label_set(set_name)
+            if not label_set.tagged:
+                raise UnknownTagError(f"the library is not tagged with the label set {set_name!r}: tag it first (the "
+                                "Library tab's Tags panel, or `python -m clip_app.index tag NAME`)")
+            return [set_name] if label in label_set.labels else []
         return [s.name for s in self.label_sets.saved_sets() if s.tagged and label in s.labels]
 
     def untag(self, name: str) -> None:

@@ -91,8 +91,8 @@ def test_tag_the_library_then_filter_by_tag(client: Client, server) -> None:
                                                                    for i in red]
     assert client.predict("red", "rgb", api_name="/images_with_tag") == client.predict("red",
                                                                                        api_name="/images_with_tag")
-    gallery, info, *_ = client.predict(1, "red", api_name="/gallery_page")
-    assert [int(g["caption"][1:]) for g in gallery] == red and info.endswith("tagged “red”")
+    gallery, message = client.predict("a photo of a purple thing", 2, api_name="/search")  # the old parameters
+    assert len(gallery) == 2 and "percentile" in gallery[0]["caption"] and message.startswith("**No confident")
     with pytest.raises(AppError, match="no label 'pink'"):
         client.predict("pink", api_name="/images_with_tag")
     with pytest.raises(AppError, match="no label set"):

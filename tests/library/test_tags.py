@@ -10,7 +10,7 @@ import torch
 
 from clip_app.classify import LabelError
 from clip_app.label_sets import LabelSetError
-from clip_app.library.tags import SetTags, TagFile, UnknownTagError, tags_path
+from clip_app.library.tags import SetTags, TagFile, TagsError, UnknownTagError, tags_path
 from clip_app.service import App
 from tests.support.app_helpers import make_app, png_bytes, write_png
 
@@ -122,6 +122,9 @@ def test_bad_input_is_refused_and_nothing_is_stored(app: App) -> None:
         (lambda: app.images_with_tag("red", "nope"), LabelSetError, "no label set"),
         (lambda: app.tag_preview("colours", "red", 2), LabelError, "between"),
     ]
+    app.save_label_set("untagged", "red, blue")
+    before_sets = sets_file.read_bytes()
+    bad.append((lambda: app.images_with_tag("red", "untagged"), TagsError, "not tagged with the label set"))
     for action, error, message in bad:
         with pytest.raises(error, match=message):
             action()
