@@ -212,3 +212,17 @@ def test_chinese_clip_weights_file_loads_through_cn_clip(cn_clip_file: Path) -> 
     images = enc.encode_images([solid_image("red")])
     assert texts.shape == (3, 1024) and images.shape == (1, 1024)
     assert torch.allclose(texts.norm(dim=-1), torch.ones(3), atol=1e-4)
+
+
+def test_each_family_brings_its_own_imagenet_prompts() -> None:
+    from clip_app.prompts import family_prompts, family_templates, imagenet_classnames
+
+    names, templates, source = family_prompts("open_clip")
+    assert len(names) == 1000 and len(templates) == 80 and "open_clip" in source
+    assert all(t.count("{}") == 1 for t in templates)
+    names, templates, _ = family_prompts("cn_clip")
+    assert len(names) == 1000 and names[1] == "金鱼" and templates[0] == "{}的照片。"
+    assert family_prompts("clip")[0] == imagenet_classnames()
+    assert family_templates("single", "cn_clip") == ("{}的照片。",)
+    assert family_templates("single", "open_clip") == ("a photo of a {}.",)
+    assert len(family_templates("ensemble", "cn_clip")) == 80
