@@ -149,7 +149,7 @@ def test_model_list_prints_every_family_with_published_figures(capsys) -> None:
 # ---- open_clip ------------------------------------------------------------------------------------------------
 def test_open_clip_weights_file_loads_through_open_clip(open_clip_encoder: ClipEncoder, open_clip_file: Path) -> None:
     enc = open_clip_encoder
-    assert enc.dim == 64 and enc.input_resolution == 64
+    assert enc.dim == 64 and enc.input_resolution == 64 and enc.family == "open_clip"
     assert enc.identity == model_identity(f"open_clip:{TINY_OC}@{open_clip_file}")[0]
     assert enc.identity.startswith("sha256:") and enc.name == f"open_clip:{TINY_OC}@tiny-open-clip.bin"
     images = enc.encode_images([solid_image("red"), solid_image("blue", (300, 90))])
@@ -208,6 +208,7 @@ def test_index_manager_with_an_open_clip_model(tmp_path: Path, open_clip_file: P
 def test_chinese_clip_weights_file_loads_through_cn_clip(cn_clip_file: Path) -> None:
     enc = ClipEncoder(f"cn_clip:RN50@{cn_clip_file}", device="cpu")
     assert enc.dim == 1024 and enc.input_resolution == 224 and enc.identity.startswith("sha256:")
+    assert enc.family == "cn_clip"
     texts = enc.encode_texts(["一张猫的照片。", "a photo of a dog", "猫" * 500])
     images = enc.encode_images([solid_image("red")])
     assert texts.shape == (3, 1024) and images.shape == (1, 1024)

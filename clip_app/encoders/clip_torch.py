@@ -85,7 +85,7 @@ class ClipEncoder:
             loaded = load_family_model(spec, self.device, download_root)
             self._setup(loaded.model, loaded.preprocess, name=name, identity=identity, batch_size=batch_size,
                         text_cache_size=text_cache_size, tokenizer=loaded.tokenize,
-                        input_resolution=loaded.input_resolution)
+                        input_resolution=loaded.input_resolution, family=spec.family)
             log.info("loaded %s on %s (dim %d, input %d px)", name, self.device, self.dim, self.input_resolution)
             return
         model = str(spec.file) if spec.file is not None else spec.arch
@@ -117,13 +117,15 @@ class ClipEncoder:
 
     def _setup(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], *, name: str,
                identity: str, batch_size: int, text_cache_size: int,
-               tokenizer: Callable[..., torch.Tensor] | None = None, input_resolution: int | None = None) -> None:
+               tokenizer: Callable[..., torch.Tensor] | None = None, input_resolution: int | None = None,
+               family: str = "clip") -> None:
         import clip
 
         self.model = model.eval()
         self.preprocess = preprocess
         self.name = name
         self.identity = identity
+        self.family = family  #: clip, open_clip or cn_clip: picks the family's own prompts (prompts.family_prompts)
         self.batch_size = max(1, int(batch_size))
         self._tokenize = tokenizer or clip.tokenize
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
