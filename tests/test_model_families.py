@@ -205,8 +205,13 @@ def test_index_manager_with_an_open_clip_model(tmp_path: Path, open_clip_file: P
 
 
 # ---- Chinese-CLIP ---------------------------------------------------------------------------------------------
-def test_chinese_clip_weights_file_loads_through_cn_clip(cn_clip_file: Path) -> None:
-    enc = ClipEncoder(f"cn_clip:RN50@{cn_clip_file}", device="cpu")
+@pytest.fixture(scope="module")
+def cn_clip_encoder(cn_clip_file: Path) -> ClipEncoder:
+    return ClipEncoder(f"cn_clip:RN50@{cn_clip_file}", device="cpu")
+
+
+def test_chinese_clip_weights_file_loads_through_cn_clip(cn_clip_encoder: ClipEncoder) -> None:
+    enc = cn_clip_encoder
     assert enc.dim == 1024 and enc.input_resolution == 224 and enc.identity.startswith("sha256:")
     assert enc.family == "cn_clip"
     texts = enc.encode_texts(["一张猫的照片。", "a photo of a dog", "猫" * 500])
@@ -227,3 +232,10 @@ def test_each_family_brings_its_own_imagenet_prompts() -> None:
     assert family_templates("single", "cn_clip") == ("{}的照片。",)
     assert family_templates("single", "open_clip") == ("a photo of a {}.",)
     assert len(family_templates("ensemble", "cn_clip")) == 80
+
+
+def test_chinese_clip_classifies_with_its_chinese_templates(tmp_path: Path, cn_clip_encoder: ClipEncoder) -> None:
+    enc = cn_clip_encoder
+    app = make_app(tmp_path, enc)
+    app.classify(png_bytes("red"), "猫, 狗", save=False)
+    assert "猫的照片。" in enc._text_cache and "a photo of a 猫." not in enc._text_cache
