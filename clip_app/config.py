@@ -104,11 +104,16 @@ MODEL_HELP = (f"model: an OpenAI CLIP name (e.g. {DEFAULT_MODEL}) or checkpoint 
               "cn_clip:ARCH, FAMILY:ARCH@FILE for local weights; 'list' prints every name [env CLIP_APP_MODEL]")
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """The shared flags: --model, --device, --gallery, --library, --model-dir (defaults come from Settings)."""
-    parser.add_argument("--model", action=ModelArgument, help=MODEL_HELP)
+def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = True,
+                           many_models: bool = False) -> None:
+    """The shared flags: --model, --device, --gallery, --library, --model-dir (defaults come from Settings).
+    library=False leaves out --gallery and --library (the benchmarks); many_models makes --model repeatable."""
+    parser.add_argument("--model", action=ModelArgument, append=many_models, metavar="NAME_OR_PATH",
+                        help=MODEL_HELP + ("; repeat for several" if many_models else ""))
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
-    parser.add_argument("--gallery", help="gallery folder [env CLIP_APP_GALLERY; default gallery/]")
-    parser.add_argument("--library", help="feature library file [env CLIP_APP_LIBRARY; default features_library.pth]")
+    if library:
+        parser.add_argument("--gallery", help="gallery folder [env CLIP_APP_GALLERY; default gallery/]")
+        parser.add_argument("--library",
+                            help="feature library file [env CLIP_APP_LIBRARY; default features_library.pth]")
     parser.add_argument("--model-dir", dest="model_dir",
                         help="where model weights are downloaded [env CLIP_APP_MODEL_DIR; default ~/.cache/clip]")
