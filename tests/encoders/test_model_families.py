@@ -239,3 +239,32 @@ def test_chinese_clip_classifies_with_its_chinese_templates(tmp_path: Path, cn_c
     app = make_app(tmp_path, enc)
     app.classify(png_bytes("red"), "猫, 狗", save=False)
     assert "猫的照片。" in enc._text_cache and "a photo of a 猫." not in enc._text_cache
+
+
+def test_both_benchmarks_run_with_an_open_clip_model(tmp_path: Path, open_clip_file: Path, capsys) -> None:
+    from clip_app.bench.__main__ import main as bench_main
+    from tests.support.flickr8k_helpers import known_flickr8k
+    from tests.support.imagenet_helpers import colour_samples, make_kaggle
+
+    model = f"open_clip:{TINY_OC}@{open_clip_file}"
+    root, out = make_kaggle(tmp_path / "imagenet", colour_samples()), tmp_path / "results"
+    assert bench_main(["imagenet", "--root", str(root), "--model", model, "--prompts", "single", "--limit", "5",
+                       "--batch-size", "4", "--workers", "0", "--device", "cpu", "--out", str(out), "--errors", "0",
+                       "--no-progress"]) == 0
+    record = json.loads(next(out.glob("imagenet-*.json")).read_text())
+    assert record["model_identity"].startswith("sha256:") and record["prompts"]["single"]["n_images"] == 5
+    flickr = known_flickr8k(tmp_path / "flickr", "kaggle")
+    assert bench_main(["flickr8k", "--root", str(flickr), "--model", model, "--out", str(out), "--prefix", "",
+                       "--batch-size", "4", "--workers", "0", "--device", "cpu", "--gallery-sizes", "3",
+                       "--subsets", "1", "--examples", "1", "--no-progress"]) == 0
+    result = json.loads(next(out.glob("flickr8k-*.json")).read_text())
+    assert result["model_identity"] == record["model_identity"]
+    assert 0 <= result["text_to_image"]["R@1"] <= result["text_to_image"]["R@10"] <= 1
+    assert "text->image R@1" in capsys.readouterr().out
+
+
+def test_open_clip_names_get_their_published_imagenet_figure() -> None:
+    from clip_app.bench.imagenet.report import published_for
+
+    assert published_for("open_clip:ViT-B-32/laion2b_s34b_b79k") == {"family_top1": 66.56}
+    assert published_for("ViT-B/32")["paper_top1"] == 63.2
