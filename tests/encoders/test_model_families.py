@@ -268,3 +268,13 @@ def test_open_clip_names_get_their_published_imagenet_figure() -> None:
 
     assert published_for("open_clip:ViT-B-32/laion2b_s34b_b79k") == {"family_top1": 66.56}
     assert published_for("ViT-B/32")["paper_top1"] == 63.2
+
+
+def test_perf_builds_random_weights_of_a_family_architecture(tmp_path: Path, open_clip_file: Path) -> None:
+    from clip_app.bench.perf.setup import load_encoder
+
+    encoder, model, random_weights = load_encoder(f"open_clip:{TINY_OC}", "cpu", tmp_path, 4)
+    assert random_weights and model == f"open_clip:{TINY_OC}@{tmp_path / f'random-open_clip-{TINY_OC}.pt'}"
+    assert encoder.dim == 64 and ClipEncoder(model, device="cpu").identity == encoder.identity
+    given, same, random_weights = load_encoder(f"open_clip:{TINY_OC}@{open_clip_file}", "cpu", tmp_path, 4)
+    assert not random_weights and same == f"open_clip:{TINY_OC}@{open_clip_file}"
