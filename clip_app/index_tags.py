@@ -17,7 +17,7 @@ from .config import Settings
 from .images import decode_image, read_bytes
 from .label_sets import LabelSet, LabelSetStore, default_label_sets_file
 from .library.tags import LibraryTags, as_json, parse_threshold_for, tags_path
-from .prompts import templates_for
+from .prompts import family_templates
 
 # ---- labels -----------------------------------------------------------------------------------------------------
 
@@ -122,7 +122,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings, encoder: Any) -> 
     else:
         labels, template = parse_labels(args.labels), args.template or "single"
     try:
-        templates = templates_for(template)
+        templates = family_templates(template, getattr(encoder, "family", "clip"))
     except ValueError as exc:
         raise ValueError(f"--template: {exc}") from None
     weights = None

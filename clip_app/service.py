@@ -43,7 +43,7 @@ from .library import (
 )
 from .library.tags import LibraryTags, SetTags, tags_path
 from .library.tags import as_json as tags_json
-from .prompts import NEUTRAL_LABEL, NEUTRAL_PROMPTS, TEMPLATE_CHOICES, templates_for
+from .prompts import NEUTRAL_LABEL, NEUTRAL_PROMPTS, TEMPLATE_CHOICES, family_templates
 from .search import Confidence, ConfidenceRule, confidence, percentiles
 from .service_tags import TagActions, TagPreview
 
@@ -429,10 +429,9 @@ class App(TagActions):
             raise FileTooLargeError(f"{name}: {format_size(size)} is over the size limit of "
                                     f"{format_size(self.max_file_size)}; nothing was changed")
 
-    @staticmethod
-    def _templates(template: str | None) -> tuple[str, ...]:
+    def _templates(self, template: str | None) -> tuple[str, ...]:
         try:
-            return templates_for((template or "single").strip())
+            return family_templates((template or "single").strip(), self.encoder.family)
         except ValueError as exc:
             raise InputError(str(exc)) from None
 

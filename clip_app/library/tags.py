@@ -30,7 +30,7 @@ import torch
 from ..classify import ClassifierCache, TextEncoder, ThresholdError, tag_mask
 from ..files import file_signature
 from ..label_sets import LabelSet, LabelSetError, LabelSetStore
-from ..prompts import templates_for
+from ..prompts import family_templates
 from .errors import LibraryError
 from .fileformat import load_failure_reason, replace_atomically
 from .reports import Problem
@@ -256,7 +256,8 @@ class LibraryTags:
         """The set's tags up to date with the label set and the library (recomputed only where needed)."""
         if (stored is None or stored.model != model or stored.labels != tuple(label_set.labels)
                 or stored.template != label_set.template):
-            classifier = self.classifiers.get(encoder, list(label_set.labels), templates_for(label_set.template))
+            templates = family_templates(label_set.template, getattr(encoder, "family", "clip"))  # as Classify
+            classifier = self.classifiers.get(encoder, list(label_set.labels), templates)
             return compute(label_set, self.default_threshold, model, classifier, ids, features, progress)
         fresh = synced(stored, ids, features)
         wanted = thresholds_of(label_set, self.default_threshold)
