@@ -50,9 +50,9 @@ def _env_bytes(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
-    from .service import parse_size  # the one parser of '400MB'-style sizes
+    from .config import parse_size  # the one parser of '400MB'-style sizes
 
-    return parse_size(raw)
+    return parse_size(raw, name)
 
 
 class DecodeBudget:
