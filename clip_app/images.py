@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,20 +67,45 @@ class ImageError(ValueError):
         return (type(self), (self.name, self.reason))
 
 
-def read_bytes(source: Source, name: str | None = None) -> tuple[bytes, str]:
-    """Return (bytes, display name) of a path or a bytes object; ImageError if the file cannot be read."""
+def read_bytes(source: Source, name: str | None = None, max_bytes: int | None = None) -> tuple[bytes, str]:
+    """Return (bytes, display name) of a path or a bytes object; ImageError if the file cannot be read, is not a
+    regular file (a FIFO, device or socket is never read: it could block or never end) or is over max_bytes."""
     if isinstance(source, (bytes, bytearray)):
         return bytes(source), name or "uploaded image"
     path = Path(source)
     label = name or str(path)
     try:
-        return path.read_bytes(), label
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO must not wait for a writer
     except FileNotFoundError:
         raise ImageError(label, "file not found") from None
     except IsADirectoryError:
         raise ImageError(label, "is a folder, not an image file") from None
     except OSError as exc:
         raise ImageError(label, f"cannot be read ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(label, "is a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(label, f"is not a regular file ({special_kind(info.st_mode)}); only image files are read")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise ImageError(label, f"{info.st_size:,} bytes is over the size limit of {max_bytes:,} bytes")
+        try:
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageError(label, f"cannot be read ({exc.strerror or exc})") from None
+    if max_bytes is not None and len(data) > max_bytes:  # grew while being read
+        raise ImageError(label, f"more than the size limit of {max_bytes:,} bytes")
+    return data, label
+
+
+def special_kind(mode: int) -> str:
+    """'a FIFO (named pipe)', 'a character device', ... for a file mode that is not a regular file."""
+    for test, text in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return text
+    return "not a regular file"
 
 
 def is_heif(data: bytes) -> bool:
