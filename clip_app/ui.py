@@ -39,6 +39,9 @@ READ_CONCURRENCY = 4
 WRITE_CONCURRENCY_ID = "library-writes"
 TEMPLATE_CHOICES = [("single: a photo of a {}.", "single"), ("ensemble: CLIP's 80 ImageNet templates", "ensemble")]
 PRIVATE = "private"  # internal helper events: not in the API docs, not callable by clients
+#: browser/API sessions whose state Gradio keeps (oldest dropped first); each holds about 110-170 KB, so at most
+#: about 170 MB instead of 1.7 GB at Gradio's default of 10,000. A dropped session only forgets its page's IDs.
+SESSION_CAPACITY = 1000
 #: the demo gallery shipped with the repository (gallery/CREDITS.md says what each photo shows)
 DEMO_GALLERY = Path(__file__).resolve().parent.parent / "gallery"
 #: Classify tab examples: (demo photo, labels that fit it, template); saving is off for examples
@@ -519,6 +522,7 @@ def launch(demo: gr.Blocks, *, gallery_dir: Path, library_file: Path | None = No
     return demo.launch(server_name=host, server_port=port, auth=auth, share=share, max_file_size=max_file_size,
                        allowed_paths=allowed, show_error=True,
                        app_kwargs={"middleware": [Middleware(BodyLimit, limit=max_request_size)]},
+                       state_session_capacity=SESSION_CAPACITY,
                        blocked_paths=launch_blocked_paths(gallery_dir, library_file),
                        prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, inbrowser=False,
                        auth_message="clip-app: sign in" if auth else None)

@@ -24,13 +24,13 @@ from typing import Callable, Iterator
 import torch
 
 from ..config import resolve_device
-from . import perf_app, perf_encode, perf_library, perf_product, perf_search
+from . import perf_app, perf_encode, perf_library, perf_product, perf_search, perf_thumbs
 from .perf_setup import ARCHITECTURES, load_encoder, write_photos
 from .perf_stats import Results, Target, format_table, format_targets, load_average
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("forward", "index", "classify", "search", "library", "app")
+SECTIONS = ("forward", "index", "classify", "search", "library", "app", "page")
 DEFAULT_SIZES = "1000,10000,100000,1000000"
 QUICK_SIZES = "300,3000"
 LIBRARY_SIZE = 100_000
@@ -101,6 +101,9 @@ def targets(sizes: list[int], library_size: int, pipeline: str) -> list[Target]:
         Target(f"add one image to a {library_size:,}-row library, without the forward pass",
                f"library.add_one.{library_size}", "<=", 0.5),
         Target("a bulk add saves the library file once", f"library.bulk_add.saves.{library_size}", "<=", 1),
+        Target("gallery page of camera photos: thumbnail bytes / full-file bytes", "app.page.bytes.ratio", "<=", 0.05),
+        Target("gallery page of camera photos: thumbnail page time / full-file page time", "app.page.seconds.ratio",
+               "<", 1.0),
     ]
 
 
@@ -156,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
                                                             repeats, args.k, results, work),
             "app": lambda: perf_app.measure_cold_start(checkpoint, photos["classify"][0], 1 if quick else repeats,
                                                        results, work),
+            "page": lambda: perf_thumbs.measure_gallery_page(encoder, repeats, results, work,
+                                                             count=8 if quick else perf_thumbs.PAGE_PHOTOS),
         }
         for name in SECTIONS:
             if name not in only:
