@@ -82,12 +82,13 @@ def read_bytes(source: Source, name: str | None = None, max_bytes: int | None = 
         raise ImageError(label, "is a folder, not an image file") from None
     except OSError as exc:
         raise ImageError(label, f"cannot be read ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
         if stat.S_ISDIR(info.st_mode):
             raise ImageError(label, "is a folder, not an image file")
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageError(label, f"is not a regular file ({special_kind(info.st_mode)}); only image files are read")
+        raise ImageError(label, f"is not a regular file ({special_kind(info.st_mode)}); only image files are read")
+    with os.fdopen(fd, "rb") as handle:
         if max_bytes is not None and info.st_size > max_bytes:
             raise ImageError(label, f"{info.st_size:,} bytes is over the size limit of {max_bytes:,} bytes")
         try:

@@ -15,8 +15,8 @@ from PIL import Image
 from clip_app import image_limits
 from clip_app.image_limits import DecodeBudget, encode_crop_box
 from clip_app.images import ImageError, decode_image
-from tests.app_helpers import make_app
-from tests.image_files import encode
+from tests.support.app_helpers import make_app
+from tests.support.image_files import encode
 
 
 @pytest.fixture()

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clip_app.bench.perf_setup import jpeg_bytes, photo_like
+from clip_app.bench.perf.setup import jpeg_bytes, photo_like
 from clip_app.images import ImageError
 from clip_app.thumbnails import THUMB_SIDE, Thumbnails, make_thumbnail, thumbs_dir
-from tests.app_helpers import make_app, write_png
-from tests.image_files import jpeg_with_orientation, quadrants
+from tests.support.app_helpers import make_app, write_png
+from tests.support.image_files import jpeg_with_orientation, quadrants
 
 
 def opened(data: bytes) -> Image.Image:
