@@ -286,6 +286,12 @@ def cmd_stats(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder
 
 def cmd_check(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
     library = open_library(args, settings, encoder, strict=False)
+    stats = library.stats()
+    if not args.quick and stats["count"] and stats["model"] == encoder.identity and hasattr(encoder, "load"):
+        try:  # the feature width of the model is known once it is loaded: then check reports a wrong width
+            encoder.load()  # type: ignore[attr-defined]
+        except ModelLoadError as exc:
+            print(f"note: the feature width was not checked: {exc}", file=sys.stderr)
     with progress_bar("checking") as update:
         report = library.check(hashes=not args.quick, progress=update)
     if args.json:

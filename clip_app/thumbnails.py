@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Iterable
 
@@ -61,12 +62,13 @@ class Thumbnails:
         """The thumbnail's path, made from the image file (or bytes) first when missing; ImageError when the
         image cannot be read or decoded (a folder, a link out of the gallery, damaged data)."""
         target = self.path_of(sha256)
+        if not isinstance(source, (bytes, bytearray)):
+            self._require_inside(Path(source), name)  # also when the thumbnail exists: the entry may have changed
         if target.is_file():
             return target
         if isinstance(source, (bytes, bytearray)):
             data, label = read_bytes(source, name)
         else:
-            self._require_inside(Path(source), name)
             data, label = read_bytes(Path(source), name)
         thumb = make_thumbnail(data, label, self.side)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -79,13 +81,18 @@ class Thumbnails:
         return target
 
     def _require_inside(self, path: Path, name: str) -> None:
-        """A gallery entry that is a link to a file outside the gallery is never read for display."""
+        """Only a regular file of the gallery is shown: a link to a file outside it, a folder, a FIFO never are."""
         try:
+            info = os.lstat(path)
             real = path.resolve(strict=True)
         except OSError:
             raise ImageError(name, "file not found") from None
-        if not real.is_relative_to(self.gallery_dir.resolve()):
-            raise ImageError(name, "is a link to a file outside the gallery; it is not shown")
+        if stat.S_ISLNK(info.st_mode) and not real.is_relative_to(self.gallery_dir.resolve()):
+            raise ImageError(name, "is a symbolic link to a file outside the gallery; it is not shown")
+        if real.is_dir():
+            raise ImageError(name, "is a folder, not an image file")
+        if not real.is_file():
+            raise ImageError(name, "is not a regular file")
 
     def remove(self, sha256: str) -> bool:
         """Delete the thumbnail of this image; True when there was one."""

@@ -325,8 +325,12 @@ class FeatureLibrary:
                 raise UnknownImageError(f"no image with ID {', '.join(map(str, unknown))} in the library; nothing "
                                         "was removed")
             files = [state.files[state.row_of[i]] for i in wanted]
-            self.store.remove(wanted)
+            kept = self.store.remove(wanted)
+            owned = set(kept.files) if len(files) > 16 else {n for n in files if kept.files.count(n)}
             for name in files:
+                if name in owned:  # another row names this file (a damaged library): never delete its image
+                    log.warning("removed the row but kept %s: another row still names it; `check` reports it", name)
+                    continue
                 try:
                     (self.gallery_dir / name).unlink(missing_ok=True)
                 except OSError as exc:

@@ -246,6 +246,37 @@ class LibraryState:
         }
 
 
+def invariant_problem(state: LibraryState) -> str | None:
+    """The first broken invariant of a state, in words (None: sound): every column has one entry per row, the rows
+    have the library's width, and IDs, file names and content hashes are each unique."""
+    n = len(state.ids)
+    counts = {"ids": n, "files": len(state.files), "sha256": len(state.sha256), "names": len(state.names),
+              "added": len(state.added), "sizes": len(state.sizes), "features": int(state.features16.shape[0])}
+    if len(set(counts.values())) != 1:
+        return "its columns have different row counts (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+    if state.features16.dim() != 2 or int(state.features16.shape[1]) != int(state.dim):
+        return f"its feature rows are {tuple(state.features16.shape[1:])} wide, but it says {state.dim}"
+    ids = state.ids.tolist()
+    for column, what in ((ids, "ID"), (state.files, "file name"), (state.sha256, "content hash (sha256)")):
+        clash = _first_repeat(column)
+        if clash is not None:
+            first, second = clash
+            return (f"two rows share one {what} ({column[first]}): IDs {ids[first]} and {ids[second]}")
+    return None
+
+
+def _first_repeat(values: Sequence[object]) -> tuple[int, int] | None:
+    """(first position, repeat position) of the first value that occurs twice, else None."""
+    if len(set(values)) == len(values):  # the usual case: one pass in C
+        return None
+    seen: dict[object, int] = {}
+    for position, value in enumerate(values):
+        if value in seen:
+            return seen[value], position
+        seen[value] = position
+    return None  # pragma: no cover
+
+
 def clean_name(name: str) -> str:
     """A display name fit for the newline-separated `names` column."""
     return " ".join(str(name).splitlines()) or "image"

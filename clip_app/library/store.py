@@ -33,7 +33,7 @@ import torch
 from ..files import file_signature, fsync_dir
 from .errors import LibraryBusyError, LibraryCorruptError, LibraryWriteError
 from .fileformat import JOURNAL_RECOVERY, load_raw, parse_state, save_state
-from .state import LibraryState, sorted_member
+from .state import LibraryState, invariant_problem, sorted_member
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,10 @@ def load_library(path: Path) -> tuple[LibraryState, OnDisk]:
     state = state.appended(added.ids.tolist(), added.features16, added.files, added.sha256, added.sizes.tolist(),
                            added.names, added=added.added.tolist())
     state.next_id = max(state.next_id, added.next_id)
+    problem = invariant_problem(state)  # e.g. a journal row naming a file or holding bytes the main file has
+    if problem:
+        raise LibraryCorruptError(f"the feature library journal {journal_file} does not fit {path}: together {problem};"
+                                  f" both were left untouched. {JOURNAL_RECOVERY}")
     on_disk.journal_entries = len(added) + len(removed)
     return state, on_disk
 
