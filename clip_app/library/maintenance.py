@@ -34,11 +34,16 @@ _PARTIAL = re.compile(r"^\.\d{%d,}\.[A-Za-z0-9]{1,8}\.[0-9a-f]{8}\.partial$" % g
 UNIT_TOLERANCE = 1e-2  # stored rows are float16: their norms are within ~1e-3 of 1
 
 
-def bad_rows(features: torch.Tensor) -> torch.Tensor:
-    """Bool [N]: rows [N, D] that are not unit length (or hold NaN/inf)."""
-    if not len(features):
-        return torch.zeros(0, dtype=torch.bool)
-    norms = features.norm(dim=1)
+def row_norms(state: LibraryState) -> torch.Tensor:
+    """Float32 [N]: the length of every stored row, computed in chunks (no float32 copy of the library)."""
+    norms = torch.empty(len(state))
+    for start, block in state.float_chunks():
+        norms[start:start + len(block)] = block.norm(dim=1)
+    return norms
+
+
+def bad_rows(norms: torch.Tensor) -> torch.Tensor:
+    """Bool [N]: rows whose lengths [N] are not 1 (or NaN/inf)."""
     return ~torch.isfinite(norms) | ((norms - 1).abs() > UNIT_TOLERANCE)
 
 
@@ -54,8 +59,8 @@ def check(lib: FeatureLibrary, hashes: bool = True, progress: Progress | None = 
         problems.append(Problem("width_mismatch", None, None, f"the library says model {state.model_name} with "
                                 f"{state.dim}-d features, but that model gives {lib.encoder.dim}-d features: the "
                                 f"file is damaged; run `{lib.index_command('rebuild')}`"))
-    norms = state.features.norm(dim=1) if len(state) else torch.empty(0)
-    bad_norm = bad_rows(state.features).tolist()
+    norms = row_norms(state)
+    bad_norm = bad_rows(norms).tolist()
     for row in range(len(state)):
         image_id, name = int(state.ids[row]), state.files[row]
         path = lib.gallery_dir / name
@@ -121,7 +126,7 @@ def _repair_state(lib: FeatureLibrary, state: LibraryState, reader: GalleryReade
                   progress: Progress | None = None) -> LibraryState:
     """The repaired state (dry: only read and encode what the repair needs, change nothing; progress(files
     read, files in all) is reported then)."""
-    bad_norm = bad_rows(state.features).tolist()
+    bad_norm = bad_rows(row_norms(state)).tolist()
     entries = candidates_from_scan(lib, state.files, lib.scan()) if dry else []
     tick = Counter(progress, len(state) + len(entries))
 
