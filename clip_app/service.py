@@ -39,7 +39,7 @@ from .library import (
     RepairReport,
     private_paths,
 )
-from .prompts import templates_for
+from .prompts import TEMPLATE_CHOICES, family_templates
 from .thumbnails import Thumbnails, thumbs_dir
 
 log = logging.getLogger(__name__)
@@ -433,10 +433,9 @@ class App:
             raise FileTooLargeError(f"{name}: {format_size(size)} is over the size limit of "
                                     f"{format_size(self.max_file_size)}; nothing was changed")
 
-    @staticmethod
-    def _templates(template: str | None) -> tuple[str, ...]:
+    def _templates(self, template: str | None) -> tuple[str, ...]:
         try:
-            return templates_for((template or "single").strip())
+            return family_templates((template or "single").strip(), self.encoder.family)
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
@@ -486,4 +485,4 @@ class App:
 __all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
            "GalleryPage", "LibraryStats", "Hit", "clean_query", "thumbs_dir",
            "DEFAULT_MAX_REQUEST_SIZE", "english_note", "parse_size", "format_size",
-           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "private_paths"]
+           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "TEMPLATE_CHOICES", "private_paths"]

@@ -15,7 +15,6 @@ from typing import Any, Callable, Sequence
 
 import gradio as gr
 
-from .prompts import TEMPLATE_CHOICES
 from .served_copies import forget_on_delete
 from .service import (
     DEFAULT_K,
@@ -23,6 +22,7 @@ from .service import (
     DEFAULT_TAG_THRESHOLD,
     MAX_K,
     PER_PAGE,
+    TEMPLATE_CHOICES,
     USER_ERRORS,
     App,
     ClassifyResult,

@@ -27,7 +27,6 @@ import torch
 from ..encoders import ClipEncoder
 from ..files import create_new, fsync_dir, sha256_bytes
 from ..images import ImageError
-from ..search import top_k
 from . import gallery as gal
 from . import maintenance
 from .errors import LibraryCorruptError, LibraryWriteError, ModelMismatchError, UnknownImageError
@@ -179,8 +178,8 @@ class FeatureLibrary:
         """The k entries most similar to a unit query [D], best first (ties to the lower ID)."""
         state = self.store.current()
         self.require_model(state)
-        scores, rows = top_k(query.float().reshape(-1), state.features16, state.ids, k)  # float16: half the bytes
-        return [(self._entry(state, int(row)), float(score)) for score, row in zip(scores, rows)]
+        scores, ids = self.store.search(state, query.float().reshape(-1), k)
+        return [(self._entry(state, state.row_of[int(i)]), float(score)) for score, i in zip(scores, ids)]
 
     def stats(self) -> dict:
         """count, model, model_name, dim, file_size (bytes of the library file and its journal), journal_size,

@@ -31,6 +31,7 @@ import filelock
 import torch
 
 from ..files import file_signature, fsync_dir
+from ..search import top_k
 from .errors import LibraryBusyError, LibraryCorruptError, LibraryWriteError
 from .fileformat import JOURNAL_RECOVERY, load_raw, parse_state, save_state
 from .state import LibraryState, invariant_problem, sorted_member
@@ -178,12 +179,35 @@ class Store(Protocol):
     def save(self, state: LibraryState, compact: bool = False) -> None:
         """Inside writing(): make `state` the library (compact: rewrite it whole, e.g. after repair or rebuild)."""
 
+    def search(self, state: LibraryState, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores [k'], ids [k']) of the rows of `state` most similar to a unit query [D], best first, ties to the
+        lower ID, k' = min(k, N) (a database store answers from its own index, rescored exactly)."""
+
     def usage(self) -> dict:
         """Bytes at rest: file_size (everything), journal_size, journal_file (or None where not applicable)."""
 
     def companion_path(self, name: str) -> Path | None:
         """Where companion data named `name` (label sets, ...) lives beside the rows; None when the store keeps it
         elsewhere."""
+
+
+#: after loading a library of at least this many rows, the memory the loading freed is handed back to the system
+TRIM_ROWS = 100_000
+
+
+def return_freed_memory() -> None:
+    """Hand memory freed by a big load (torch.load's buffers, the text columns' temporaries) back to the system:
+    glibc keeps it in the process otherwise (about 65 MB at a million rows). Elsewhere, nothing happens."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own symbols: glibc's allocator
+    except (OSError, TypeError):  # pragma: no cover - a platform without dlopen(NULL)
+        return
+    if trim is not None:
+        trim(0)
 
 
 class FileStore:
@@ -232,27 +256,6 @@ class FileStore:
         if len(adopted) >= TRIM_ROWS:
             return_freed_memory()
 
-
-#: after loading a library of at least this many rows, the memory the loading freed is handed back to the system
-TRIM_ROWS = 100_000
-
-
-def return_freed_memory() -> None:
-    """Hand memory freed by a big load (torch.load's buffers, the text columns' temporaries) back to the system:
-    glibc keeps it in the process otherwise (about 65 MB at a million rows). Elsewhere, nothing happens."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = getattr(libc, "malloc_trim", None)
-        if trim is not None:
-            trim(0)
-    except OSError:  # pragma: no cover - no C library to ask
-        pass
 
     def _refresh(self) -> None:
         """Reload when another process saved the file since we last read or wrote it."""
@@ -333,6 +336,10 @@ def return_freed_memory() -> None:
         saved = signature(self.path)
         with self._lock:
             self._on_disk, self._state, self._signature = on_disk, state, saved
+
+    def search(self, state: LibraryState, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, rows = top_k(query, state.features16, state.ids, k)  # the float16 rows: half the bytes to scan
+        return scores, state.ids[rows]
 
     def usage(self) -> dict:
         main, journal = signature(self.path)

@@ -3,8 +3,8 @@ classify, search by image) and the float16 scan in library search."""
 
 import torch
 
-import clip_app.library.feature_library as library_module
 import clip_app.library.ingest as ingest_module
+import clip_app.library.store as store_module
 import clip_app.service as service_module
 from clip_app.images import decode_image
 from clip_app.label_sets import LabelSetStore
@@ -53,13 +53,13 @@ def test_library_search_scans_the_stored_float16_rows(tmp_path, colour_encoder, 
     library = FeatureLibrary(tmp_path / "gallery", tmp_path / "lib.pth", colour_encoder)
     library.add([(jpeg("red"), "red.jpg"), (jpeg("blue"), "blue.jpg")])
     seen = []
-    real_top_k = library_module.top_k
+    real_top_k = store_module.top_k
 
     def spy(query, features, ids, k):
         seen.append(features.dtype)
         return real_top_k(query, features, ids, k)
 
-    monkeypatch.setattr(library_module, "top_k", spy)
+    monkeypatch.setattr(store_module, "top_k", spy)
     query = colour_encoder.encode_texts(["a red thing"])[0]
     (entry, score), = library.search(query, 1)
     assert seen == [torch.float16]

@@ -55,6 +55,11 @@ class MemoryStore:
         self.state, self._saved = state, True
         self.saves.append(("compact" if compact else "save", len(state)))
 
+    def search(self, state: LibraryState, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = state.features @ query  # [N]: a plain exact scan, ties to the lower ID
+        order = sorted(range(len(state)), key=lambda r: (-float(scores[r]), int(state.ids[r])))[:k]
+        return scores[order], state.ids[order]
+
     def usage(self) -> dict:
         return {"file_size": 0, "journal_size": 0, "journal_file": None}
 
