@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import stat
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,13 +17,22 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .image_limits import LIMITS, REDUCIBLE_MODES, encode_crop_box, frame_bytes, ico_frames, reduce_factor
 
-try:  # HEIC/HEIF support is optional: pip install pillow-heif
-    import pillow_heif  # type: ignore[import-not-found]
+#: HEIC/HEIF support is optional (pip install pillow-heif); its opener is registered when the first HEIF file is
+#: seen, so that a start-up (and every other image) does not pay for importing it
+HEIF_SUPPORTED = importlib.util.find_spec("pillow_heif") is not None
+_heif_lock = threading.Lock()
+_heif_registered = False
 
-    pillow_heif.register_heif_opener()
-    HEIF_SUPPORTED = True
-except ImportError:  # pragma: no cover - depends on the environment
-    HEIF_SUPPORTED = False
+
+def _register_heif() -> None:
+    """Register pillow-heif's opener with Pillow (once)."""
+    global _heif_registered
+    with _heif_lock:
+        if not _heif_registered:
+            import pillow_heif  # type: ignore[import-not-found]
+
+            pillow_heif.register_heif_opener()
+            _heif_registered = True
 
 #: Images with more pixels than this are refused before decoding (decompression-bomb guard).
 #: 120 megapixels: far above any camera photo (a 4000 x 3000 photo is 12 MP), far below a bomb.
@@ -238,8 +249,10 @@ def _open(data: bytes, name: str, max_pixels: int, load: bool = True, min_side: 
     """Open (and unless load=False decode) the first frame after the size, memory and container checks."""
     if not data:
         raise ImageError(name, "the file is empty (0 bytes)")
-    if is_heif(data) and not HEIF_SUPPORTED:
-        raise ImageError(name, "HEIC/HEIF images need the optional package pillow-heif (pip install pillow-heif)")
+    if is_heif(data):
+        if not HEIF_SUPPORTED:
+            raise ImageError(name, "HEIC/HEIF images need the optional package pillow-heif (pip install pillow-heif)")
+        _register_heif()
     for declared, real in ico_frames(data):  # Pillow decodes an ICO's frame inside Image.open: check it first
         if real[0] * real[1] > declared[0] * declared[1]:
             raise ImageError(name, f"the icon says {declared[0]} x {declared[1]} pixels but holds a {real[0]} x "
