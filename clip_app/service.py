@@ -243,7 +243,15 @@ class App:
         return self.label_sets.get(name)
 
     def save_label_set(self, name: str, labels: str | Sequence[str]) -> list[str]:
-        """Save the labels under a name (replacing a saved set of that name)."""
+        """Save the labels under a name (replacing a saved set of that name); at most max_labels labels, as a
+        classify request may use."""
+        try:
+            parsed = parse_labels(labels if labels is not None else "")
+        except LabelError:
+            parsed = []  # the store says what is wrong, after checking the name
+        if len(parsed) > self.max_labels:
+            raise InputError(f"too many labels: {len(parsed)}, at most {self.max_labels} in one set "
+                             "(--max-labels / CLIP_APP_MAX_LABELS); nothing was saved")
         return self.label_sets.save(name, labels if labels is not None else "")
 
     def rename_label_set(self, old: str, new: str) -> None:

@@ -83,4 +83,7 @@ def test_labels_and_prompts_per_request_are_capped(tmp_path: Path, colour_encode
     with pytest.raises(InputError, match=r"2 labels x 80 templates = 160 prompts, at most 100 \(--max-prompts"):
         app.classify(str(photo), "red, green", "ensemble", save=True)
     assert colour_encoder.cache_misses == calls and len(app.library) == 1  # nothing encoded, nothing stored
+    with pytest.raises(InputError, match=r"too many labels: 6, at most 5 in one set"):
+        app.save_label_set("big", "a, b, c, d, e, f")
+    assert "big" not in app.label_set_names()
     assert app.classify(str(photo), "red, green, blue, cyan, white", save=False).scores[0].label == "green"
