@@ -40,6 +40,8 @@ from .library import (
     private_paths,
 )
 from .prompts import TEMPLATE_CHOICES, family_templates
+from .request_limits import BodyLimit
+from .served_copies import forget_on_delete
 from .thumbnails import Thumbnails, thumbs_dir
 
 log = logging.getLogger(__name__)
@@ -491,6 +493,6 @@ class App:
 
 
 __all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
-           "GalleryPage", "LibraryStats", "Hit", "clean_query", "thumbs_dir",
+           "GalleryPage", "LibraryStats", "Hit", "clean_query", "thumbs_dir", "BodyLimit", "forget_on_delete",
            "DEFAULT_MAX_REQUEST_SIZE", "english_note", "parse_size", "format_size",
            "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "TEMPLATE_CHOICES", "private_paths"]

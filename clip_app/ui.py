@@ -15,7 +15,6 @@ from typing import Any, Callable, Sequence
 
 import gradio as gr
 
-from .served_copies import forget_on_delete
 from .service import (
     DEFAULT_K,
     DEFAULT_MAX_REQUEST_SIZE,
@@ -25,9 +24,11 @@ from .service import (
     TEMPLATE_CHOICES,
     USER_ERRORS,
     App,
+    BodyLimit,
     ClassifyResult,
     GalleryPage,
     SearchResult,
+    forget_on_delete,
     format_size,
     private_paths,
     thumbs_dir,
@@ -516,7 +517,6 @@ def launch(demo: gr.Blocks, *, gallery_dir: Path, library_file: Path | None = No
     quarantine folder; request bodies other than uploads are capped at max_request_size bytes (413 above)."""
     from starlette.middleware import Middleware
 
-    from .request_limits import BodyLimit  # noqa: I001
 
     allowed = [str(Path(gallery_dir).resolve()), str(thumbs_dir(Path(gallery_dir)).resolve()),
                str(UNAVAILABLE_IMAGE)] + [str(p) for p in example_files()]

@@ -213,8 +213,7 @@ def test_the_ui_module_stays_thin() -> None:
                  if isinstance(node, ast.ImportFrom) and node.level == 0}
     relative = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
     assert not imported & {"torch", "clip", "PIL", "numpy"}
-    # besides the App: the server's own helpers (a request-body cap, removing Gradio's copies of deleted images)
-    assert relative <= {"service", "request_limits", "served_copies"}
+    assert relative <= {"service"}
     calls = {node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
              for node in ast.walk(tree) if isinstance(node, ast.Call)}
     assert not calls & {"open", "read_bytes", "read_text", "write_bytes", "load", "save", "encode_texts",
