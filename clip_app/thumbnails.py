@@ -13,13 +13,13 @@ from __future__ import annotations
 import io
 import logging
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Iterable
 
 from PIL import Image, features
 
+from .files import replace_atomically
 from .images import ImageError, decode_image, read_bytes
 
 log = logging.getLogger(__name__)
@@ -71,14 +71,7 @@ class Thumbnails:
         else:
             data, label = read_bytes(Path(source), name)
         thumb = make_thumbnail(data, label, self.side)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{target.name}.{secrets.token_hex(4)}.partial"
-        try:
-            tmp.write_bytes(thumb)
-            os.replace(tmp, target)  # a thumbnail is derived data: atomic, but not fsynced
-        finally:
-            tmp.unlink(missing_ok=True)
-        return target
+        return replace_atomically(target, lambda handle: handle.write(thumb))
 
     def _require_inside(self, path: Path, name: str) -> None:
         """Only a regular file of the gallery is shown: a link to a file outside it, a folder, a FIFO never are."""

@@ -168,8 +168,9 @@ def run(args: argparse.Namespace) -> int:
                                                             repeats, args.k, results, work),
             "app": lambda: perf_app.measure_cold_start(checkpoint, photos["classify"][0], 1 if quick else repeats,
                                                        results, work),
-            "page": lambda: perf_thumbs.measure_gallery_page(encoder, repeats, results, work,
-                                                             count=8 if quick else perf_thumbs.PAGE_PHOTOS),
+            "page": lambda: perf_thumbs.measure_gallery_page(
+                encoder, repeats, results, work, count=8 if quick else perf_thumbs.PAGE_PHOTOS,
+                size=(1600, 1200) if quick else perf_thumbs.PHOTO_SIZE),
         }
         for name in SECTIONS:
             if name not in only:

@@ -72,8 +72,8 @@ def measure_gallery_page(encoder: object, repeats: int, results: Results, workdi
     after = serve_and_view(App(encoder, library), root / "gallery", repeats + 1)  # type: ignore[arg-type]
     cold, warm = after[0], after[1:]
     label = f"gallery page of {count} photos of {size[0]} x {size[1]}"
-    results.add("app.page.bytes.full", f"{label}: bytes sent, full files (before)", "B", [b for b, _ in before])
-    results.add("app.page.bytes.thumbs", f"{label}: bytes sent, thumbnails", "B", [b for b, _ in warm])
+    results.add("app.page.bytes.full", f"{label}: data sent, full files (before)", "MB", [b / 2**20 for b, _ in before])
+    results.add("app.page.bytes.thumbs", f"{label}: data sent, thumbnails", "MB", [b / 2**20 for b, _ in warm])
     results.add("app.page.bytes.ratio", f"{label}: thumbnail bytes / full-file bytes", "x",
                 [t / f for (t, _), (f, _) in zip(warm, before)])
     results.add("app.page.seconds.full", f"{label}: call + downloads, full files (before)", "s", [s for _, s in before])
