@@ -39,7 +39,7 @@ from .errors import FinetuneError
 from .loop import LoopState
 from .objectives import LinearHead, VisualClassifier, wise
 from .optim import param_groups
-from .outputs import HEAD, LABEL_SETS, MODEL, load_checkpoint, prepare_out, save_tensors
+from .outputs import HEAD, LABEL_SETS, MODEL, load_checkpoint, prepare_out, save_clip_model, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class ClassifyTask:
     def save_model(self, path: Path) -> None:
         """DIR/model.pt (CLIP with this tower) and DIR/head.pt (the head) of the current weights."""
         state = self.model.state_dict()
-        save_tensors(path, self.clip_state(state))
+        save_clip_model(path, self.clip_state(state))
         save_tensors(path.with_name(HEAD), {k: v.detach().cpu() for k, v in state.items() if k.startswith("head.")})
 
 

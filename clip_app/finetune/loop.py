@@ -203,11 +203,11 @@ class Loop:
                     with torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
                         loss = self.task.loss(pixels.to(config.device, non_blocking=True), targets.to(config.device))
                     if not torch.isfinite(loss):
-                        return LoopResult(state, "nan", f"the loss became {float(loss)} at epoch {state.epoch + 1}, "
+                        return LoopResult(state, "nan", f"the loss became {float(loss.detach())} at epoch {state.epoch + 1}, "
                                           f"step {state.step + 1}: stopped; {MODEL} holds the best model so far and "
                                           f"{CHECKPOINT} (if any) the last epoch's state. Lower --lr.")
                     self.scaler.scale(loss / config.accumulate).backward()
-                    step_loss += float(loss) / config.accumulate
+                    step_loss += float(loss.detach()) / config.accumulate
                     pending_items += len(indices)
                     micro += 1
                     bar.update(1)

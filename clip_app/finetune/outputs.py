@@ -69,6 +69,15 @@ def save_tensors(path: Path, payload: dict) -> None:
     save_atomically(path, lambda handle: torch.save(payload, handle))
 
 
+def save_clip_model(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Save a CLIP state dict as OpenAI's checkpoints store it: the matrices in fp16 (clip.load's build_model rounds
+    them so anyway), the rest in fp32. The file is then exactly the model that `--model path` loads."""
+    from clip.model import build_model
+
+    model = build_model({k: v.detach().cpu().float() for k, v in state.items()})
+    save_tensors(path, {k: v.detach() for k, v in model.state_dict().items()})
+
+
 def load_checkpoint(path: Path) -> dict:
     """A resumable checkpoint written by save_tensors (loaded with weights_only=True: it never runs code)."""
     try:
@@ -97,18 +106,18 @@ def write_result(out: Path, result: dict) -> Path:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
     return "" if value is None else str(value)
 
 
-def flat_metrics(metrics: dict | None, prefix: str = "") -> dict[str, float]:
+def flat_metrics(metrics: dict | None, prefix: str = "") -> dict[str, int | float]:
     """{'text_to_image': {'R@1': ..}} -> {'text_to_image R@1': ..}, numbers only."""
-    out: dict[str, float] = {}
+    out: dict[str, int | float] = {}
     for key, value in (metrics or {}).items():
         if isinstance(value, dict):
             out.update(flat_metrics(value, f"{prefix}{key} "))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = float(value)
+            out[f"{prefix}{key}"] = value
     return out
 
 

@@ -35,7 +35,7 @@ from .data import ImageItems, check_pairs, read_split, unreadable_images, withou
 from .loop import LoopState
 from .objectives import clip_loss
 from .optim import param_groups
-from .outputs import MODEL, prepare_out, save_tensors
+from .outputs import MODEL, prepare_out, save_clip_model
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,8 @@ class RetrievalTask:
         return float(metrics["mean_R@5"])
 
     def save_model(self, path: Path) -> None:
-        """The CLIP state dict (fp32, CPU tensors): `--model path` loads it everywhere."""
-        save_tensors(path, {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        """The CLIP state dict as OpenAI's checkpoints hold it: `--model path` loads it everywhere."""
+        save_clip_model(path, self.model.state_dict())
 
 
 def _prepare_data(args: argparse.Namespace, min_side: int) -> tuple[Flickr8k, Flickr8k, dict[str, str]]:
