@@ -203,7 +203,8 @@ class Loop:
                     with torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
                         loss = self.task.loss(pixels.to(config.device, non_blocking=True), targets.to(config.device))
                     if not torch.isfinite(loss):
-                        return LoopResult(state, "nan", f"the loss became {float(loss.detach())} at epoch {state.epoch + 1}, "
+                        value = float(loss.detach())
+                        return LoopResult(state, "nan", f"the loss became {value} at epoch {state.epoch + 1}, "
                                           f"step {state.step + 1}: stopped; {MODEL} holds the best model so far and "
                                           f"{CHECKPOINT} (if any) the last epoch's state. Lower --lr.")
                     self.scaler.scale(loss / config.accumulate).backward()
