@@ -150,3 +150,12 @@ def test_bad_class_folders_are_refused(base: Path, tmp_path: Path, capsys: pytes
     (root / "val").rmdir()
     assert main(classify_args(root, base, tmp_path / "b")) == 2
     assert "'val' split is missing" in capsys.readouterr().err
+
+
+def test_patience_stops_when_evaluations_stop_improving(base: Path, folders: Path, tmp_path: Path) -> None:
+    argv = classify_args(folders, base, tmp_path, **{"--epochs": 4, "--lr": 1e-12, "--head-lr": 1e-12,
+                                                      "--patience": 1, "--freeze-visual": True})
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "finetune.json").read_text())
+    assert [e["epoch"] for e in result["epochs"]] == [1]  # no better than zero-shot after one evaluation: stop
+    assert result["best_epoch"] == 0 and not (tmp_path / "checkpoint.pt").exists()
