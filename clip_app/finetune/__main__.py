@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted before training started; nothing to resume", file=sys.stderr)
+        print("interrupted outside the training loop; continue with --resume if --out holds a checkpoint.pt, "
+              "else start again with --overwrite", file=sys.stderr)
         return 130
     result = outcome.result
     if result.status in ("interrupted", "max_steps"):

@@ -229,7 +229,9 @@ def headline(summary: dict) -> str:
     """One line: top-1 before -> after (-> after WiSE-FT)."""
     before, after = summary["before"]["top1"], summary["after"] or {}
     text = f"classification fine-tuning (best epoch {summary['best_epoch']}): val top-1 {before:.4f}"
-    if after:
+    if not after:
+        text += f"; not finished ({len(summary['epochs'])} epoch(s) done, best so far: epoch {summary['best_epoch']})"
+    else:
         wise_ft = after["wise"]
         text += f" -> {after['top1']:.4f} fine-tuned, {wise_ft['top1']:.4f} WiSE-FT (alpha {wise_ft['alpha']})"
     return text

@@ -122,14 +122,14 @@ class Outcome:
 
 
 def train(task: Task, args: argparse.Namespace, device: str, out: Path, fingerprint: dict,
-          step_hook: Callable[[LoopState], None] | None = None) -> tuple[Loop, LoopResult]:
-    """Seed, resume or evaluate the untrained model, then run the loop."""
+          step_hook: Callable[[LoopState], None] | None = None, before: dict | None = None) -> tuple[Loop, LoopResult]:
+    """Seed, resume or evaluate the untrained model (unless `before` holds its metrics), then run the loop."""
     torch.manual_seed(args.seed)
     loop = Loop(task, loop_config(args, device), out, fingerprint, step_hook=step_hook)
     if args.resume:
         loop.resume()
     else:
-        loop.evaluate_before()
+        loop.evaluate_before(before)
     return loop, loop.run()
 
 

@@ -151,10 +151,11 @@ class Loop:
         log.info("resumed at epoch %d, batch %d (step %d)", self.state.epoch + 1, self.state.batch, self.state.step)
 
     # ---- the loop -------------------------------------------------------------------------------------------
-    def evaluate_before(self) -> dict:
-        """Evaluate the untrained model (the zero point of the best-model choice) and save it as DIR/model.pt."""
+    def evaluate_before(self, metrics: dict | None = None) -> dict:
+        """Evaluate the untrained model (the zero point of the best-model choice; `metrics` when measured already)
+        and save it as DIR/model.pt."""
         started = time.perf_counter()
-        metrics = self.task.evaluate()
+        metrics = self.task.evaluate() if metrics is None else metrics
         self.state.before = metrics
         self.state.best_score, self.state.best_epoch = self.task.score(metrics), 0
         self.task.save_model(self.out / MODEL)

@@ -153,8 +153,11 @@ def run(args: argparse.Namespace, step_hook: Callable[[LoopState], None] | None 
     base_model = {"model": settings.model, "name": base.name, "identity": base.identity}
     fingerprint = {"task": "retrieval", "base_identity": base.identity, "data": {k: v for k, v in data.items()},
                    "hyperparameters": hyper}
+    before = None
+    if not args.resume:  # the base model as loaded (fp16 on a GPU), exactly as the benchmark evaluates it
+        before = evaluate_encoder(base, eval_data, args.eval_batch_size, args.workers, not args.no_progress)
     task = RetrievalTask(base, train_data, eval_data, args)
-    loop, result = train(task, args, base.device, out, fingerprint, step_hook)
+    loop, result = train(task, args, base.device, out, fingerprint, step_hook, before)
     after = None
     if result.status not in ("max_steps", "interrupted"):  # resumable stops have no final model yet
         mark = time.perf_counter()
@@ -171,7 +174,10 @@ def run(args: argparse.Namespace, step_hook: Callable[[LoopState], None] | None 
 
 def headline(summary: dict) -> str:
     """One line: R@1/R@5 both ways, before -> after."""
-    before, after = summary["before"], summary["after"] or summary["before"]
+    before, after = summary["before"], summary["after"]
+    if after is None:
+        return f"retrieval fine-tuning not finished ({len(summary['epochs'])} epoch(s) done, best so far: epoch " \
+               f"{summary['best_epoch']})"
     parts = [f"{d.replace('_', ' ')} R@{k} {before[d][f'R@{k}']:.4f} -> {after[d][f'R@{k}']:.4f}"
              for d in ("text_to_image", "image_to_text") for k in (1, 5)]
     return f"retrieval fine-tuning (best epoch {summary['best_epoch']}): " + ", ".join(parts)
