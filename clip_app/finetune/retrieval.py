@@ -155,7 +155,9 @@ def run(args: argparse.Namespace, step_hook: Callable[[LoopState], None] | None 
                    "hyperparameters": hyper}
     before = None
     if not args.resume:  # the base model as loaded (fp16 on a GPU), exactly as the benchmark evaluates it
+        mark = time.perf_counter()
         before = evaluate_encoder(base, eval_data, args.eval_batch_size, args.workers, not args.no_progress)
+        stages["evaluate_before"] = time.perf_counter() - mark
     task = RetrievalTask(base, train_data, eval_data, args)
     loop, result = train(task, args, base.device, out, fingerprint, step_hook, before)
     after = None
