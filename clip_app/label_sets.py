@@ -46,6 +46,7 @@ class LabelSetStore:
         self.path = Path(path)
         self._builtin = builtin if builtin is not None else {IMAGENET_SET: imagenet_classnames}
         self._lock = threading.Lock()
+        self._parsed: tuple[tuple[int, int, int], dict[str, list[str]], dict[str, dict]] | None = None
 
     # ---- reading ------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -86,8 +87,17 @@ class LabelSetStore:
     def find_head(self, labels: Sequence[str], model: str) -> tuple[str, LabelHead] | None:
         """(set name, head) of the first saved set (by name) with exactly these labels and a head trained for
         `model` (an encoder identity), or None. Damaged heads are skipped with a warning."""
-        with self._lock:
-            sets, heads = self._read()
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LabelSetError(f"the label sets file {self.path} cannot be read ({exc})") from None
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # every save is a new file (os.replace)
+        with self._lock:  # classify asks on every call: parse the file again only when it changed
+            if self._parsed is None or self._parsed[0] != signature:
+                self._parsed = (signature, *self._read())
+            _, sets, heads = self._parsed
         wanted = list(labels)
         for name in sorted(heads, key=str.casefold):
             if sets.get(name) != wanted or not isinstance(heads[name], dict) or heads[name].get("model") != model:
