@@ -145,7 +145,7 @@ def read_split(root: str | Path, split: str) -> Flickr8k:
     try:
         return load_flickr8k(root, split)
     except DatasetError as exc:
-        raise FinetuneError(str(exc)) from None
+        raise FinetuneError(f"{exc} (fine-tuning trains on the 'train' split and evaluates on --eval-split)") from None
 
 
 def without_images(data: Flickr8k, bad: dict[str, str]) -> Flickr8k:
