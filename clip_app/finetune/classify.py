@@ -203,8 +203,9 @@ def run(args: argparse.Namespace, step_hook: Callable[[LoopState], None] | None 
     stages["zero_shot_head"] = time.perf_counter() - mark
     hyper = {**common_hyperparameters(args), "head_lr": args.head_lr, "freeze_visual": bool(args.freeze_visual),
              "wise": args.wise, "template": args.template}
-    data = {"root": str(train_data.root), "classes": list(train_data.classes), "labels": train_data.labels,
-            "train_images": len(train_data.paths), "val_images": len(val.paths), "skipped_images": bad}
+    data = {"root": str(Path(train_data.root).resolve()), "classes": list(train_data.classes),
+            "labels": train_data.labels, "train_images": len(train_data.paths), "val_images": len(val.paths),
+            "skipped_images": bad}
     base_model = {"model": settings.model, "name": base.name, "identity": base.identity}
     fingerprint = {"task": "classify", "base_identity": base.identity, "data": data,
                    "hyperparameters": {k: v for k, v in hyper.items() if k != "wise"}}

@@ -146,12 +146,12 @@ def run(args: argparse.Namespace, step_hook: Callable[[LoopState], None] | None 
     train_data, eval_data, bad = _prepare_data(args, base.decode_min_side)
     stages["read_data"] = time.perf_counter() - mark
     hyper = {**common_hyperparameters(args), "freeze": args.freeze, "eval_split": args.eval_split}
-    data = {"root": str(train_data.root), "layout": train_data.layout, "train_split": "train",
+    data = {"root": str(Path(train_data.root).resolve()), "layout": train_data.layout, "train_split": "train",
             "train_images": train_data.n_images, "train_pairs": train_data.n_captions,
             "eval_split": eval_data.split, "eval_images": eval_data.n_images, "eval_captions": eval_data.n_captions,
             "skipped_images": bad}
     base_model = {"model": settings.model, "name": base.name, "identity": base.identity}
-    fingerprint = {"task": "retrieval", "base_identity": base.identity, "data": {k: v for k, v in data.items()},
+    fingerprint = {"task": "retrieval", "base_identity": base.identity, "data": data,
                    "hyperparameters": hyper}
     before = None
     if not args.resume:  # the base model as loaded (fp16 on a GPU), exactly as the benchmark evaluates it
