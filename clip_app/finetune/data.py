@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..bench.flickr8k_data import DatasetError, Flickr8k, load_flickr8k
-from ..bench.retrieval import subset_captions
+from ..bench.flickr8k.data import DatasetError, Flickr8k, load_flickr8k
+from ..bench.flickr8k.metrics import subset_captions
 from ..images import IMAGE_EXTENSIONS, ImageError, open_image
 from .errors import FinetuneError
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..library_file import LibraryWriteError, replace_atomically
+from ..files import replace_atomically
 from .errors import FinetuneError
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ def save_atomically(path: Path, write: Callable[[Any], object]) -> None:
     """Write a file atomically (temp file, fsync, rename); FinetuneError when it fails (the old file is kept)."""
     try:
         replace_atomically(path, write)
-    except LibraryWriteError as exc:
-        raise FinetuneError(str(exc)) from None
+    except OSError as exc:
+        raise FinetuneError(f"could not save {path} ({exc}); the previous file is unchanged") from None
 
 
 def save_tensors(path: Path, payload: dict) -> None:

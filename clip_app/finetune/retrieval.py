@@ -16,9 +16,9 @@ import clip
 import torch
 
 from ..bench.features import encode_image_files
-from ..bench.flickr8k import TEXT_CHUNK
-from ..bench.flickr8k_data import Flickr8k
-from ..bench.retrieval import retrieval_metrics
+from ..bench.flickr8k.cli import TEXT_CHUNK
+from ..bench.flickr8k.data import Flickr8k
+from ..bench.flickr8k.metrics import retrieval_metrics
 from ..encoders import ClipEncoder, encode_text_trimmed
 from .common import (
     Outcome,
