@@ -90,7 +90,17 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 
 def load_base(settings: Settings, batch_size: int) -> ClipEncoder:
-    """The base model through the product's loader (name or checkpoint path); FinetuneError when it cannot load."""
+    """The base model through the product's loader (name or checkpoint path); FinetuneError when it cannot load
+    or is not an OpenAI CLIP model (model.pt must be a state dict of that architecture)."""
+    from ..encoders.families import parse_model_spec
+
+    try:
+        family = parse_model_spec(settings.model).family
+    except ModelLoadError as exc:
+        raise FinetuneError(str(exc)) from None
+    if family != "clip":
+        raise FinetuneError(f"fine-tuning works on OpenAI CLIP models (a name such as ViT-B/32 or a checkpoint "
+                            f"file), not on {family} models such as {settings.model!r}")
     try:
         return ClipEncoder(settings.model, device=settings.device, download_root=settings.model_dir,
                            batch_size=batch_size)

@@ -110,6 +110,8 @@ def test_bad_input_is_refused_with_a_message(small: Path, base: Path, tmp_path: 
     assert main(retrieval_args(small, base, tmp_path / "b", **{"--eval-split": "dev"})) == 2
     assert "split" in capsys.readouterr().err
     assert main(retrieval_args(tmp_path / "nowhere", base, tmp_path / "c")) == 2
+    assert main(retrieval_args(small, "open_clip:ViT-B-32/laion2b_s34b_b79k", tmp_path / "e")) == 2
+    assert "OpenAI CLIP models" in capsys.readouterr().err
     assert main(retrieval_args(small, base, tmp_path / "d", **{"--resume": True})) == 2
     assert "no checkpoint.pt" in capsys.readouterr().err
 

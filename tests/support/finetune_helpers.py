@@ -45,7 +45,7 @@ def colour_folders(root: Path, train: int = 4, val: int = 2, seed: int = 0,
     return root
 
 
-def retrieval_args(data: Path, model: Path, out: Path, **overrides: object) -> list[str]:
+def retrieval_args(data: Path, model: Path | str, out: Path, **overrides: object) -> list[str]:
     """A `python -m clip_app.finetune retrieval` command line for the tests (small, fast, CPU)."""
     options = {"--epochs": 4, "--batch-size": 8, "--lr": 1e-3, "--warmup": 2, "--weight-decay": 0.0,
                "--workers": 0, "--device": "cpu", "--eval-batch-size": 16, **overrides}
@@ -58,7 +58,7 @@ def retrieval_args(data: Path, model: Path, out: Path, **overrides: object) -> l
     return argv
 
 
-def classify_args(root: Path, model: Path, out: Path, **overrides: object) -> list[str]:
+def classify_args(root: Path, model: Path | str, out: Path, **overrides: object) -> list[str]:
     """A `python -m clip_app.finetune classify` command line for the tests."""
     options = {"--epochs": 3, "--batch-size": 4, "--lr": 1e-4, "--head-lr": 1e-2, "--workers": 0,
                "--device": "cpu", "--eval-batch-size": 16, **overrides}
