@@ -171,9 +171,10 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = T
                             help="feature library file [env CLIP_APP_LIBRARY; default features_library.pth]")
     parser.add_argument("--model-dir", dest="model_dir",
                         help="where model weights are downloaded [env CLIP_APP_MODEL_DIR; default ~/.cache/clip]")
-    parser.add_argument("--max-file-size", dest="max_file_size", default=None,
-                        help="largest image file accepted (uploads and `index add`), e.g. 20MB or 500KB "
-                        "[env CLIP_APP_MAX_FILE_SIZE; default 20MB]")
+    if library:  # the app and the index manager read image files; the benchmarks have their own data
+        parser.add_argument("--max-file-size", dest="max_file_size", default=None,
+                            help="largest image file accepted (uploads and `index add`), e.g. 20MB or 500KB "
+                            "[env CLIP_APP_MAX_FILE_SIZE; default 20MB]")
 
 
 def add_request_limit_arguments(parser: argparse.ArgumentParser) -> None:
