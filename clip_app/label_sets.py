@@ -5,6 +5,10 @@ optional tag thresholds (one for the whole set, and per label), and whether the 
 is {"version": 2, "sets": {name: {"labels": [...], "template": T, "threshold": t or null, "thresholds": {label: t},
 "tagged": bool, ...}}}; keys it does not know are kept as they are. A set with nothing but labels is written as a
 plain list of labels, version 1's form (a file holding only such sets says version 1, so older versions read it).
+
+A saved set may carry a trained classification head (clip_app.label_heads, written by `python -m clip_app.finetune
+classify`): {"version": 1, "sets": {name: [labels]}, "heads": {name: {head JSON}}}. Files without "heads" read as
+before; a set's head is dropped when its labels are saved changed, and follows it on rename and delete.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .classify import LabelError, check_threshold, parse_labels
+from .label_heads import HeadError, LabelHead
 from .library.errors import LibraryWriteError
 from .library.fileformat import replace_atomically
 from .library.store import LABEL_SETS_NAME
@@ -27,8 +32,6 @@ log = logging.getLogger(__name__)
 IMAGENET_SET = "ImageNet (1000 classes, built in)"
 FORMAT_VERSION = 2
 MAX_NAME_CHARS = 80
-DEFAULT_TEMPLATE = "single"
-KNOWN_KEYS = ("labels", "template", "threshold", "thresholds", "tagged")
 
 
 class LabelSetError(ValueError):
@@ -38,6 +41,10 @@ class LabelSetError(ValueError):
 def default_label_sets_file(library_file: Path) -> Path:
     """The label sets file that belongs to a library: `label_sets.json` in the same folder."""
     return Path(library_file).with_name(LABEL_SETS_NAME)
+
+
+DEFAULT_TEMPLATE = "single"
+KNOWN_KEYS = ("labels", "template", "threshold", "thresholds", "tagged")
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ class LabelSet:
 
 
 class LabelSetStore:
-    """Named label sets kept in one JSON file (see the module's docstring), written atomically.
+    """Named label sets kept in one JSON file ({"version": 1, "sets": {name: [labels]}}), written atomically.
 
     The built-in ImageNet set is always listed first and can be read but not saved over, renamed or deleted.
     A file that cannot be read is never overwritten: every operation that needs it raises LabelSetError.
@@ -103,6 +110,7 @@ class LabelSetStore:
         self.path = Path(path)
         self._builtin = builtin if builtin is not None else {IMAGENET_SET: imagenet_classnames}
         self._lock = threading.Lock()
+        self._parsed: tuple[tuple[int, int, int], dict[str, LabelSet], dict[str, dict]] | None = None
 
     # ---- reading ------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -139,19 +147,63 @@ class LabelSetStore:
         return name in self._builtin
 
     # ---- writing ------------------------------------------------------------------------------------------
-    def save(self, name: str, labels: str | Sequence[str], template: str | None = None) -> list[str]:
-        """Save (or replace) a set from label text or a list; returns the cleaned labels. A replaced set keeps its
-        template (unless one is given), its thresholds of the labels it keeps, and its other settings."""
+    def head(self, name: str) -> LabelHead | None:
+        """The trained head a saved set carries, or None; LabelSetError when it is damaged."""
+        with self._lock:
+            raw = self._read()[1].get(name)
+        if raw is None:
+            return None
+        try:
+            return LabelHead.from_json(raw)
+        except HeadError as exc:
+            raise LabelSetError(f"the head of label set {name!r} in {self.path} cannot be used: {exc}") from None
+
+    def find_head(self, labels: Sequence[str], model: str) -> tuple[str, LabelHead] | None:
+        """(set name, head) of the first saved set (by name) with exactly these labels and a head trained for
+        `model` (an encoder identity), or None. Damaged heads are skipped with a warning."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LabelSetError(f"the label sets file {self.path} cannot be read ({exc})") from None
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # every save is a new file (os.replace)
+        with self._lock:  # classify asks on every call: parse the file again only when it changed
+            if self._parsed is None or self._parsed[0] != signature:
+                self._parsed = (signature, *self._read())
+            _, sets, heads = self._parsed
+        wanted = list(labels)
+        for name in sorted(heads, key=str.casefold):
+            if (name not in sets or list(sets[name].labels) != wanted or not isinstance(heads[name], dict)
+                    or heads[name].get("model") != model):
+                continue
+            try:
+                return name, LabelHead.from_json(heads[name])
+            except HeadError as exc:
+                log.warning("label set %r: its head is ignored (%s)", name, exc)
+        return None
+
+    def save(self, name: str, labels: str | Sequence[str], template: str | None = None,
+             head: LabelHead | None = None) -> list[str]:
+        """Save (or replace) a set from label text or a list, optionally with a trained head (one row per label);
+        returns the cleaned labels. Saving changed labels without a head drops the set's old head. A replaced set
+        keeps its template (unless one is given), its thresholds of the labels it keeps, and its other settings."""
         name = self._check_name(name)
         cleaned = parse_labels(labels)
         if template is not None:
             template = check_template(template)
+        if head is not None and len(head.weight) != len(cleaned):
+            raise LabelSetError(f"the head has {len(head.weight)} classes but the set {len(cleaned)} labels")
         with self._lock:
-            sets = self._load()
+            sets, heads = self._read()
             old = sets.get(name) or LabelSet(name, ())
+            if head is not None:
+                heads[name] = head.to_json()
+            elif name in heads and list(old.labels) != cleaned:
+                del heads[name]
             kept = {k: v for k, v in old.thresholds.items() if k in cleaned}
             sets[name] = replace(old, labels=tuple(cleaned), template=template or old.template, thresholds=kept)
-            self._write(sets)
+            self._write(sets, heads)
         log.info("saved label set %r (%d labels) to %s", name, len(cleaned), self.path)
         return cleaned
 
@@ -200,9 +252,11 @@ class LabelSetStore:
                 raise LabelSetError(f"there is no label set named {old!r}")
             if new != old and new in sets:
                 raise LabelSetError(f"a label set named {new!r} already exists; delete it first or pick another name")
+            heads = self._read()[1]
             sets = {(new if key == old else key): (replace(value, name=new) if key == old else value)
                     for key, value in sets.items()}
-            self._write(sets)
+            heads = {(new if key == old else key): value for key, value in heads.items()}
+            self._write(sets, heads)
         log.info("renamed label set %r to %r", old, new)
 
     def delete(self, name: str) -> None:
@@ -212,8 +266,10 @@ class LabelSetStore:
             sets = self._load()
             if name not in sets:
                 raise LabelSetError(f"there is no label set named {name!r}")
+            heads = self._read()[1]
             del sets[name]
-            self._write(sets)
+            heads.pop(name, None)
+            self._write(sets, heads)
         log.info("deleted label set %r", name)
 
     # ---- internals ----------------------------------------------------------------------------------------
@@ -231,23 +287,36 @@ class LabelSetStore:
             raise LabelSetError(f"{name!r} is built in and read-only; save your changes under a new name")
 
     def _load(self) -> dict[str, LabelSet]:
+        return self._read()[0]
+
+    def _read(self) -> tuple[dict[str, LabelSet], dict[str, dict]]:
+        """(sets, heads in their JSON form) from the file; LabelSetError when it cannot be read."""
         if not self.path.exists():
-            return {}
+            return {}, {}
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
             sets = raw["sets"]
+            heads = raw.get("heads", {})
+            if not isinstance(heads, dict):
+                raise ValueError("'heads' must map set names to heads")
             if not isinstance(sets, dict) or not all(isinstance(k, str) for k in sets):
                 raise ValueError("'sets' must map names to label sets")
-            return {k: LabelSet.from_json(k, v) for k, v in sets.items()}
+            parsed = {k: LabelSet.from_json(k, v) for k, v in sets.items()}
+            return parsed, {k: v for k, v in heads.items() if k in sets}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LabelSetError(f"the label sets file {self.path} cannot be read ({exc}); fix or move it away "
                                 "(it is left untouched)") from None
 
-    def _write(self, sets: dict[str, LabelSet]) -> None:
+    def _write(self, sets: dict[str, LabelSet], heads: dict[str, dict] | None = None) -> None:
         """Save atomically (the library's writer: temp file, fsync, os.replace); LabelSetError when it fails."""
+        if heads is None:
+            heads = self._read()[1]
         entries = {k: v.to_json() for k, v in sets.items()}
         version = 1 if all(isinstance(v, list) for v in entries.values()) else FORMAT_VERSION  # readable by older apps
-        payload = json.dumps({"version": version, "sets": entries}, ensure_ascii=False, indent=1)
+        document: dict = {"version": version, "sets": entries}
+        if heads:
+            document["heads"] = {k: v for k, v in heads.items() if k in sets}
+        payload = json.dumps(document, ensure_ascii=False, indent=1)
         try:
             replace_atomically(self.path, lambda handle: handle.write(payload.encode("utf-8")))
         except LibraryWriteError as exc:

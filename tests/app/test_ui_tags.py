@@ -55,17 +55,17 @@ def test_images_with_tag_gallery_filter_and_search_limited_to_a_tag(demo: gr.Blo
     items, info, page, ids = endpoint(demo, "gallery_page").fn(1, "red")
     assert ids == [1, 4] and info == "Page 1 of 1 · 2 images tagged “red”"
     assert endpoint(demo, "gallery_page").fn(1)[3] == [1, 2, 3, 4]
-    items, message = endpoint(demo, "search").fn("something green", 5, 0.0, "red")
+    items, message, _ = endpoint(demo, "search").fn("something green", 5, 0.0, "red")
     assert {c.split(" ")[0] for _, c in items} == {"#1", "#4"} and "only images tagged “red”" in message
     choices = ui.tag_choice_list(app)
     assert choices[0][1] == "" and ("red · 2", "red") in choices
 
 
 def test_no_confident_match_is_said_above_the_best_guesses(demo: gr.Blocks) -> None:
-    items, message = endpoint(demo, "search").fn("a photo of a purple thing", 2)
+    items, message, _ = endpoint(demo, "search").fn("a photo of a purple thing", 2)
     assert len(items) == 2 and message.startswith("**No confident match**")
     assert message.index("No confident match") < message.index("2 of 4 images shown")
-    items, message = endpoint(demo, "search").fn("a photo of a red thing", 2)
+    items, message, _ = endpoint(demo, "search").fn("a photo of a red thing", 2)
     assert "No confident match" not in message and items[0][1].endswith("percentile 100.0")
 
 
