@@ -212,26 +212,40 @@ def fit_logistic(features: torch.Tensor, labels: torch.Tensor, n_classes: int, c
                  tol: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression as scikit-learn's (minimise 0.5 |W|^2 + c * sum of cross-entropies, bias
     not penalised), by L-BFGS in float32 from `init` (or zeros) until the gradient's largest entry is under `tol`:
-    features [M, D], labels [M] -> (weight [D, C], bias [C])."""
+    features [M, D], labels [M] -> (weight [D, C], bias [C]).
+
+    The optimum's weight lies in the span of the examples (the gradient of the loss does, and the penalty pulls
+    the rest to zero), so when M + C < D the problem is solved in an orthonormal basis of that span and the
+    start: the same minimum at a fraction of the cost."""
     x = features.float()
     m, d = x.shape
-    weight = init[0].float().contiguous().clone() if init is not None else torch.zeros(d, n_classes)
-    bias = init[1].float().contiguous().clone() if init is not None else torch.zeros(n_classes)
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=tol,
-                                  tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
+    w0 = init[0].float() if init is not None else torch.zeros(d, n_classes)
+    b0 = init[1].float() if init is not None else torch.zeros(n_classes)
+    basis = None
+    if m + n_classes < d:
+        basis = torch.linalg.qr(torch.cat([x.T, w0], dim=1)).Q  # [D, r]: spans the examples and the start
+        x, w0 = x @ basis, basis.T @ w0
+    r = x.shape[1]
+    onehot = torch.nn.functional.one_hot(labels, n_classes).float()
     penalty = 0.5 / (c * m)  # the objective divided by c * m: same minimum, gradients of order one
+    flat = torch.cat([w0.reshape(-1), b0]).contiguous().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([flat], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-10,
+                                  history_size=20, line_search_fn="strong_wolfe")
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ weight + bias, labels) + penalty * (weight * weight).sum()
-        loss.backward()
+    def closure() -> torch.Tensor:  # loss and gradient by hand: no autograd graph per evaluation
+        weight, bias = flat.detach()[: r * n_classes].view(r, n_classes), flat.detach()[r * n_classes:]
+        logits = x @ weight + bias
+        log_probs = logits.log_softmax(dim=1)
+        loss = -(log_probs * onehot).sum() / m + penalty * (weight * weight).sum()
+        residual = (log_probs.exp() - onehot) / m  # [M, C]
+        flat.grad = torch.cat([(x.T @ residual + 2 * penalty * weight).reshape(-1), residual.sum(dim=0)])
         return loss
 
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return weight.detach().float(), bias.detach().float()
+    optimizer.step(closure)
+    weight, bias = flat.detach()[: r * n_classes].view(r, n_classes), flat.detach()[r * n_classes:]
+    if basis is not None:
+        weight = basis @ weight
+    return weight.contiguous().clone(), bias.clone()
 
 
 def wise_head(text_weights: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, t: float) -> LinearHead:

@@ -1,0 +1,206 @@
+"""The `fewshot` sub-command: flags, the each-model loop, the outputs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ...adapt import METHODS, AdaptError, parse_methods
+from ...config import Settings
+from ...encoders import ClipEncoder, ModelLoadError
+from ...images import ImageError
+from ...prompts import TEMPLATE_CHOICES, templates_for
+from ..features import MAX_DEFAULT_WORKERS, FeatureCache, cached_image_features, default_workers
+from ..imagenet_eval import text_classifier
+from ..imagenet_readers import DatasetError
+from .data import FewshotData, read_image_folder, read_imagenet_pair
+from .protocol import DEFAULT_SEEDS, DEFAULT_SHOTS, Outcome, evaluate, plan_draws
+from .report import output_stem, write_plot, write_record, write_summary
+from .synthetic import synthetic_features
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fewshot sub-command's flags."""
+    parser.add_argument("--root", help="image-folder data set (DIR/train/<class>/*, DIR/val/<class>/* or "
+                        "DIR/test/<class>/*; class names from the folders, '_' -> space, or DIR/classnames.json); "
+                        "with --imagenet-train: the ImageNet validation folder (any layout the imagenet benchmark "
+                        "reads)")
+    parser.add_argument("--model", action="append", metavar="NAME_OR_PATH",
+                        help="CLIP model name or checkpoint path; repeat for several [default: CLIP_APP_MODEL or "
+                        "ViT-B/32]")
+    parser.add_argument("--shots", default=",".join(map(str, DEFAULT_SHOTS)),
+                        help="comma-separated examples per class [default 1,2,4,8,16]")
+    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
+                        help=f"draws per shot count (seeds 1..N) [default {DEFAULT_SEEDS}]")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated: zeroshot, prototype (blend of text and example mean), tip "
+                        "(training-free Tip-Adapter), linear (logistic-regression probe, WiSE-mixed with the "
+                        "zero-shot head) [default: all]")
+    parser.add_argument("--out", default="results", help="output folder [default results/]")
+    parser.add_argument("--imagenet-train", metavar="DIR",
+                        help="ImageNet training folder of <wnid>/ class folders: shots come from it, --root is the "
+                        "validation set, all 1000 classes")
+    parser.add_argument("--devkit", help="ImageNet devkit folder when it is not under --root")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="ImageNet: evaluate on a class-balanced subset of N validation images")
+    parser.add_argument("--template", choices=TEMPLATE_CHOICES,
+                        help="prompt template(s) of the zero-shot head: single ('a photo of a {}.') or ensemble "
+                        "(CLIP's 80) [default: ensemble for ImageNet, single otherwise]")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass [default 64]")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help=f"DataLoader worker processes [default: CPU count, at most {MAX_DEFAULT_WORKERS}]")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [default: CLIP_APP_DEVICE or auto]")
+    parser.add_argument("--model-dir", help="where model weights are found [default: CLIP_APP_MODEL_DIR]")
+    parser.add_argument("--cache-dir", help="feature cache folder [default <out>/cache]")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
+    parser.add_argument("--synthetic", type=int, metavar="CLASSES",
+                        help="no data set or model: made-up unit features (1,000 val images over CLASSES classes, "
+                        "512-d) to time the protocol itself (--timing)")
+    parser.add_argument("--timing", action="store_true", help="print seconds per method and stage")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads (the heads' small matrices gain nothing from more threads on a busy "
+                        "machine) [default: torch's default]")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-run lines")
+
+
+def _shots(text: str) -> tuple[int, ...]:
+    try:
+        shots = sorted({int(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        raise ValueError(f"--shots takes whole numbers separated by commas, got {text!r}") from None
+    if not shots or shots[0] < 1:
+        raise ValueError(f"--shots must be positive whole numbers, got {text!r}")
+    return tuple(shots)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate every --model; write the outputs; 0 on success, 2 on bad input."""
+    settings = Settings.from_env()
+    try:
+        shots, methods = _shots(args.shots), parse_methods(args.methods)
+        if args.seeds < 1:
+            raise ValueError("--seeds must be at least 1")
+        if args.synthetic is None and not args.root:
+            raise ValueError("--root DIR is required (or --synthetic CLASSES to time the protocol alone)")
+        if args.limit is not None and args.limit < 1:
+            raise ValueError("--limit must be at least 1")
+        if args.threads is not None and args.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        data = None if args.synthetic is not None else (
+            read_imagenet_pair(args.root, args.imagenet_train, args.devkit, args.limit) if args.imagenet_train
+            else read_image_folder(args.root))
+    except (ValueError, DatasetError, AdaptError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seeds = tuple(range(1, args.seeds + 1))
+    out = Path(args.out)
+    say = None if args.no_progress else (lambda line: print(line, flush=True))
+    if data is None:
+        record = _synthetic_run(args.synthetic, shots, seeds, methods, say)
+        return _finish(out, record, args.timing)
+    cache = None if args.no_cache else FeatureCache(Path(args.cache_dir) if args.cache_dir else out / "cache")
+    template = args.template or ("ensemble" if data.name == "imagenet" else "single")
+    print(f"{data.source}: {data.n_classes} classes, {len(data.train)} train and {len(data.val)} val images; "
+          f"shots {','.join(map(str, shots))} x seeds {len(seeds)}; methods {','.join(methods)}")
+    for model in args.model or [settings.model]:
+        try:
+            encoder = ClipEncoder(model, device=args.device or settings.device,
+                                  download_root=args.model_dir or settings.model_dir, batch_size=args.batch_size)
+            record = evaluate_model(encoder, data, template, shots, seeds, methods, cache,
+                                    batch_size=args.batch_size, workers=args.workers,
+                                    progress=not args.no_progress, say=say)
+        except (ModelLoadError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except ImageError as exc:
+            print(f"error: an image of the data set cannot be read: {exc}", file=sys.stderr)
+            return 2
+        _finish(out, record, args.timing)
+    return 0
+
+
+def evaluate_model(encoder: ClipEncoder, data: FewshotData, template: str, shots: Sequence[int],
+                   seeds: Sequence[int], methods: Sequence[str], cache: FeatureCache | None, *, batch_size: int = 64,
+                   workers: int = 0, progress: bool = True, say: Callable[[str], None] | None = None) -> dict:
+    """One model on one data set: features of the drawn shots and of val (cached), the zero-shot head, every
+    method at every (k, seed); returns the fewshot-<model>.json record."""
+    start = time.perf_counter()
+    draws = plan_draws(data.train.labels, data.n_classes, shots, seeds)
+    pool_files = [data.train.files[p] for p in draws.pool]
+    kw = dict(batch_size=batch_size, workers=workers, progress=progress)
+    train = cached_image_features(encoder, pool_files, cache, label="fewshot-train", desc=f"{encoder.name}: shots",
+                                  **kw)
+    val = cached_image_features(encoder, list(data.val.files), cache, label="fewshot-val",
+                                desc=f"{encoder.name}: val", **kw)
+    weights, text_seconds, _ = text_classifier(encoder, data.classnames, templates_for(template), cache,
+                                               progress=progress, desc=f"{encoder.name}: class texts")
+    pool_labels = torch.tensor([data.train.labels[p] for p in draws.pool], dtype=torch.long)
+    outcome = evaluate(weights, train.features, pool_labels, draws, val.features,
+                       torch.tensor(data.val.labels, dtype=torch.long), methods, say)
+    stages = {stage: train.seconds[stage] + val.seconds[stage] for stage in train.seconds}
+    stages["text_encoding"] = text_seconds
+    return _record(encoder.name, encoder.identity, data.name, data.source, data.classnames, len(data.val), template,
+                   tuple(shots), tuple(seeds), outcome, stages, time.perf_counter() - start,
+                   cached=train.cached and val.cached, n_train_encoded=len(pool_files))
+
+
+def _synthetic_run(n_classes: int, shots: tuple[int, ...], seeds: tuple[int, ...], methods: tuple[str, ...],
+                   say) -> dict:
+    start = time.perf_counter()
+    feats = synthetic_features(n_classes, max(shots))
+    draws = plan_draws(feats.train_labels.tolist(), n_classes, shots, seeds)
+    pool = torch.tensor(draws.pool, dtype=torch.long)
+    outcome = evaluate(feats.text_weights, feats.train[pool], feats.train_labels[pool], draws, feats.val,
+                       feats.val_labels, methods, say)
+    return _record("synthetic", "synthetic", "synthetic", "made-up unit features (timing only)",
+                   tuple(f"class {c}" for c in range(n_classes)), len(feats.val_labels), "none", shots, seeds,
+                   outcome, {}, time.perf_counter() - start, cached=True, n_train_encoded=0)
+
+
+def _record(model: str, identity: str, name: str, source: str, classnames: tuple[str, ...], n_val: int,
+            template: str, shots: tuple[int, ...], seeds: tuple[int, ...], outcome: Outcome, stages: dict,
+            wall: float, *, cached: bool, n_train_encoded: int) -> dict:
+    by_method = outcome.seconds_by_method()
+    return {
+        "benchmark": "fewshot",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "units": "accuracies are fractions in [0, 1]; times are seconds",
+        "model": model,
+        "model_identity": identity,
+        "dataset": {"name": name, "source": source, "n_train_encoded": n_train_encoded},
+        "template": template,
+        "shots": list(shots),
+        "seeds": list(seeds),
+        "n_classes": len(classnames),
+        "n_val": n_val,
+        "image_features_cached": cached,
+        "zero_shot": {"top1": outcome.zero_shot_top1},
+        "methods": outcome.summary(),
+        "timings": {**stages, "adaptation": sum(by_method.values()),
+                    "adaptation_cpu": sum(outcome.seconds_by_method(cpu=True).values()), "per_method": by_method,
+                    "total": wall},
+    }
+
+
+def _finish(out: Path, record: dict, timing: bool) -> int:
+    path = write_record(out, record)
+    plot = write_plot(out / f"{output_stem(record['model'])}.png", record)
+    md = write_summary(out)
+    print(f"wrote {path}, {plot.name}, {md.name} in {out}/")
+    print(md.read_text(encoding="utf-8"))
+    if timing:
+        t = record["timings"]
+        print("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in t.items() if isinstance(v, float)))
+        print("per method (s): " + ", ".join(f"{k} {v:.2f}" for k, v in t["per_method"].items()))
+    return 0
