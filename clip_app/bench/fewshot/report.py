@@ -62,11 +62,16 @@ def model_table(record: dict) -> str:
     shots = sorted({int(k) for cells in record["methods"].values() for k in cells})
     headers = ["method"] + [f"{k}-shot" for k in shots]
     rows = [[method] + [_cell(cells.get(str(k))) for k in shots] for method, cells in record["methods"].items()]
-    published = PUBLISHED["rows"]
-    for name, values in published.items():
-        cells = [f"{values['0']:.2f}"] * len(shots) if "0" in values else [
-            f"{values[str(k)]:.2f}" if str(k) in values else "–" for k in shots]
-        rows.append([f"published {PUBLISHED['model']} {PUBLISHED['dataset']}: {name}"] + cells)
+    return markdown_table(headers, rows, align_right=[False] + [True] * len(shots))
+
+
+def published_table() -> str:
+    """Markdown: the published anchors (top-1 %) by shot count."""
+    shots = sorted({int(k) for values in PUBLISHED["rows"].values() for k in values})
+    headers = [f"published ({PUBLISHED['model']}, {PUBLISHED['dataset']})"] + [
+        "zero-shot" if k == 0 else f"{k}-shot" for k in shots]
+    rows = [[name] + [f"{values[str(k)]:.2f}" if str(k) in values else "–" for k in shots]
+            for name, values in PUBLISHED["rows"].items()]
     return markdown_table(headers, rows, align_right=[False] + [True] * len(shots))
 
 
@@ -76,7 +81,7 @@ def summary_markdown(records: list[dict]) -> str:
              "Mean ± standard deviation over seeds; k examples per class drawn from train, scored on all of val. "
              "Hyper-parameters are chosen on the shots only (leave-one-out / k-fold), never on val. Published rows: "
              f"{PUBLISHED['source']}, {PUBLISHED['model']} on {PUBLISHED['dataset']} (their code tunes on the test "
-             "set; compare only like with like).", ""]
+             "set; compare only like with like).", "", published_table()]
     for record in records:
         data = record["dataset"]
         lines += [f"## {record['model']} on {data['name']}", "",
