@@ -316,6 +316,30 @@ def stratified_folds(labels: torch.Tensor, k: int) -> list[torch.Tensor]:
     return [(fold_of == i).nonzero().flatten() for i in range(k)]
 
 
+# ---- query refinement --------------------------------------------------------------------------------------
+#: Rocchio weights: the query, the mean of the positive examples, the mean of the negative ones (the classic
+#: 1 / 0.75 / 0.15 of Rocchio's relevance feedback)
+ROCCHIO = (1.0, 0.75, 0.15)
+
+
+def rocchio(query: torch.Tensor | None, positives: torch.Tensor, negatives: torch.Tensor | None = None,
+            weights: tuple[float, float, float] = ROCCHIO) -> torch.Tensor:
+    """A refined unit query [D]: normalise(a q + b mean(positives [P, D]) - c mean(negatives [Q, D])); no text
+    query: the positives alone ("more like these")."""
+    a, b, c = weights
+    parts = []
+    if query is not None:
+        parts.append(a * query.float().reshape(-1))
+    if len(positives):
+        parts.append(b * positives.float().mean(dim=0))
+    if negatives is not None and len(negatives):
+        parts.append(-c * negatives.float().mean(dim=0))
+    if not parts or (query is None and not len(positives)):
+        raise AdaptError("refining a search needs a query or at least one positive example")
+    refined = torch.stack(parts).sum(dim=0)
+    return refined / refined.norm().clamp_min(1e-12)
+
+
 # ---- dispatch ----------------------------------------------------------------------------------------------
 def adapt(method: str, text_weights: torch.Tensor, examples: Examples | None) -> Head:
     """The head of a method (one of METHODS) with hyper-parameters chosen on the examples only."""

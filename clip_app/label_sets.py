@@ -1,4 +1,7 @@
-"""Saved label sets: named lists of labels in a JSON file beside the library, plus a read-only ImageNet set."""
+"""Saved label sets: named lists of labels in a JSON file beside the library, plus a read-only ImageNet set.
+
+A saved set can also hold example image IDs per label (few-shot adaptation, clip_app.adapt); they are stored by
+library image ID under the file's optional "examples" key and disappear with their image."""
 
 from __future__ import annotations
 
@@ -29,8 +32,13 @@ def default_label_sets_file(library_file: Path) -> Path:
     return Path(library_file).with_name(LABEL_SETS_NAME)
 
 
+#: Examples of one set: label -> library image IDs (labels in the set's order; only labels that have examples).
+SetExamples = dict[str, list[int]]
+
+
 class LabelSetStore:
-    """Named label sets kept in one JSON file ({"version": 1, "sets": {name: [labels]}}), written atomically.
+    """Named label sets kept in one JSON file ({"version": 1, "sets": {name: [labels]}, "examples": {name: {label:
+    [image IDs]}}}; "examples" is optional), written atomically.
 
     The built-in ImageNet set is always listed first and can be read but not saved over, renamed or deleted.
     A file that cannot be read is never overwritten: every operation that needs it raises LabelSetError.
@@ -71,9 +79,12 @@ class LabelSetStore:
         name = self._check_name(name)
         cleaned = parse_labels(labels)
         with self._lock:
-            sets = self._load()
+            sets, examples = self._load_all()
             sets[name] = cleaned
-            self._write(sets)
+            if name in examples:  # examples of labels still in the set are kept (a label matched ignoring case)
+                kept = {label.casefold(): ids for label, ids in examples[name].items()}
+                examples[name] = {label: kept[label.casefold()] for label in cleaned if label.casefold() in kept}
+            self._write(sets, examples)
         log.info("saved label set %r (%d labels) to %s", name, len(cleaned), self.path)
         return cleaned
 
@@ -82,25 +93,118 @@ class LabelSetStore:
         self._check_writable(old)
         new = self._check_name(new)
         with self._lock:
-            sets = self._load()
+            sets, examples = self._load_all()
             if old not in sets:
                 raise LabelSetError(f"there is no label set named {old!r}")
             if new != old and new in sets:
                 raise LabelSetError(f"a label set named {new!r} already exists; delete it first or pick another name")
             sets = {(new if key == old else key): value for key, value in sets.items()}
-            self._write(sets)
+            examples = {(new if key == old else key): value for key, value in examples.items()}
+            self._write(sets, examples)
         log.info("renamed label set %r to %r", old, new)
 
     def delete(self, name: str) -> None:
         """Delete a saved set."""
         self._check_writable(name)
         with self._lock:
-            sets = self._load()
+            sets, examples = self._load_all()
             if name not in sets:
                 raise LabelSetError(f"there is no label set named {name!r}")
             del sets[name]
-            self._write(sets)
+            examples.pop(name, None)
+            self._write(sets, examples)
         log.info("deleted label set %r", name)
+
+    # ---- examples (few-shot) ------------------------------------------------------------------------------
+    def examples(self, name: str) -> SetExamples:
+        """A set's examples: label -> image IDs (built-in sets have none); LabelSetError for an unknown set."""
+        if name in self._builtin:
+            return {}
+        with self._lock:
+            sets, examples = self._load_all()
+        if name not in sets:
+            raise LabelSetError(f"there is no label set named {name!r}")
+        return _ordered(sets[name], examples.get(name, {}))
+
+    def label_of(self, name: str, label: str) -> str:
+        """The set's own spelling of a label given in any case (LabelSetError: unknown set or label)."""
+        if name in self._builtin:
+            raise LabelSetError(f"{name!r} is built in and read-only; save its labels under a new name")
+        with self._lock:
+            return self._label_of(self._load(), name, label)
+
+    def add_examples(self, name: str, label: str, ids: Sequence[int]) -> SetExamples:
+        """Add image IDs as examples of one label of a saved set (IDs already there are kept once); returns the
+        set's examples."""
+        self._check_writable(name)
+        with self._lock:
+            sets, examples = self._load_all()
+            label = self._label_of(sets, name, label)
+            current = examples.setdefault(name, {}).setdefault(label, [])
+            current += [int(i) for i in dict.fromkeys(ids) if int(i) not in current]
+            self._write(sets, examples)
+            result = _ordered(sets[name], examples[name])
+        log.info("label set %r: %d example(s) of %r", name, len(result.get(label, [])), label)
+        return result
+
+    def remove_examples(self, name: str, label: str | None, ids: Sequence[int]) -> SetExamples:
+        """Remove image IDs from the examples of one label (label None or '': of every label); an ID that is not an
+        example there is a LabelSetError and nothing is removed. Returns the set's examples."""
+        self._check_writable(name)
+        wanted = {int(i) for i in ids}
+        with self._lock:
+            sets, examples = self._load_all()
+            labels = [self._label_of(sets, name, label)] if label else list(sets.get(name, []))
+            if name not in sets:
+                raise LabelSetError(f"there is no label set named {name!r}")
+            held = examples.get(name, {})
+            present = {i for lab in labels for i in held.get(lab, [])}
+            missing = sorted(wanted - present)
+            if missing:
+                where = f"label {labels[0]!r}" if label else "any label"
+                raise LabelSetError(f"image ID(s) {', '.join(map(str, missing))} are not examples of {where} of "
+                                    f"{name!r}; nothing was removed")
+            for lab in labels:
+                if lab in held:
+                    held[lab] = [i for i in held[lab] if i not in wanted]
+            examples[name] = {lab: ids for lab, ids in held.items() if ids}
+            self._write(sets, examples)
+            return _ordered(sets[name], examples[name])
+
+    def forget_images(self, ids: Sequence[int]) -> int:
+        """Drop these image IDs from every set's examples (their images were deleted); returns how many example
+        entries went. An unreadable file is left untouched (logged): examples of missing images are ignored when
+        used anyway."""
+        gone = {int(i) for i in ids}
+        if not gone:
+            return 0
+        with self._lock:
+            try:
+                sets, examples = self._load_all()
+            except LabelSetError as exc:
+                log.warning("%s", exc)
+                return 0
+            removed = 0
+            for per_label in examples.values():
+                for label in list(per_label):
+                    before = len(per_label[label])
+                    per_label[label] = [i for i in per_label[label] if i not in gone]
+                    removed += before - len(per_label[label])
+                    if not per_label[label]:
+                        del per_label[label]
+            if removed:
+                self._write(sets, examples)
+        return removed
+
+    def _label_of(self, sets: dict[str, list[str]], name: str, label: str) -> str:
+        if name not in sets:
+            raise LabelSetError(f"there is no label set named {name!r}")
+        wanted = " ".join((label or "").split()).casefold()
+        for candidate in sets[name]:
+            if candidate.casefold() == wanted:
+                return candidate
+        raise LabelSetError(f"{label!r} is not a label of {name!r} (its labels: {', '.join(sets[name][:10])}"
+                            f"{', ...' if len(sets[name]) > 10 else ''})")
 
     # ---- internals ----------------------------------------------------------------------------------------
     def _check_name(self, name: str) -> str:
@@ -117,8 +221,11 @@ class LabelSetStore:
             raise LabelSetError(f"{name!r} is built in and read-only; save your changes under a new name")
 
     def _load(self) -> dict[str, list[str]]:
+        return self._load_all()[0]
+
+    def _load_all(self) -> tuple[dict[str, list[str]], dict[str, SetExamples]]:
         if not self.path.exists():
-            return {}
+            return {}, {}
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
             sets = raw["sets"]
@@ -126,15 +233,31 @@ class LabelSetStore:
                     isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
                     for k, v in sets.items()):
                 raise ValueError("'sets' must map names to lists of labels")
-            return {k: list(v) for k, v in sets.items()}
+            examples = raw.get("examples", {})
+            if not isinstance(examples, dict) or not all(
+                    isinstance(per, dict) and all(isinstance(lab, str) and isinstance(ids, list) and all(
+                        isinstance(i, int) and not isinstance(i, bool) for i in ids) for lab, ids in per.items())
+                    for per in examples.values()):
+                raise ValueError("'examples' must map set names to {label: [image IDs]}")
+            return ({k: list(v) for k, v in sets.items()},
+                    {k: {lab: list(ids) for lab, ids in per.items()} for k, per in examples.items() if k in sets})
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LabelSetError(f"the label sets file {self.path} cannot be read ({exc}); fix or move it away "
                                 "(it is left untouched)") from None
 
-    def _write(self, sets: dict[str, list[str]]) -> None:
+    def _write(self, sets: dict[str, list[str]], examples: dict[str, SetExamples] | None = None) -> None:
         """Save atomically (the library's writer: temp file, fsync, os.replace); LabelSetError when it fails."""
-        payload = json.dumps({"version": FORMAT_VERSION, "sets": sets}, ensure_ascii=False, indent=1)
+        document: dict = {"version": FORMAT_VERSION, "sets": sets}
+        kept = {name: per for name, per in (examples or {}).items() if name in sets and per}
+        if kept:
+            document["examples"] = kept
+        payload = json.dumps(document, ensure_ascii=False, indent=1)
         try:
             replace_atomically(self.path, lambda handle: handle.write(payload.encode("utf-8")))
         except LibraryWriteError as exc:
             raise LabelSetError(f"the label sets could not be saved: {exc}") from None
+
+
+def _ordered(labels: Sequence[str], per_label: SetExamples) -> SetExamples:
+    """Examples in the set's label order, labels without examples left out."""
+    return {label: list(per_label[label]) for label in labels if per_label.get(label)}

@@ -7,7 +7,9 @@ before anything is changed.
 from __future__ import annotations
 
 import logging
+import threading
 import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, Union
@@ -32,6 +34,7 @@ from .library import (
     private_paths,
 )
 from .prompts import templates_for
+from .service_fewshot import AdaptedResult, FewShotActions
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +158,9 @@ def english_note(query: str) -> str | None:
             "languages are usually weak: try the query in English.")
 
 
-class App:
-    """clip-app's actions over one encoder and one library; safe to share between threads (Gradio's workers)."""
+class App(FewShotActions):
+    """clip-app's actions over one encoder and one library; safe to share between threads (Gradio's workers).
+    The few-shot actions (examples per label, classify_adapted, search_refine) come from service_fewshot."""
 
     def __init__(self, encoder: ClipEncoder, library: FeatureLibrary, label_sets: LabelSetStore | None = None,
                  max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> None:
@@ -165,6 +169,8 @@ class App:
         self.label_sets = label_sets or LabelSetStore(default_label_sets_file(library.stats()["library_file"]))
         self.max_file_size = int(max_file_size)
         self.classifiers = ClassifierCache()
+        self._heads: OrderedDict = OrderedDict()  # few-shot heads by (method, labels, templates, examples)
+        self._heads_lock = threading.Lock()
         # no App-level write lock: the library serialises its saves (threads and processes) and checks for
         # duplicates again under its own lock, while it encodes outside any lock, so a photo saved from Classify
         # or a delete does not wait for a bulk upload to be encoded
@@ -293,6 +299,7 @@ class App:
         image_id = self._id(image_id)
         entry = self.library.get(image_id)
         self.library.remove([image_id])  # UnknownImageError when another request removed it meanwhile
+        self.label_sets.forget_images([image_id])  # its examples disappear with it
         log.info("deleted image #%d (%s)", entry.id, entry.file)
         return entry
 
@@ -392,6 +399,7 @@ class App:
         return k
 
 
-__all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
+__all__ = ["App", "AdaptedResult", "AppError",
+           "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
            "GalleryPage", "LibraryStats", "Hit", "english_note", "parse_size", "format_size",
            "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "private_paths"]
