@@ -34,7 +34,7 @@ from .library import (
     private_paths,
 )
 from .prompts import templates_for
-from .service_fewshot import AdaptedResult, FewShotActions
+from .service_fewshot import DEFAULT_METHOD, AdaptedResult, FewShotActions
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +399,7 @@ class App(FewShotActions):
         return k
 
 
-__all__ = ["App", "AdaptedResult", "AppError",
+__all__ = ["App", "AdaptedResult", "DEFAULT_METHOD", "AppError",
            "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
            "GalleryPage", "LibraryStats", "Hit", "english_note", "parse_size", "format_size",
            "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "private_paths"]

@@ -213,6 +213,8 @@ class _Wiring:
 
 
 def _classify_tab(app: App) -> None:
+    from .ui_fewshot import adapted_outputs, example_controls, wire_classify
+
     with gr.Row():
         with gr.Column(scale=1):
             image = uploaded_image(label="Photo", sources=["upload", "clipboard"], height=260,
@@ -237,12 +239,14 @@ def _classify_tab(app: App) -> None:
                     rename_set = gr.Button("Rename set", size="sm")
                     delete_set = gr.Button("Delete set", size="sm", variant="stop")
                 set_message = gr.Markdown(md_escape(set_problem) if set_problem else "")
+            examples = example_controls()
         with gr.Column(scale=1):
             with gr.Row():
                 top = gr.Label(num_top_classes=5, label="Top labels", elem_id="classify-top")
                 table = gr.Dataframe(headers=["label", "probability", "cosine"],
                                      datatype=["str", "number", "number"], interactive=False,
                                      label="Each label's raw cosine", max_height=360)
+            adapted = adapted_outputs()
             tag_list = gr.Markdown(label="tags", elem_id="classify-tags")
             saved = gr.Markdown(label="saved", elem_id="classify-saved")
 
@@ -253,8 +257,10 @@ def _classify_tab(app: App) -> None:
                               tag_threshold=float(threshold) if tag_mode else None)
         return label_value(result), cosine_rows(result), tags_text(result), saved_text(result)
 
-    run.click(classify, [image, labels, template, tag_mode, threshold, save], [top, table, tag_list, saved],
-              api_name="classify", concurrency_limit=READ_CONCURRENCY)
+    classified = run.click(classify, [image, labels, template, tag_mode, threshold, save],
+                           [top, table, tag_list, saved], api_name="classify", concurrency_limit=READ_CONCURRENCY)
+    wire_classify(app, examples, adapted, image=image, labels=labels, template=template, sets=sets, top=top,
+                  classified=classified)
 
     @user_errors
     def pick_set(name: str | None):
@@ -319,6 +325,9 @@ def _search_tab(app: App) -> None:
                  concurrency_limit=READ_CONCURRENCY)
     run_image.click(by_image, [example, k, min_score], [results, message], api_name="search_by_image",
                     concurrency_limit=READ_CONCURRENCY)
+    from .ui_fewshot import search_extras
+
+    search_extras(app, query=query, k=k, min_score=min_score, results=results, message=message)
 
 
 def _gallery_tab(app: App) -> _Wiring:
@@ -340,6 +349,9 @@ def _gallery_tab(app: App) -> _Wiring:
         yes = gr.Button("Yes, delete it", variant="stop", scale=0, elem_id="gallery-confirm")
         no = gr.Button("Cancel", scale=0)
     message = gr.Markdown(label="message", elem_id="gallery-message")
+    from .ui_fewshot import gallery_extras
+
+    gallery_extras(app, selected=selected)
 
     @user_errors
     def show_page(page: float | None = 1):

@@ -41,7 +41,8 @@ def client(server, tmp_path_factory: pytest.TempPathFactory) -> Client:
 def test_the_client_sees_exactly_the_named_endpoints(client: Client) -> None:
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/classify", "/search", "/search_by_image", "/add_images", "/gallery_page",
-                              "/delete_image"}
+                              "/delete_image", "/add_example", "/remove_example", "/classify_adapted",
+                              "/search_refine"}
 
 
 def test_classify_returns_the_label_first(client: Client, server, tmp_path: Path) -> None:
