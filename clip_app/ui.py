@@ -231,8 +231,8 @@ def _classify_tab(app: App) -> None:
             run = gr.Button("Classify", variant="primary", elem_id="classify-run")
             set_names, set_problem = app.label_set_choices()  # a damaged file: the built-in sets and why
             with gr.Accordion("Label sets", open=set_problem is not None):
-                sets = gr.Dropdown(set_names, value=None, label="Saved label sets",
-                                   info="picking a set fills the labels box")
+                sets = gr.Dropdown(set_names, value=None, label="Saved label sets", allow_custom_value=True,
+                                   info="picking a set fills the labels box")  # any name: sets saved later (API)
                 set_name = gr.Textbox(label="Name", placeholder="name to save the labels under, or the new name")
                 with gr.Row():
                     save_set = gr.Button("Save labels as set", size="sm")

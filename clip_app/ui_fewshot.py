@@ -210,7 +210,8 @@ def gallery_extras(app: App, *, selected: gr.Number) -> None:
     """Use the selected gallery image as an example of a label of a saved set."""
     names, _ = app.label_set_choices()
     with gr.Row():
-        label_set = gr.Dropdown(names, value=None, label="Label set", scale=1, elem_id="gallery-example-set")
+        label_set = gr.Dropdown(names, value=None, label="Label set", scale=1, elem_id="gallery-example-set",
+                                allow_custom_value=True)
         label = gr.Textbox(label="Label", scale=1, elem_id="gallery-example-label")
         use = gr.Button("Use as example of this label", scale=0, elem_id="gallery-example-add")
     note = gr.Markdown(elem_id="gallery-example-note")
