@@ -171,8 +171,9 @@ class FewShotActions:
         return result
 
     def _example_features(self: "App", labels: Sequence[str], examples: SetExamples
-                          ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list[int]]:
-        """((features [M, D], label indices [M]) of the examples still in the library, or None; ignored IDs)."""
+                          ) -> tuple[tuple[torch.Tensor, torch.Tensor, tuple[int, ...]] | None, list[int]]:
+        """((features [M, D], label indices [M], their image IDs) of the examples still in the library, or None;
+        the ignored IDs). An ID's features never change in a library (one model), so the IDs key the head."""
         pairs = [(labels.index(label), int(i)) for label, ids in examples.items() if label in labels for i in ids]
         if not pairs:
             return None, []
@@ -184,13 +185,12 @@ class FewShotActions:
         if not bool(present.any()):
             return None, ignored
         label_idx = torch.tensor([c for c, _ in pairs], dtype=torch.long)[present]
-        return (features[at[present]].float(), label_idx), ignored
+        return (features[at[present]].float(), label_idx, tuple(wanted[present].tolist())), ignored
 
     def _head(self: "App", method: str, labels: Sequence[str], templates: Sequence[str], weights: torch.Tensor,
-              found: tuple[torch.Tensor, torch.Tensor]) -> Head:
+              found: tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]) -> Head:
         """The fitted head for these examples (a small LRU: the same set and examples are fitted once)."""
-        key = (method, tuple(labels), tuple(templates), tuple(found[1].tolist()),
-               hash(found[0].numpy().tobytes()))
+        key = (method, tuple(labels), tuple(templates), tuple(found[1].tolist()), found[2])
         with self._heads_lock:
             if key in self._heads:
                 self._heads.move_to_end(key)

@@ -145,3 +145,28 @@ def test_stratified_folds_cover_every_example_once() -> None:
     assert sorted(torch.cat(folds).tolist()) == list(range(9))
     for fold in folds:
         assert set(labels[fold].tolist()) == {0, 1, 2}
+
+
+def test_leave_one_out_choices_match_a_brute_force_refit(meaningless) -> None:
+    """The closed-form leave-one-out of the prototype blend and the masked one of Tip-Adapter give the choice a
+    refit without each example gives."""
+    from clip_app.adapt import ALPHA_GRID, BETA_GRID, LAMBDA_GRID, _best, _score
+
+    weights, examples, _, _ = meaningless
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.nn.functional.normalize(weights + 0.3 * torch.randn(weights.shape, generator=gen), dim=0)
+    small = examples.subset(torch.arange(0, len(examples.labels), 2))  # 4 per class
+
+    def loo_logits(make_head) -> torch.Tensor:
+        rows = []
+        for i in range(len(small.labels)):
+            keep = torch.tensor([j for j in range(len(small.labels)) if j != i])
+            rows.append(make_head(small.subset(keep)).logits(small.features[i:i + 1])[0])
+        return torch.stack(rows)
+
+    lam_scores = [_score(loo_logits(lambda ex, lam=lam: prototype_head(weights, ex, lam)), small.labels)
+                  for lam in LAMBDA_GRID]
+    assert choose_lambda(weights, small) == LAMBDA_GRID[_best(lam_scores)]
+    pairs = [(a, b) for b in BETA_GRID for a in ALPHA_GRID]
+    tip_scores = [_score(loo_logits(lambda ex, a=a, b=b: tip_head(weights, ex, a, b)), small.labels) for a, b in pairs]
+    assert choose_tip(weights, small) == pairs[_best(tip_scores)]
