@@ -163,7 +163,7 @@ def evaluate_model(encoder: ClipEncoder, data: FewshotData, template: str, shots
 def _synthetic_run(n_classes: int, shots: tuple[int, ...], seeds: tuple[int, ...], methods: tuple[str, ...],
                    say) -> dict:
     start = time.perf_counter()
-    feats = synthetic_features(n_classes, max(shots))
+    feats = synthetic_features(n_classes, 2 * max(shots))  # a pool to draw from: seeds draw different shots
     draws = plan_draws(feats.train_labels.tolist(), n_classes, shots, seeds)
     pool = torch.tensor(draws.pool, dtype=torch.long)
     outcome = evaluate(feats.text_weights, feats.train[pool], feats.train_labels[pool], draws, feats.val,

@@ -33,7 +33,7 @@ def synthetic_features(n_classes: int, shots: int, n_val: int = N_VAL, dim: int 
 
     def images(labels: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(len(labels), dim, generator=gen) / dim ** 0.5
-        return l2_normalize(1.2 * common + 0.8 * centres[labels] + 1.4 * noise)
+        return l2_normalize(1.2 * common + 0.8 * centres[labels] + 3.0 * noise)
 
     train_labels = torch.arange(n_classes).repeat_interleave(shots)
     val_labels = torch.arange(n_val) % n_classes
