@@ -21,7 +21,7 @@ from ..features import MAX_DEFAULT_WORKERS, FeatureCache, cached_image_features,
 from ..imagenet_eval import text_classifier
 from ..imagenet_readers import DatasetError
 from .data import FewshotData, read_image_folder, read_imagenet_pair
-from .protocol import DEFAULT_SEEDS, DEFAULT_SHOTS, Outcome, evaluate, plan_draws
+from .protocol import DEFAULT_SEEDS, DEFAULT_SHOTS, Outcome, evaluate, plan_draws, torch_threads
 from .report import output_stem, write_plot, write_record, write_summary
 from .synthetic import synthetic_features
 
@@ -69,9 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--app-timing", action="store_true",
                         help="time the app's path instead: add one example, then classify a library image with the "
                         "adapted head, 16 examples x 20 labels (median of 15 rounds per method; target <= 50 ms)")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch CPU threads (the heads' small matrices gain nothing from more threads on a busy "
-                        "machine) [default: torch's default]")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="torch CPU threads while fitting and scoring the heads (their matrices are small: more "
+                        "threads mostly wait on each other on a busy machine); 0: torch's default [default 1]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-run lines")
 
 
@@ -96,23 +96,21 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--root DIR is required (or --synthetic CLASSES to time the protocol alone)")
         if args.limit is not None and args.limit < 1:
             raise ValueError("--limit must be at least 1")
-        if args.threads is not None and args.threads < 1:
-            raise ValueError("--threads must be at least 1")
+        if args.threads < 0:
+            raise ValueError("--threads must be 0 (torch's default) or more")
         data = None if args.synthetic is not None or args.app_timing else (
             read_imagenet_pair(args.root, args.imagenet_train, args.devkit, args.limit) if args.imagenet_train
             else read_image_folder(args.root))
     except (ValueError, DatasetError, AdaptError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.app_timing:
-        return _app_timing(methods)
+        return _app_timing(methods, args.threads)
     seeds = tuple(range(1, args.seeds + 1))
     out = Path(args.out)
     say = None if args.no_progress else (lambda line: print(line, flush=True))
     if data is None:
-        record = _synthetic_run(args.synthetic, shots, seeds, methods, say)
+        record = _synthetic_run(args.synthetic, shots, seeds, methods, say, args.threads)
         return _finish(out, record, args.timing)
     cache = None if args.no_cache else FeatureCache(Path(args.cache_dir) if args.cache_dir else out / "cache")
     template = args.template or ("ensemble" if data.name == "imagenet" else "single")
@@ -124,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                                   download_root=args.model_dir or settings.model_dir, batch_size=args.batch_size)
             record = evaluate_model(encoder, data, template, shots, seeds, methods, cache,
                                     batch_size=args.batch_size, workers=args.workers,
-                                    progress=not args.no_progress, say=say)
+                                    progress=not args.no_progress, say=say, threads=args.threads)
         except (ModelLoadError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -137,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_model(encoder: ClipEncoder, data: FewshotData, template: str, shots: Sequence[int],
                    seeds: Sequence[int], methods: Sequence[str], cache: FeatureCache | None, *, batch_size: int = 64,
-                   workers: int = 0, progress: bool = True, say: Callable[[str], None] | None = None) -> dict:
+                   workers: int = 0, progress: bool = True, say: Callable[[str], None] | None = None,
+                   threads: int | None = 1) -> dict:
     """One model on one data set: features of the drawn shots and of val (cached), the zero-shot head, every
     method at every (k, seed); returns the fewshot-<model>.json record."""
     start = time.perf_counter()
@@ -152,30 +151,30 @@ def evaluate_model(encoder: ClipEncoder, data: FewshotData, template: str, shots
                                                progress=progress, desc=f"{encoder.name}: class texts")
     pool_labels = torch.tensor([data.train.labels[p] for p in draws.pool], dtype=torch.long)
     outcome = evaluate(weights, train.features, pool_labels, draws, val.features,
-                       torch.tensor(data.val.labels, dtype=torch.long), methods, say)
+                       torch.tensor(data.val.labels, dtype=torch.long), methods, say, threads)
     stages = {stage: train.seconds[stage] + val.seconds[stage] for stage in train.seconds}
     stages["text_encoding"] = text_seconds
     return _record(encoder.name, encoder.identity, data.name, data.source, data.classnames, len(data.val), template,
                    tuple(shots), tuple(seeds), outcome, stages, time.perf_counter() - start,
-                   cached=train.cached and val.cached, n_train_encoded=len(pool_files))
+                   cached=train.cached and val.cached, n_train_encoded=len(pool_files), threads=threads)
 
 
 def _synthetic_run(n_classes: int, shots: tuple[int, ...], seeds: tuple[int, ...], methods: tuple[str, ...],
-                   say) -> dict:
+                   say, threads: int) -> dict:
     start = time.perf_counter()
     feats = synthetic_features(n_classes, 2 * max(shots))  # a pool to draw from: seeds draw different shots
     draws = plan_draws(feats.train_labels.tolist(), n_classes, shots, seeds)
     pool = torch.tensor(draws.pool, dtype=torch.long)
     outcome = evaluate(feats.text_weights, feats.train[pool], feats.train_labels[pool], draws, feats.val,
-                       feats.val_labels, methods, say)
+                       feats.val_labels, methods, say, threads)
     return _record("synthetic", "synthetic", "synthetic", "made-up unit features (timing only)",
                    tuple(f"class {c}" for c in range(n_classes)), len(feats.val_labels), "none", shots, seeds,
-                   outcome, {}, time.perf_counter() - start, cached=True, n_train_encoded=0)
+                   outcome, {}, time.perf_counter() - start, cached=True, n_train_encoded=0, threads=threads)
 
 
 def _record(model: str, identity: str, name: str, source: str, classnames: tuple[str, ...], n_val: int,
             template: str, shots: tuple[int, ...], seeds: tuple[int, ...], outcome: Outcome, stages: dict,
-            wall: float, *, cached: bool, n_train_encoded: int) -> dict:
+            wall: float, *, cached: bool, n_train_encoded: int, threads: int | None) -> dict:
     by_method = outcome.seconds_by_method()
     return {
         "benchmark": "fewshot",
@@ -190,6 +189,7 @@ def _record(model: str, identity: str, name: str, source: str, classnames: tuple
         "n_classes": len(classnames),
         "n_val": n_val,
         "image_features_cached": cached,
+        "threads": threads or torch.get_num_threads(),
         "zero_shot": {"top1": outcome.zero_shot_top1},
         "methods": outcome.summary(),
         "timings": {**stages, "adaptation": sum(by_method.values()),
@@ -198,10 +198,11 @@ def _record(model: str, identity: str, name: str, source: str, classnames: tuple
     }
 
 
-def _app_timing(methods: tuple[str, ...]) -> int:
+def _app_timing(methods: tuple[str, ...], threads: int) -> int:
     from .app_timing import N_LABELS, PER_LABEL, measure
 
-    figures = measure(tuple(m for m in methods if m != "zeroshot"))
+    with torch_threads(threads):
+        figures = measure(tuple(m for m in methods if m != "zeroshot"))
     print(f"add one example + classify a library image with the adapted head, {PER_LABEL} examples x {N_LABELS} "
           "labels, 512-d features (median ms; target <= 50 ms):")
     for method, row in figures.items():

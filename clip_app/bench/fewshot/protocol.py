@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -97,11 +98,32 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=1) == labels).float().mean()) if len(labels) else float("nan")
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to `threads` inside the block (None or 0: left as they are), restored after."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluate(text_weights: torch.Tensor, pool_features: torch.Tensor, pool_labels: torch.Tensor, draws: Draws,
              val_features: torch.Tensor, val_labels: torch.Tensor, methods: Sequence[str],
-             progress: Callable[[str], None] | None = None) -> Outcome:
+             progress: Callable[[str], None] | None = None, threads: int | None = None) -> Outcome:
     """Each method at each (k, seed) on its draw of the pool (features [P, D], labels [P]); scored on val
-    (features [N, D], labels [N]). Val reaches only the scoring, never a fit or a choice."""
+    (features [N, D], labels [N]) with `threads` torch threads. Val reaches only the scoring, never a fit or a
+    choice."""
+    with torch_threads(threads):
+        return _evaluate(text_weights, pool_features, pool_labels, draws, val_features, val_labels, methods,
+                         progress)
+
+
+def _evaluate(text_weights: torch.Tensor, pool_features: torch.Tensor, pool_labels: torch.Tensor, draws: Draws,
+              val_features: torch.Tensor, val_labels: torch.Tensor, methods: Sequence[str],
+              progress: Callable[[str], None] | None) -> Outcome:
     n_classes = text_weights.shape[1]
     outcome = Outcome(top1(val_features.float() @ text_weights.float(), val_labels))
     for (k, seed), rows in sorted(draws.rows.items()):
