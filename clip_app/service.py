@@ -33,7 +33,7 @@ from .library import (
     RepairReport,
     private_paths,
 )
-from .prompts import templates_for
+from .prompts import TEMPLATE_CHOICES, family_templates
 from .service_fewshot import DEFAULT_METHOD, AdaptedResult, FewShotActions
 
 log = logging.getLogger(__name__)
@@ -193,14 +193,16 @@ class App(FewShotActions):
         data, name = self._read(image)
         label_list = parse_labels(labels if labels is not None else "")
         templates = self._templates(template)
-        # a bad image stops here, before anything is stored (JPEGs decode at a reduced scale: see ClipEncoder)
-        picture = decode_image(data, name, min_side=self.encoder.decode_min_side)
+        feature: torch.Tensor | None = None
         saved: AddResult | None = None
-        feature = None
-        if save:  # the library encodes a new photo and knows a stored one: use its row, never encode twice
+        if save:  # the library decodes and encodes the photo once (or knows it) and returns its stored row
             saved = self.library.add([(data, name)]).results[0]
-            feature = self._stored_feature(saved.id)
-        if feature is None:
+            if saved.status == "failed":  # a bad image: nothing was stored; raise its ImageError
+                decode_image(data, name, min_side=self.encoder.decode_min_side)
+                raise ImageError(name, saved.error or "cannot be read")
+            feature = saved.feature
+        if feature is None:  # JPEGs decode at a reduced scale: see ClipEncoder
+            picture = decode_image(data, name, min_side=self.encoder.decode_min_side)
             feature = self.encoder.encode_images([picture])[0]  # [D]
         weights = self.classifiers.get(self.encoder, label_list, templates)  # [D, C]
         scores = rank(label_list, feature, weights)
@@ -209,14 +211,6 @@ class App(FewShotActions):
             result.threshold = float(tag_threshold)
             result.tags = tags(scores, result.threshold)
         return result
-
-    def _stored_feature(self, image_id: int | None) -> torch.Tensor | None:
-        """The library's feature row [D] of an image, or None (not stored, or removed meanwhile)."""
-        if image_id is None:
-            return None
-        ids, features = self.library.snapshot()  # [N], [N, D]
-        rows = (ids == int(image_id)).nonzero().flatten()
-        return features[int(rows[0])] if len(rows) else None
 
     # ---- Label sets ---------------------------------------------------------------------------------------
     def label_set_names(self) -> list[str]:
@@ -368,10 +362,9 @@ class App(FewShotActions):
             raise FileTooLargeError(f"{name}: {format_size(size)} is over the size limit of "
                                     f"{format_size(self.max_file_size)}; nothing was changed")
 
-    @staticmethod
-    def _templates(template: str | None) -> tuple[str, ...]:
+    def _templates(self, template: str | None) -> tuple[str, ...]:
         try:
-            return templates_for((template or "single").strip())
+            return family_templates((template or "single").strip(), self.encoder.family)
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
@@ -402,4 +395,4 @@ class App(FewShotActions):
 __all__ = ["App", "AdaptedResult", "DEFAULT_METHOD", "AppError",
            "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
            "GalleryPage", "LibraryStats", "Hit", "english_note", "parse_size", "format_size",
-           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "private_paths"]
+           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "TEMPLATE_CHOICES", "private_paths"]

@@ -92,7 +92,7 @@ class FewShotActions:
             ids = _ids(image_ids)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        if self.label_sets.is_builtin(name):
+        if name in self.label_sets.builtin_names():
             raise InputError(f"{name!r} is built in and read-only: save its labels as a new set to give it examples")
         label = self.label_sets.label_of(name, label)  # an unknown set or label stops here, before any upload
         for image_id in ids:
@@ -140,20 +140,16 @@ class FewShotActions:
         stored_id: int | None = None
         if image_id not in (None, ""):
             stored_id = self._id(image_id)
-            self.library.get(stored_id)
-            feature = self._stored_feature(stored_id)
+            feature = self._rows([stored_id])[0]  # UnknownImageError names a missing ID
         else:
             data, filename = self._read(image)
             picture = decode_image(data, filename, min_side=self.encoder.decode_min_side)
             feature = None
             if save:
                 saved = self.library.add([(data, filename)]).results[0]
-                stored_id = saved.id
-                feature = self._stored_feature(saved.id)
+                stored_id, feature = saved.id, saved.feature
             if feature is None:
                 feature = self.encoder.encode_images([picture])[0]
-        if feature is None:  # removed meanwhile
-            raise InputError(f"image #{stored_id} is no longer in the library")
         weights = self.classifiers.get(self.encoder, labels, templates)  # [D, C]
         result = AdaptedResult(labels, rank(labels, feature, weights), None, method, image_id=stored_id)
         found, result.ignored = self._example_features(labels, examples)

@@ -25,8 +25,8 @@ from clip_app.adapt import (
     tip_head,
 )
 from clip_app.classify import build_classifier
-from tests.fakes import color_encoder
-from tests.fewshot_helpers import MEANINGLESS, colour_split
+from tests.support.fakes import color_encoder
+from tests.support.fewshot_helpers import MEANINGLESS, colour_split
 
 TEMPLATE = ("a photo of a {}.",)
 

@@ -1,4 +1,10 @@
-"""The `fewshot` sub-command: flags, the each-model loop, the outputs."""
+"""Few-shot top-1 of zero-shot, prototype blend, Tip-Adapter and a linear probe: `python -m clip_app.bench fewshot`.
+
+k examples per class are drawn from DIR/train (or the ImageNet training folders) with each seed, every method is
+fitted on them alone (hyper-parameters by leave-one-out / k-fold on the shots, never on val) and scored on all of
+val; features are cached on disk. Writes fewshot-<model>.json, fewshot.md (the published Tip-Adapter anchors
+beside) and fewshot-<model>.png.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +19,13 @@ from typing import Callable, Sequence
 import torch
 
 from ...adapt import METHODS, AdaptError, parse_methods
-from ...config import Settings
-from ...encoders import ClipEncoder, ModelLoadError
+from ...encoders import ClipEncoder
 from ...images import ImageError
-from ...prompts import TEMPLATE_CHOICES, templates_for
+from ...prompts import TEMPLATE_CHOICES, family_prompts, family_templates
+from ..common import ModelUnavailable, add_model_arguments, each_model
 from ..features import MAX_DEFAULT_WORKERS, FeatureCache, cached_image_features, default_workers
-from ..imagenet_eval import text_classifier
-from ..imagenet_readers import DatasetError
+from ..imagenet.data import DatasetError
+from ..imagenet.evaluate import text_classifier
 from .data import FewshotData, read_image_folder, read_imagenet_pair
 from .protocol import DEFAULT_SEEDS, DEFAULT_SHOTS, Outcome, evaluate, plan_draws, torch_threads
 from .report import output_stem, write_plot, write_record, write_summary
@@ -34,9 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "DIR/test/<class>/*; class names from the folders, '_' -> space, or DIR/classnames.json); "
                         "with --imagenet-train: the ImageNet validation folder (any layout the imagenet benchmark "
                         "reads)")
-    parser.add_argument("--model", action="append", metavar="NAME_OR_PATH",
-                        help="CLIP model name or checkpoint path; repeat for several [default: CLIP_APP_MODEL or "
-                        "ViT-B/32]")
+    add_model_arguments(parser)  # --model (repeatable), --device, --model-dir
     parser.add_argument("--shots", default=",".join(map(str, DEFAULT_SHOTS)),
                         help="comma-separated examples per class [default 1,2,4,8,16]")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
@@ -58,8 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass [default 64]")
     parser.add_argument("--workers", type=int, default=default_workers(),
                         help=f"DataLoader worker processes [default: CPU count, at most {MAX_DEFAULT_WORKERS}]")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [default: CLIP_APP_DEVICE or auto]")
-    parser.add_argument("--model-dir", help="where model weights are found [default: CLIP_APP_MODEL_DIR]")
     parser.add_argument("--cache-dir", help="feature cache folder [default <out>/cache]")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
     parser.add_argument("--synthetic", type=int, metavar="CLASSES",
@@ -87,7 +89,6 @@ def _shots(text: str) -> tuple[int, ...]:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every --model; write the outputs; 0 on success, 2 on bad input."""
-    settings = Settings.from_env()
     try:
         shots, methods = _shots(args.shots), parse_methods(args.methods)
         if args.seeds < 1:
@@ -116,20 +117,18 @@ def run(args: argparse.Namespace) -> int:
     template = args.template or ("ensemble" if data.name == "imagenet" else "single")
     print(f"{data.source}: {data.n_classes} classes, {len(data.train)} train and {len(data.val)} val images; "
           f"shots {','.join(map(str, shots))} x seeds {len(seeds)}; methods {','.join(methods)}")
-    for model in args.model or [settings.model]:
-        try:
-            encoder = ClipEncoder(model, device=args.device or settings.device,
-                                  download_root=args.model_dir or settings.model_dir, batch_size=args.batch_size)
+    try:
+        for encoder, _ in each_model(args, args.batch_size):
             record = evaluate_model(encoder, data, template, shots, seeds, methods, cache,
                                     batch_size=args.batch_size, workers=args.workers,
                                     progress=not args.no_progress, say=say, threads=args.threads)
-        except (ModelLoadError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except ImageError as exc:
-            print(f"error: an image of the data set cannot be read: {exc}", file=sys.stderr)
-            return 2
-        _finish(out, record, args.timing)
+            _finish(out, record, args.timing)
+    except ModelUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ImageError as exc:
+        print(f"error: an image of the data set cannot be read: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -147,7 +146,8 @@ def evaluate_model(encoder: ClipEncoder, data: FewshotData, template: str, shots
                                   **kw)
     val = cached_image_features(encoder, list(data.val.files), cache, label="fewshot-val",
                                 desc=f"{encoder.name}: val", **kw)
-    weights, text_seconds, _ = text_classifier(encoder, data.classnames, templates_for(template), cache,
+    names = family_prompts(encoder.family)[0] if data.name == "imagenet" else data.classnames
+    weights, text_seconds, _ = text_classifier(encoder, names, family_templates(template, encoder.family), cache,
                                                progress=progress, desc=f"{encoder.name}: class texts")
     pool_labels = torch.tensor([data.train.labels[p] for p in draws.pool], dtype=torch.long)
     outcome = evaluate(weights, train.features, pool_labels, draws, val.features,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ...images import IMAGE_EXTENSIONS
 from ...prompts import imagenet_classnames
-from ..imagenet_readers import DatasetError, limit_set, read_imagenet
+from ..imagenet.data import DatasetError, limit_set, read_imagenet
 
 CLASSNAMES_FILE = "classnames.json"
 VAL_NAMES = ("val", "test")
@@ -33,7 +33,8 @@ class Split:
 
 @dataclass(frozen=True)
 class FewshotData:
-    """A few-shot data set: class names (prompt text), the train split the shots come from, the val split."""
+    """A few-shot data set: class names (prompt text; ImageNet's are the model family's own, see
+    prompts.family_prompts), the train split the shots come from, the val split."""
 
     name: str
     classnames: tuple[str, ...]

@@ -8,7 +8,7 @@ import logging
 import math
 from pathlib import Path
 
-from ..report import markdown_table, model_slug, write_text
+from ..output import markdown_table, model_slug, write_text
 
 log = logging.getLogger(__name__)
 
