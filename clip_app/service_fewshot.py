@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from .adapt import METHODS, AdaptError, Examples, Head, adapt, rocchio
-from .classify import LabelScore, rank
+from .classify import LabelError, LabelScore, parse_labels, rank
 from .images import decode_image
 from .label_sets import SetExamples
 from .library import UnknownImageError
@@ -122,6 +122,17 @@ class FewShotActions:
         if not ids:
             raise InputError("no image IDs to remove")
         return self.label_sets.remove_examples(name, label or None, ids)
+
+    def examples_apply(self: "App", name: str | None, labels: str | Sequence[str] | None) -> bool:
+        """True when the set has examples and `labels` (text or a list, as Classify takes them) are exactly its
+        labels, ignoring case: then Classify can show the adapted answer too."""
+        if not name or not self.label_sets.examples(name):
+            return False
+        try:
+            given = parse_labels(labels if labels is not None else "")
+        except LabelError:
+            return False
+        return [x.casefold() for x in given] == [x.casefold() for x in self.label_set(name)]
 
     # ---- classify with examples ---------------------------------------------------------------------------
     def classify_adapted(self: "App", image: object = None, name: str = "", template: str = "single", *,

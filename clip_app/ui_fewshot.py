@@ -162,9 +162,7 @@ def wire_classify(app: App, c: ExampleControls, out: AdaptedOutputs, *, image: g
     def adapt_after_classify(image: str | None, label_set: str | None, text: str, template: str, method: str):
         if not label_set or not app.label_examples(label_set):
             return None, "", gr.skip()
-        if [x.casefold() for x in app.label_set(label_set)] != [x.strip().casefold() for x in
-                                                                 (text or "").replace(",", "\n").splitlines()
-                                                                 if x.strip()]:
+        if not app.examples_apply(label_set, text):
             return None, "*The labels differ from the chosen set: its examples are not used.*", gr.skip()
         _, value, note, best = classify_adapted(image, label_set, template, method)
         return value, note, best

@@ -121,3 +121,11 @@ def test_more_like_these_moves_the_ranking_toward_the_examples(app: App) -> None
         app.search_refine("red", [])
     with pytest.raises(UnknownImageError, match="999"):
         app.search_refine("red", [999])
+
+
+def test_examples_apply_only_to_the_sets_own_labels(app: App) -> None:
+    assert not app.examples_apply("kinds", "type A, type B")  # no examples yet
+    app.add_examples("kinds", "type A", [ids_of(app)["red"]])
+    assert app.examples_apply("kinds", "type a\nTYPE B") and app.examples_apply("kinds", ["type A", "type B"])
+    assert not app.examples_apply("kinds", "type A") and not app.examples_apply("kinds", " , ")
+    assert not app.examples_apply("", "type A, type B")
