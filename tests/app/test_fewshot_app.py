@@ -129,3 +129,20 @@ def test_examples_apply_only_to_the_sets_own_labels(app: App) -> None:
     assert app.examples_apply("kinds", "type a\nTYPE B") and app.examples_apply("kinds", ["type A", "type B"])
     assert not app.examples_apply("kinds", "type A") and not app.examples_apply("kinds", " , ")
     assert not app.examples_apply("", "type A, type B")
+
+
+def test_examples_and_a_trained_head_live_side_by_side_in_the_file(app: App) -> None:
+    """label_sets.json holds "heads" (clip_app.finetune) and "examples": writing one keeps the other."""
+    ids = ids_of(app)
+    app.add_examples("kinds", "type A", [ids["red"]])
+    raw = json.loads(app.label_sets.path.read_text())
+    raw["heads"] = {"kinds": {"marker": True}}  # a head as another writer left it (content not read here)
+    app.label_sets.path.write_text(json.dumps(raw))
+    app.add_examples("kinds", "type B", [ids["blue"]])
+    app.rename_label_set("kinds", "sorts")
+    stored = json.loads(app.label_sets.path.read_text())
+    assert stored["heads"] == {"sorts": {"marker": True}}
+    assert stored["examples"] == {"sorts": {"type A": [ids["red"]], "type B": [ids["blue"]]}}
+    app.delete_label_set("sorts")
+    stored = json.loads(app.label_sets.path.read_text())
+    assert "heads" not in stored and "examples" not in stored
