@@ -26,7 +26,6 @@ from .ui import (
 METHOD_CHOICES = [("Tip-Adapter (training-free)", "tip"), ("prototype blend", "prototype"),
                   ("linear probe", "linear")]
 METHOD_NAMES = {value: name for name, value in METHOD_CHOICES}
-_ID_IN_CAPTION = re.compile(r"#(\d+)")
 
 
 # ---- formatting (pure) ------------------------------------------------------------------------------------------
@@ -173,7 +172,7 @@ def wire_classify(app: App, c: ExampleControls, out: AdaptedOutputs, *, image: g
 
 # ---- Search tab -----------------------------------------------------------------------------------------------
 def search_extras(app: App, *, query: gr.Textbox, k: gr.Slider, min_score: gr.Slider, results: gr.Gallery,
-                  message: gr.Markdown) -> None:
+                  message: gr.Markdown, hit_ids: gr.State) -> None:
     """"More like these": clicking a result marks it as a positive (or negative) example; the button refines."""
     with gr.Row():
         mark = gr.Radio(["more like this", "less like this"], value="more like this",
@@ -182,24 +181,24 @@ def search_extras(app: App, *, query: gr.Textbox, k: gr.Slider, min_score: gr.Sl
         negatives = gr.Textbox(label="Less like: image IDs", elem_id="search-negatives", scale=1)
         refine = gr.Button("More like these", elem_id="search-refine", scale=0)
 
-    def mark_result(mark: str, positives: str, negatives: str, evt: gr.SelectData):
-        found = _ID_IN_CAPTION.search(str(evt.value))
-        if found is None:
+    def mark_result(mark: str, positives: str, negatives: str, shown: list[int], evt: gr.SelectData):
+        if evt.index is None or not 0 <= int(evt.index) < len(shown or []):
             return gr.skip(), gr.skip()
-        image_id = int(found.group(1))
+        image_id = int(shown[int(evt.index)])
         if mark == "less like this":
             return gr.skip(), toggle_id(negatives, image_id)
         return toggle_id(positives, image_id), gr.skip()
 
-    results.select(mark_result, [mark, positives, negatives], [positives, negatives], api_visibility=PRIVATE)
+    results.select(mark_result, [mark, positives, negatives, hit_ids], [positives, negatives],
+                   api_visibility=PRIVATE)
 
     @user_errors
     def search_refine(query: str = "", positive_ids: str = "", negative_ids: str = "", k: int = DEFAULT_K,
                       min_score: float = 0.0):
-        result: SearchResult = app.search_refine(query, positive_ids, negative_ids, int(k), min_score)
-        return search_items(result), search_text(result)
+        result: SearchResult = app.search_refine(query, positive_ids, negative_ids, k, min_score)
+        return search_items(result), search_text(result), [h.entry.id for h in result.hits]
 
-    refine.click(search_refine, [query, positives, negatives, k, min_score], [results, message],
+    refine.click(search_refine, [query, positives, negatives, k, min_score], [results, message, hit_ids],
                  api_name="search_refine", concurrency_limit=READ_CONCURRENCY)
 
 

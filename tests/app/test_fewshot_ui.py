@@ -66,16 +66,18 @@ def test_example_errors_become_gr_errors_and_change_nothing(demo: gr.Blocks, app
 
 def test_more_like_these_marks_results_and_refines(demo: gr.Blocks, app: App) -> None:
     mark = handler(demo, "mark_result")
-    assert mark("more like this", "", "", gr.SelectData(None, {"index": 0, "value": {"caption": "#3 · 0.512"}})) \
+    assert mark("more like this", "", "", [3, 1], gr.SelectData(None, {"index": 0, "value": None})) \
         == ("3", gr.skip())
-    assert mark("less like this", "3", "1", gr.SelectData(None, {"index": 0, "value": {"caption": "#1 · 0.2"}}))[1] \
-        == ""
+    assert mark("less like this", "3", "1", [3, 1], gr.SelectData(None, {"index": 1, "value": None}))[1] == ""
+    assert mark("more like this", "", "", [3], gr.SelectData(None, {"index": 5, "value": None})) == (gr.skip(),
+                                                                                                 gr.skip())
     assert toggle_id("3, 5", 7) == "3, 5, 7" and toggle_id("3, 5", 3) == "5"
-    items, text = endpoint(demo, "search_refine").fn("a red thing", "2", "", 4, 0.0)
+    items, text, shown = endpoint(demo, "search_refine").fn("a red thing", "2", "", 4, 0.0)
+    assert shown[:2] in ([1, 2], [2, 1])
     assert items[0][1].startswith("#1 ") or items[0][1].startswith("#2 ")
     assert [c for _, c in items].index(next(c for _, c in items if c.startswith("#2 "))) <= 1
     with pytest.raises(gr.Error, match="no positive examples"):
-        endpoint(demo, "search_refine").fn("red", "", "")
+        endpoint(demo, "search_refine").fn("red", "", "")[0]
 
 
 def test_gallery_image_used_as_an_example(demo: gr.Blocks, app: App) -> None:
