@@ -20,6 +20,13 @@ ENV_VARS: dict[str, str] = {
 }
 
 PATH_FIELDS = frozenset({"gallery_dir", "library_file", "model_dir"})
+DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def library_location(value: str) -> Path | str:
+    """--library / CLIP_APP_LIBRARY: a file path, or a postgresql:// URL kept as it is (a Path would fold its //)."""
+    value = value.strip()
+    return value if value.lower().startswith(DATABASE_URL_SCHEMES) else Path(value).expanduser()
 
 
 def default_model_dir() -> Path:
@@ -34,7 +41,7 @@ class Settings:
     model: str = DEFAULT_MODEL
     device: str = "auto"
     gallery_dir: Path = Path("gallery")
-    library_file: Path = Path("features_library.pth")
+    library_file: Path | str = Path("features_library.pth")  # or a postgresql:// URL (clip_app.pg_library)
     model_dir: Path = default_model_dir()
 
     def resolved_device(self) -> str:
@@ -49,7 +56,10 @@ class Settings:
         for var, name in ENV_VARS.items():
             raw = env.get(var, "").strip()
             if raw:
-                values[name] = Path(raw).expanduser() if name in PATH_FIELDS else raw
+                if name == "library_file":
+                    values[name] = library_location(raw)
+                else:
+                    values[name] = Path(raw).expanduser() if name in PATH_FIELDS else raw
         return cls(**values)  # type: ignore[arg-type]
 
     @classmethod
@@ -64,7 +74,7 @@ class Settings:
         for flag, name in (("gallery", "gallery_dir"), ("library", "library_file"), ("model_dir", "model_dir")):
             value = getattr(args, flag, None)
             if value:
-                changes[name] = Path(value).expanduser()
+                changes[name] = library_location(value) if name == "library_file" else Path(value).expanduser()
         return replace(base, **changes)
 
 
@@ -86,6 +96,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
                         "[env CLIP_APP_MODEL]")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
     parser.add_argument("--gallery", help="gallery folder [env CLIP_APP_GALLERY; default gallery/]")
-    parser.add_argument("--library", help="feature library file [env CLIP_APP_LIBRARY; default features_library.pth]")
+    parser.add_argument("--library", help="feature library file, or postgresql://USER@HOST:PORT/DB[?table=NAME] for "
+                        "a PostgreSQL + pgvector store [env CLIP_APP_LIBRARY; default features_library.pth]")
     parser.add_argument("--model-dir", dest="model_dir",
                         help="where model weights are downloaded [env CLIP_APP_MODEL_DIR; default ~/.cache/clip]")

@@ -259,3 +259,12 @@ def open_feature_library(gallery_dir: Path | str, library: Path | str, encoder: 
         return PgFeatureLibrary(gallery_dir, str(library), encoder, **kwargs)
     return FeatureLibrary(gallery_dir, library, encoder, **kwargs)
 
+
+
+def label_set_store(library: FeatureLibrary, location: Path | str) -> LabelSetStore:
+    """The label sets of a library: a document in its PostgreSQL store, else label_sets.json beside the file."""
+    if isinstance(library, PgFeatureLibrary):
+        return PgLabelSetStore(library.store)
+    from .label_sets import default_label_sets_file
+
+    return LabelSetStore(default_label_sets_file(Path(location)))

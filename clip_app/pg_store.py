@@ -267,10 +267,11 @@ class PgStore:
                     conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
     def apply(self, *, model: str, model_name: str, dim: int, next_id: int, remove: Sequence[int] = (),
-              rows: LibraryState | None = None, replace_all: bool = False) -> int:
+              rows: LibraryState | None = None, replace_all: bool = False, index: bool = True) -> int:
         """In one transaction: delete these IDs (or every row with replace_all, also re-typing the feature column for
         dim), upsert the rows of `rows` (a state holding only the rows to write), set the metadata. Call inside
-        writing(). Returns the new version; LibraryWriteError (nothing changed) on any failure."""
+        writing(). Returns the new version; LibraryWriteError (nothing changed) on any failure. index: create the
+        HNSW index afterwards when the table has grown past HNSW_MIN_ROWS (export builds it after verifying)."""
         import psycopg
 
         try:
@@ -294,7 +295,8 @@ class PgStore:
         except psycopg.Error as exc:
             raise LibraryWriteError(f"could not write to the library {self.location.shown} ({exc}); nothing was "
                                     "written") from exc
-        self.ensure_index()
+        if index:
+            self.ensure_index()
         return int(version)
 
     def _copy_rows(self, conn: Any, state: LibraryState) -> None:
