@@ -196,7 +196,9 @@ def cmd_add(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) 
         options = RayOptions(address=args.ray, actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
                              batch_size=args.batch_size)
         with progress_bar("adding (ray)") as update:
-            results = ray_add(library, settings, files, options, progress=update).results
+            ray_report = ray_add(library, settings, files, options, progress=update)
+        results = ray_report.results
+        print(ray_report.ray.summary(), file=sys.stderr)  # type: ignore[attr-defined]
     else:
         with progress_bar("adding") as update:
             for start in range(0, len(files), ADD_CHUNK):

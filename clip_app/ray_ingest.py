@@ -193,9 +193,32 @@ def ray_add(library: FeatureLibrary, settings: Settings, files: Sequence[Path], 
     for index, first in repeats:
         results[index] = AddResult(name=str(files[index]), status="duplicate", id=results[first].id)  # type: ignore
     seconds = time.perf_counter() - started
-    log.info("ray add: %d images in %.1f s (%.1f images/s) with %d actors", total, seconds, total / seconds,
-             options.actors)
-    return AddReport(results=[r for r in results if r is not None])
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    run = RayRun(images=total, seconds=seconds, nodes=len(nodes), actors=options.actors,
+                 cpus=int(sum(n["Resources"].get("CPU", 0) for n in nodes)),
+                 gpus=int(sum(n["Resources"].get("GPU", 0) for n in nodes)))
+    log.info("%s", run.summary())
+    report = AddReport(results=[r for r in results if r is not None])
+    report.ray = run  # type: ignore[attr-defined]
+    return report
+
+
+@dataclass
+class RayRun:
+    """What a Ray bulk add did: images, seconds, and the cluster it ran on."""
+
+    images: int
+    seconds: float
+    nodes: int
+    actors: int
+    cpus: int
+    gpus: int
+
+    def summary(self) -> str:
+        rate = self.images / self.seconds if self.seconds > 0 else 0.0
+        return (f"ray: {self.images} images in {self.seconds:.1f} s ({rate:.1f} images/s) with {self.actors} "
+                f"actor{'s' if self.actors != 1 else ''} on {self.nodes} node{'s' if self.nodes != 1 else ''} "
+                f"({self.cpus} CPUs, {self.gpus} GPUs)")
 
 
 def _known_hashes(library: FeatureLibrary) -> set[str]:
