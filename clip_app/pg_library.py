@@ -131,24 +131,31 @@ class PgFeatureLibrary(FeatureLibrary):
         return
 
     def _save(self, state: LibraryState, compact: bool = False) -> None:
-        """Write the difference between the loaded state and `state` in one transaction."""
+        """Write the difference between the loaded state and `state` in one transaction (appends: the new rows;
+        removals: the IDs; compact, as repair saves: also every row whose bytes or features changed)."""
         old = self._state
         kwargs: dict[str, Any] = dict(model=state.model, model_name=state.model_name, dim=state.dim,
                                       next_id=state.next_id)
         if state.model != old.model or state.dim != old.dim:
             version = self.store.apply(rows=state, replace_all=True, **kwargs)
+        elif len(state) >= len(old) and torch.equal(state.ids[:len(old)], old.ids) and not compact:
+            # only appends (every add): write the new rows; the others are the same objects
+            new_rows = torch.arange(len(old), len(state))
+            version = self.store.apply(rows=state.reordered(new_rows) if len(new_rows) else None, **kwargs)
         else:
             removed = old.ids[~sorted_member(old.ids, state.ids)].tolist()
             new = ~sorted_member(state.ids, old.ids)
             common = torch.nonzero(~new).flatten()
-            if len(common):  # rows whose bytes or features changed (repair re-encodes them)
-                old_rows = torch.tensor([old.row_of[int(i)] for i in state.ids[common]], dtype=torch.int64)
-                hashes_differ = torch.tensor([state.sha256[int(r)] != old.sha256[int(o)]
-                                              for r, o in zip(common, old_rows)], dtype=torch.bool)
+            if compact and len(common):  # repair re-encodes rows: write those whose bytes or features changed
+                old_rows = torch.searchsorted(old.ids, state.ids[common])
+                hashes_differ = torch.tensor([state.sha256[r] != old.sha256[o]
+                                              for r, o in zip(common.tolist(), old_rows.tolist())], dtype=torch.bool)
                 rows_differ = (state.features16[common] != old.features16[old_rows]).any(dim=1)
                 new[common[hashes_differ | rows_differ]] = True
             write = torch.nonzero(new).flatten()
-            version = self.store.apply(remove=removed, rows=state.reordered(write) if len(write) else None, **kwargs)
+            changed = state.ids[write][sorted_member(state.ids[write], old.ids)].tolist()
+            version = self.store.apply(remove=removed + changed, rows=state.reordered(write) if len(write) else None,
+                                       **kwargs)
         with self._lock:
             self._mirror, self._mirror_version = state, version
             self._meta = Meta(state.model, state.model_name, state.dim, state.next_id, version)

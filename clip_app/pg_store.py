@@ -199,16 +199,18 @@ class PgStore:
     def meta(self) -> Meta | None:
         """The metadata row, or None when the library's tables do not exist yet; LibraryCorruptError when the table
         exists but is not a clip-app library."""
+        import psycopg
+
         conn = self._reader()
-        found = conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
-                             (self.table, f"{self.table}_meta")).fetchone()
-        if found[0] is None and found[1] is None:
-            return None
-        if found[1] is None:
+        try:
+            row = conn.execute(f"SELECT format, model, model_name, dim, next_id, version FROM {self.table}_meta"
+                               ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            if conn.execute("SELECT to_regclass(%s)", (self.table,)).fetchone()[0] is None:
+                return None
             raise LibraryCorruptError(f"the table {self.table!r} in {self.location.shown} is not a clip-app library "
                                       f"(it has no {self.table}_meta table); choose another with ?table=NAME. "
-                                      "Nothing was written.")
-        row = conn.execute(f"SELECT format, model, model_name, dim, next_id, version FROM {self.table}_meta").fetchone()
+                                      "Nothing was written.") from None
         if row is None or row[0] > FORMAT:
             raise LibraryCorruptError(f"the library table {self.table!r} in {self.location.shown} has no valid "
                                       "metadata row (or a newer format); nothing was written.")
@@ -269,7 +271,8 @@ class PgStore:
     def apply(self, *, model: str, model_name: str, dim: int, next_id: int, remove: Sequence[int] = (),
               rows: LibraryState | None = None, replace_all: bool = False, index: bool = True) -> int:
         """In one transaction: delete these IDs (or every row with replace_all, also re-typing the feature column for
-        dim), upsert the rows of `rows` (a state holding only the rows to write), set the metadata. Call inside
+        dim), insert the rows of `rows` (a state holding only the rows to write; a changed row is removed and
+        inserted), set the metadata. Call inside
         writing(). Returns the new version; LibraryWriteError (nothing changed) on any failure. index: create the
         HNSW index afterwards when the table has grown past HNSW_MIN_ROWS (export builds it after verifying)."""
         import psycopg
@@ -283,8 +286,6 @@ class PgStore:
                 elif remove:
                     conn.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s)", ([int(i) for i in remove],))
                 if rows is not None and len(rows):
-                    if not replace_all:
-                        conn.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s)", (rows.ids.tolist(),))
                     self._copy_rows(conn, rows)
                 version = conn.execute(f"UPDATE {self.table}_meta SET model = %s, model_name = %s, dim = %s, "
                                        "next_id = GREATEST(next_id, %s), version = version + 1 RETURNING version",

@@ -12,6 +12,7 @@ BENCHMARKS = {
     "imagenet": "clip_app.bench.imagenet",
     "flickr8k": "clip_app.bench.flickr8k",
     "perf": "clip_app.bench.perf",
+    "scale": "clip_app.bench.scale",
 }
 
 
