@@ -1,0 +1,60 @@
+"""The index CLI on a PostgreSQL library, and export between stores (verified by counts and checksums)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from clip_app.index import main
+from clip_app.library_export import state_checksum
+from clip_app.library_store import load_library
+from clip_app.pg_store import PgStore
+from tests.library_helpers import write_image
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_index_cli_on_postgresql_and_export_both_ways(tmp_path: Path, tiny_checkpoint: Path, pg_url: str,
+                                                      capsys) -> None:
+    model = ["--model", str(tiny_checkpoint), "--device", "cpu"]
+    on_file = [*model, "--gallery", str(tmp_path / "gallery"), "--library", str(tmp_path / "lib.pth")]
+    on_pg = [*model, "--gallery", str(tmp_path / "gallery"), "--library", pg_url]
+    images = [write_image(tmp_path / "in" / f"{c}.png", c) for c in ("red", "green", "blue", "yellow")]
+    assert _cli(capsys, *on_file, "add", *map(str, images))[0] == 0
+    assert _cli(capsys, *on_file, "remove", "2")[0] == 0
+    (tmp_path / "label_sets.json").write_text(json.dumps({"version": 1, "sets": {"pets": ["cat", "dog"]}}))
+
+    code, out, err = _cli(capsys, *on_file, "export", "--to", pg_url)
+    assert code == 0, err
+    assert "exported 3 images and 1 companion document(s) (label_sets)" in out and "verified: 3 rows" in out
+    code, listed_pg, _ = _cli(capsys, *on_pg, "list", "--json")
+    code, listed_file, _ = _cli(capsys, *on_file, "list", "--json")
+    assert json.loads(listed_pg) == json.loads(listed_file)  # IDs, files, hashes, sizes, names, times
+    assert PgStore(pg_url).get_document("label_sets")["sets"] == {"pets": ["cat", "dog"]}
+    code, out, _ = _cli(capsys, *on_pg, "check")
+    assert code == 0 and out.strip().startswith("ok")
+    code, stats, _ = _cli(capsys, *on_pg, "stats", "--json")
+    assert json.loads(stats)["next_id"] == 5 and json.loads(stats)["store"] == "postgresql"
+
+    code, _, err = _cli(capsys, *on_file, "export", "--to", pg_url)  # never into a library that holds rows
+    assert code == 2 and "already holds 3 rows" in err
+
+    write_image(tmp_path / "in" / "cyan.png", "cyan")
+    assert _cli(capsys, *on_pg, "add", str(tmp_path / "in" / "cyan.png"))[0] == 0
+    back = tmp_path / "back" / "lib.pth"
+    code, out, err = _cli(capsys, *on_pg, "export", "--to", str(back))
+    assert code == 0, err
+    state, _ = load_library(back)
+    assert state.ids.tolist() == [1, 3, 4, 5] and state.next_id == 6
+    assert state_checksum(state) == state_checksum(PgStore(pg_url).load()[0])
+    assert json.loads((back.parent / "label_sets.json").read_text())["sets"] == {"pets": ["cat", "dog"]}
+
+
+def test_a_bad_url_is_one_clear_line(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    code, _, err = _cli(capsys, "--model", str(tiny_checkpoint), "--gallery", str(tmp_path / "g"), "--library",
+                        "postgresql://nobody@127.0.0.1:1/db", "list")
+    assert code == 2 and err.startswith("error: cannot connect to the PostgreSQL library") and err.count("\n") == 1
