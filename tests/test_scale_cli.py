@@ -58,3 +58,22 @@ def test_a_bad_url_is_one_clear_line(tmp_path: Path, tiny_checkpoint: Path, caps
     code, _, err = _cli(capsys, "--model", str(tiny_checkpoint), "--gallery", str(tmp_path / "g"), "--library",
                         "postgresql://nobody@127.0.0.1:1/db", "list")
     assert code == 2 and err.startswith("error: cannot connect to the PostgreSQL library") and err.count("\n") == 1
+
+
+def test_the_app_on_a_postgresql_library(tmp_path: Path, tiny_checkpoint: Path, pg_url: str) -> None:
+    from clip_app.config import Settings
+    from clip_app.pg_library import PgFeatureLibrary, PgLabelSetStore
+    from clip_app.service import App
+
+    settings = Settings(model=str(tiny_checkpoint), device="cpu", gallery_dir=tmp_path / "gallery",
+                        library_file=pg_url)
+    one, two = App.from_settings(settings), App.from_settings(settings)  # two app servers
+    assert isinstance(one.library, PgFeatureLibrary) and isinstance(one.label_sets, PgLabelSetStore)
+    image = write_image(tmp_path / "in" / "red.png", "red")
+    assert [r.status for r in one.add_images([str(image)]).results] == ["added"]
+    assert two.gallery_page(1).entries[0].id == 1 and two.stats().count == 1
+    assert two.search_text("red", k=3).hits[0].entry.id == 1
+    one.save_label_set("pets", "cat, dog")
+    assert two.label_set("pets") == ["cat", "dog"]
+    two.delete_image(1)
+    assert one.stats().count == 0 and not (tmp_path / "gallery" / "000001.png").exists()
