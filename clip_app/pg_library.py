@@ -13,7 +13,7 @@ import logging
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -22,9 +22,16 @@ from .encoders import ClipEncoder
 from .label_sets import FORMAT_VERSION as LABEL_SETS_FORMAT
 from .label_sets import LabelSetError, LabelSetStore
 from .library import FeatureLibrary
-from .library_file import LibraryCorruptError, LibraryState, UnknownImageError, sorted_member
-from .library_maintenance import _PARTIAL
-from .library_reports import Entry, RepairReport, index_command
+from .library_file import (
+    LibraryCorruptError,
+    LibraryState,
+    LibraryWriteError,
+    UnknownImageError,
+    fsync_dir,
+    sorted_member,
+)
+from .library_maintenance import _PARTIAL, Progress, _Candidate
+from .library_reports import AddReport, AddResult, Entry, RepairReport, index_command
 from .pg_store import Meta, PgStore, is_database_url
 
 log = logging.getLogger("clip_app.library")
@@ -53,12 +60,15 @@ class PgFeatureLibrary(FeatureLibrary):
         self._mirror: LibraryState | None = None
         self._mirror_version = -1
         self._meta: Meta | None = None
+        self._adding = threading.local()  # add() in progress on this thread: _state is a _SqlView
         self.first_run_report: RepairReport | None = None
         self._open()
 
     # ---- the in-memory copy: loaded when first needed, dropped when another writer changed the tables ----------
     @property  # type: ignore[override]
     def _state(self) -> LibraryState:
+        if getattr(self._adding, "active", False):
+            return _SqlView(self)  # type: ignore[return-value]
         with self._lock:
             if self._mirror is None or self._mirror_version != self._meta.version:  # type: ignore[union-attr]
                 state, version = self.store.load()
@@ -113,13 +123,15 @@ class PgFeatureLibrary(FeatureLibrary):
 
     def _current(self) -> LibraryState:
         self._refresh()
-        return self._state
+        return self._state  # during add(): a view answering by SQL (_SqlView)
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        with self._write_mutex, self.store.writing():
+        with self._write_mutex, self.store.writing() as meta:
+            if meta is None:
+                raise LibraryCorruptError(f"the library tables of {self.library_file} were dropped while in use")
             with self._lock:
-                self._refresh()
+                self._meta = meta  # as of the lock: every earlier write is visible
                 self._writer_holds_file_lock = True
             try:
                 yield
@@ -160,6 +172,80 @@ class PgFeatureLibrary(FeatureLibrary):
             self._mirror, self._mirror_version = state, version
             self._meta = Meta(state.model, state.model_name, state.dim, state.next_id, version)
 
+    # ---- adding without the whole state: duplicates, IDs and near-duplicates through SQL ----------------------
+    def add(self, items: Sequence[Any], progress: Progress | None = None) -> AddReport:
+        """FeatureLibrary.add; the library's rows are looked up by SQL (no row is loaded into memory)."""
+        self._adding.active = True
+        try:
+            return super().add(items, progress)
+        finally:
+            self._adding.active = False
+
+    def _store_new(self, candidates: list[_Candidate], results: list[AddResult | None]) -> None:
+        """Under the write lock: write files, then insert the rows in one transaction; on failure remove the files."""
+        known = self.store.known_hashes([c.sha256 for c in candidates])  # added by another writer meanwhile
+        fresh: list[_Candidate] = []
+        for candidate in candidates:
+            if candidate.sha256 in known:
+                results[candidate.index] = AddResult(name=candidate.name, status="duplicate",
+                                                     id=known[candidate.sha256])
+            else:
+                fresh.append(candidate)
+        if not fresh:
+            return
+        meta = self._meta
+        new_ids, files, written = [], [], []
+        next_id = meta.next_id  # type: ignore[union-attr]
+        try:
+            for candidate in fresh:
+                while gal.id_taken_on_disk(self.gallery_dir, next_id):
+                    log.warning("a file named after ID %d already lies in the gallery; skipping that ID", next_id)
+                    next_id += 1
+                name = gal.id_file_name(next_id, candidate.ext)
+                gal.write_new_file(self.gallery_dir, name, candidate.data or b"")
+                written.append(self.gallery_dir / name)
+                new_ids.append(next_id)
+                files.append(name)
+                next_id += 1
+            fsync_dir(self.gallery_dir)
+            rows = torch.stack([c.feature for c in fresh])  # type: ignore[misc]
+            near = self._near_duplicates_sql(rows, new_ids)
+            new = LibraryState.empty(meta.model, meta.model_name, meta.dim).appended(  # type: ignore[union-attr]
+                new_ids, rows, files, [c.sha256 for c in fresh], [c.size for c in fresh],
+                [Path(c.name).name or c.name for c in fresh])
+            version = self.store.apply(model=meta.model, model_name=meta.model_name, dim=meta.dim,  # type: ignore
+                                       next_id=next_id, rows=new)
+        except (OSError, LibraryWriteError) as exc:
+            for path in written:
+                path.unlink(missing_ok=True)
+            if isinstance(exc, LibraryWriteError):
+                raise
+            raise LibraryWriteError(f"could not store images in the gallery {self.gallery_dir} ({exc}); nothing "
+                                    "was added") from exc
+        with self._lock:
+            self._meta = Meta(meta.model, meta.model_name, meta.dim, next_id, version)  # type: ignore[union-attr]
+            self._mirror = None  # reloaded when a whole-library task needs it
+        for candidate, image_id, (near_id, sim) in zip(fresh, new_ids, near):
+            candidate.data = None
+            results[candidate.index] = AddResult(name=candidate.name, status="added", id=image_id,
+                                                 near_duplicate_of=near_id, similarity=sim)
+            log.info("added %s as %s", candidate.name, gal.id_file_name(image_id, candidate.ext))
+
+    def _near_duplicates_sql(self, rows: torch.Tensor, new_ids: list[int]) -> list[tuple[int | None, float | None]]:
+        """For new rows [M, D]: the most similar stored row (the store's nearest) or earlier row of this call, when
+        over the threshold."""
+        rows = rows.float().to(torch.float16).float()  # as they will be stored
+        ids, scores = self.store.nearest(rows)
+        best_id, best_sim = torch.tensor(ids, dtype=torch.int64), torch.tensor(scores)
+        if len(rows) > 1:
+            sims = (rows @ rows.T).masked_fill(torch.ones(len(rows), len(rows), dtype=torch.bool).triu(), -2.0)
+            new_best, arg = sims.max(dim=1)
+            better = new_best > best_sim
+            best_sim = torch.where(better, new_best, best_sim)
+            best_id = torch.where(better, torch.tensor(new_ids)[arg], best_id)
+        return [(int(i), round(float(s), 4)) if i >= 0 and s >= self.near_duplicate_threshold else (None, None)
+                for i, s in zip(best_id.tolist(), best_sim.tolist())]
+
     # ---- reading through SQL ----------------------------------------------------------------------------------
     def _entry_of(self, row: tuple) -> Entry:
         image_id, file, sha256, added, size, name = row
@@ -192,9 +278,7 @@ class PgFeatureLibrary(FeatureLibrary):
         row threshold (exact=True forces a scan), rescored like the file store."""
         self._refresh()
         self._require_model(self._meta)  # type: ignore[arg-type]
-        ids, scores = self.store.search(query, k, exact=exact)
-        found = {e[0]: e for e in self.store.entries("id = ANY(%s)", (ids,))}
-        return [(self._entry_of(found[i]), s) for i, s in zip(ids, scores) if i in found]
+        return [(self._entry_of(row), score) for row, score in self.store.search_entries(query, k, exact=exact)]
 
     def stats(self) -> dict:
         self._refresh()
@@ -234,6 +318,24 @@ class PgFeatureLibrary(FeatureLibrary):
     def close(self) -> None:
         """Close the store's connections."""
         self.store.close()
+
+
+class _SqlView:
+    """What FeatureLibrary.add reads of the state (model stamp, sha256 -> ID), answered by SQL, not from memory."""
+
+    def __init__(self, library: PgFeatureLibrary) -> None:
+        meta = library._meta
+        self.model, self.model_name, self.dim = meta.model, meta.model_name, meta.dim  # type: ignore[union-attr]
+        self.id_of_hash = _HashLookup(library.store)
+
+
+class _HashLookup:
+    def __init__(self, store: PgStore) -> None:
+        self.store = store
+
+    def get(self, sha256: str, default: int | None = None) -> int | None:
+        found = self.store.find_sha256(sha256)
+        return default if found is None else found
 
 
 class PgLabelSetStore(LabelSetStore):

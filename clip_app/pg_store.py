@@ -45,6 +45,8 @@ DEFAULT_TABLE = "clip_library"
 CONNECT_TIMEOUT_S = 5
 HNSW_MIN_ROWS = 20_000  # below this a scan is fast and exact; above it the store keeps an HNSW index
 HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64
+NEAREST_EF_SEARCH = 40  # the near-duplicate test looks for rows with cosine >= 0.97: easy for HNSW
+INDEX_RECHECK_S = 10.0  # a reader that has not seen the HNSW index yet looks again after this many seconds
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 _URL_SCHEMES = ("postgresql://", "postgres://")
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
@@ -158,6 +160,7 @@ class PgStore:
         self._writer: Any = None
         self._write_mutex = threading.Lock()
         self._hnsw_checked = False
+        self._index_seen, self._index_checked = False, -1e9
         self._check_server()
 
     # ---- connections ------------------------------------------------------------------------------------------
@@ -250,23 +253,35 @@ class PgStore:
 
     # ---- the write section ------------------------------------------------------------------------------------
     @contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self) -> Iterator[Meta | None]:
         """One writer at a time across threads and processes (a session advisory lock; the server releases it when
-        a writer dies). LibraryBusyError after lock_timeout seconds."""
+        a writer dies); yields the metadata as of the lock (None before create()). LibraryBusyError after
+        lock_timeout seconds."""
         with self._write_mutex:
             conn = self._writer_connection()
             key = f"clip_app:write:{self.table}"
             deadline = time.monotonic() + self.lock_timeout
-            while not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
+            while True:
+                if conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
+                    break
                 if time.monotonic() > deadline:
                     raise LibraryBusyError(f"the library {self.location.shown} is being written by another process "
                                            f"(advisory lock held for over {self.lock_timeout:.0f} s); try again later")
                 time.sleep(0.05)
             try:
-                yield
+                yield self._meta_on(conn)
             finally:
                 if not conn.closed:
                     conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+
+    def _meta_on(self, conn: Any) -> Meta | None:
+        import psycopg
+
+        try:
+            row = conn.execute(f"SELECT model, model_name, dim, next_id, version FROM {self.table}_meta").fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None
+        return None if row is None else Meta(row[0], row[1], int(row[2]), int(row[3]), int(row[4]))
 
     def apply(self, *, model: str, model_name: str, dim: int, next_id: int, remove: Sequence[int] = (),
               rows: LibraryState | None = None, replace_all: bool = False, index: bool = True) -> int:
@@ -282,7 +297,7 @@ class PgStore:
                 if replace_all:
                     conn.execute(f"DROP TABLE IF EXISTS {self.table}")
                     self._create_tables(conn, dim)
-                    self._hnsw_checked = False
+                    self._hnsw_checked = self._index_seen = False
                 elif remove:
                     conn.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s)", ([int(i) for i in remove],))
                 if rows is not None and len(rows):
@@ -331,7 +346,7 @@ class PgStore:
                          f"(feature halfvec_ip_ops) WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})")
             conn.execute("RESET maintenance_work_mem")
             log.info("created the HNSW index of %s in %.1f s", self.table, time.perf_counter() - started)
-        self._hnsw_checked = True
+        self._hnsw_checked = self._index_seen = True
 
     # ---- reading ----------------------------------------------------------------------------------------------
     def count(self) -> int:
@@ -383,34 +398,44 @@ class PgStore:
                                       ([bytes.fromhex(h) for h in sha256],)).fetchall()
         return {bytes(r[0]).hex(): int(r[1]) for r in rows}
 
-    def has_index(self) -> bool:
-        """True when the HNSW index exists."""
-        return self._reader().execute("SELECT to_regclass(%s)", (f"{self.table}_hnsw",)).fetchone()[0] is not None
+    def has_index(self, max_age: float = 0.0) -> bool:
+        """True when the HNSW index exists (once seen it stays; a 'no' is trusted for max_age seconds)."""
+        if self._index_seen or time.monotonic() - self._index_checked < max_age:
+            return self._index_seen
+        found = self._reader().execute("SELECT to_regclass(%s)", (f"{self.table}_hnsw",)).fetchone()[0]
+        self._index_seen, self._index_checked = found is not None, time.monotonic()
+        return self._index_seen
 
     def search(self, query: torch.Tensor, k: int, exact: bool | None = None,
                ef_search: int | None = None) -> tuple[list[int], list[float]]:
         """(IDs, scores) of the k best rows for a unit query [D], best first, ties to the lower ID; scores are
         float32 dot products with the stored float16 rows (as the file store's). exact=None: HNSW when the index
         exists; exact=True: a scan with every row that can be in the top k rescored (the file store's answer)."""
+        found = self.search_entries(query, k, exact, ef_search)
+        return [e[0] for e, _ in found], [score for _, score in found]
+
+    def search_entries(self, query: torch.Tensor, k: int, exact: bool | None = None,
+                       ef_search: int | None = None) -> list[tuple[tuple, float]]:
+        """search() with each hit's (id, file, sha256 hex, added, size, name), in the same query."""
         k = int(k)
         if k <= 0:
-            return [], []
+            return []
         query = query.float().reshape(-1)
         literal = halfvec_literal(query)
-        use_index = self.has_index() if exact is None else not exact
+        use_index = self.has_index(max_age=INDEX_RECHECK_S) if exact is None else not exact
         conn = self._reader()
         fetch = k + max(16, k)
         while True:
-            with conn.transaction():
+            cur = conn.cursor(binary=True)
+            with conn.pipeline(), conn.transaction():  # one round trip: BEGIN, the setting, the query, COMMIT
                 if use_index:
                     conn.execute("SELECT set_config('hnsw.ef_search', %s, true)",
                                  (str(ef_search or ef_search_for(k)),))
                 else:
                     conn.execute("SET LOCAL enable_indexscan = off")
-                cur = conn.cursor(binary=True)
-                cur.execute(f"SELECT id, feature, -(feature <#> %s::halfvec) FROM {self.table} "
-                            f"ORDER BY feature <#> %s::halfvec LIMIT %s", (literal, literal, fetch))
-                rows = cur.fetchall()
+                cur.execute(f"SELECT id, feature, -(feature <#> %s::halfvec), file, sha256, added, size, name "
+                            f"FROM {self.table} ORDER BY feature <#> %s::halfvec LIMIT %s", (literal, literal, fetch))
+            rows = cur.fetchall()
             if use_index or len(rows) < fetch:
                 break
             kth = float(rows[k - 1][2]) if len(rows) >= k else -2.0
@@ -418,12 +443,37 @@ class PgStore:
                 break  # every row that can be in the exact top k was fetched
             fetch *= 4
         if not rows:
-            return [], []
+            return []
         ids = torch.tensor([int(r[0]) for r in rows], dtype=torch.int64)
         features = _halfvec_rows([r[1] for r in rows], len(query))
         scores = features.float() @ query
-        chosen = best_rows(scores, ids, min(k, len(rows)))
-        return ids[chosen].tolist(), scores[chosen].tolist()
+        chosen = best_rows(scores, ids, min(k, len(rows))).tolist()
+        return [((int(rows[i][0]), rows[i][3], bytes(rows[i][4]).hex(), float(rows[i][5]), int(rows[i][6]),
+                  rows[i][7]), float(scores[i])) for i in chosen]
+
+    def nearest(self, rows: torch.Tensor, fetch: int = 4) -> tuple[list[int], list[float]]:
+        """For each unit row [M, D]: (ID, score) of the most similar stored row (-1, -2.0 when the table is empty),
+        in one query (HNSW when the index exists); candidates rescored in float32 like search()."""
+        if not len(rows):
+            return [], []
+        conn = self._reader()
+        cur = conn.cursor(binary=True)
+        with conn.pipeline(), conn.transaction():  # one round trip
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(NEAREST_EF_SEARCH),))
+            cur.execute(f"SELECT q.i, n.id, n.feature FROM (SELECT i, v::halfvec AS h FROM unnest(%s::text[]) "
+                        f"WITH ORDINALITY AS u(v, i)) AS q CROSS JOIN LATERAL (SELECT id, feature FROM {self.table} "
+                        f"ORDER BY feature <#> q.h LIMIT {int(fetch)}) AS n",
+                        ([halfvec_literal(r) for r in rows],))
+        found = cur.fetchall()
+        best_ids, best_scores = [-1] * len(rows), [-2.0] * len(rows)
+        if found:
+            features = _halfvec_rows([r[2] for r in found], rows.shape[1]).float()
+            which = torch.tensor([int(r[0]) - 1 for r in found])
+            scores = (features * rows.float()[which]).sum(dim=1).tolist()
+            for i, image_id, score in zip(which.tolist(), [int(r[1]) for r in found], scores):
+                if score > best_scores[i] or (score == best_scores[i] and image_id < best_ids[i]):
+                    best_ids[i], best_scores[i] = image_id, score
+        return best_ids, best_scores
 
     # ---- companion documents ---------------------------------------------------------------------------------
     def get_document(self, name: str) -> Any | None:
@@ -450,7 +500,7 @@ class PgStore:
         with self._transaction() as conn:
             for suffix in ("", "_meta", "_docs"):
                 conn.execute(f"DROP TABLE IF EXISTS {self.table}{suffix}")
-        self._hnsw_checked = False
+        self._hnsw_checked = self._index_seen = False
 
 
 def ef_search_for(k: int) -> int:

@@ -180,7 +180,8 @@ def ray_add(library: FeatureLibrary, settings: Settings, files: Sequence[Path], 
             candidates = _take_batch(library, files, batch, results, first_of_hash, repeats)
             if candidates:
                 with library._writing():
-                    library._require_model(library._state)
+                    pg = isinstance(library, PgFeatureLibrary)  # its rows are not loaded into memory to write
+                    library._require_model(library._meta if pg else library._state)  # type: ignore[attr-defined]
                     library._store_new(candidates, results)
             done += len(batch["index"])
             if progress:

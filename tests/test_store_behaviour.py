@@ -51,6 +51,9 @@ def test_add_duplicate_get_search_and_ids_never_reused(where, colour_encoder) ->
     assert [e.id for e in library.page(1, 1)] == [1] and [e.id for e in library.page(2, 1)] == [4]
     stats = library.stats()
     assert stats["count"] == 2 and stats["next_id"] == 5 and stats["model"] == colour_encoder.identity
+    near = library.add([(image_bytes("yellow", "JPEG", (40, 30)), "y.jpg"), (image_bytes("cyan"), "c.png"),
+                        (image_bytes("cyan", "BMP", (10, 10)), "c.bmp")]).results
+    assert [(r.near_duplicate_of, r.similarity is not None) for r in near] == [(4, True), (None, False), (6, True)]
 
 
 def test_same_search_answer_as_the_file_store(where, colour_encoder, tmp_path: Path) -> None:
