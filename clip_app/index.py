@@ -15,14 +15,19 @@ import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
 from .config import Settings, add_settings_arguments
 from .encoders import ClipEncoder, ModelLoadError, model_identity
+from .files import describe_os_error
 from .images import IMAGE_EXTENSIONS
 from .library import AddReport, AddResult, FeatureLibrary, LibraryError, UnknownImageError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 log = logging.getLogger("clip_app.index")
 
@@ -96,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _loads_model(name: str, doc: str) -> property:
+    """A LazyEncoder property of the Encoder protocol that the loaded model answers (loading it first)."""
+    return property(lambda self: getattr(self.load(), name), doc=f"{doc} (loads the model)")
+
+
 class LazyEncoder:
     """The --model as the library sees it: its identity and name are known without loading any weights (a model
     name, or a checkpoint's sha256); the model itself is loaded on first use of anything else (encoding, its feature
@@ -123,26 +133,32 @@ class LazyEncoder:
                                         download_root=self._settings.model_dir, batch_size=self._batch_size)
         return self._encoder
 
-    def __getattr__(self, name: str) -> object:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.load(), name)
+    # ---- the Encoder protocol: everything past identity, name, source and model_dir loads the weights ----
+    dim = _loads_model("dim", "feature width D")
+    device = _loads_model("device", "where the model runs")
+    input_resolution = _loads_model("input_resolution", "the image tower's input size in pixels")
+    decode_min_side = _loads_model("decode_min_side", "the shortest side images may be decoded at")
+    batch_size = _loads_model("batch_size", "images per forward pass")
+    preprocess = _loads_model("preprocess", "PIL image -> [3, H, W]")
 
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int | None = None) -> torch.Tensor:
+        """PIL images -> float32 unit rows [N, D] (loads the model)."""
+        return self.load().encode_images(images, batch_size)
 
-def describe_os_error(exc: OSError) -> str:
-    """An OSError in one line: what failed and on which file."""
-    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") if exc.filename else ""
-    reason = exc.strerror or str(exc)
-    return f"{where}: {reason}" if where else reason
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed pixels [N, 3, H, W] -> float32 unit rows [N, D] (loads the model)."""
+        return self.load().encode_pixels(pixels)
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Strings -> float32 unit rows [N, D] (loads the model)."""
+        return self.load().encode_texts(texts)
 
 
 def open_library(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder,
                  strict: bool = True) -> FeatureLibrary:
     """The library of these settings; strict=False skips the model check (list, stats, check, remove, rebuild)."""
-    from .pg_library import open_feature_library
-
-    library = open_feature_library(settings.gallery_dir, settings.library_file, encoder, check_model=strict,
-                                   near_duplicate_threshold=args.near_duplicate_threshold, batch_size=args.batch_size)
+    library = FeatureLibrary(settings.gallery_dir, settings.library_file, encoder, check_model=strict,
+                             near_duplicate_threshold=args.near_duplicate_threshold, batch_size=args.batch_size)
     if library.first_run_report is not None:
         print(f"first run: indexed {len(library.first_run_report.indexed)} gallery images into "
               f"{settings.library_file}", file=sys.stderr)
@@ -191,7 +207,7 @@ def cmd_add(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) 
     library = open_library(args, settings, encoder)
     results: list[AddResult] = []
     if args.ray is not None:
-        from .ray_ingest import RayOptions, ray_add
+        from .library.ray_ingest import RayOptions, ray_add
 
         options = RayOptions(address=args.ray, actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
                              batch_size=args.batch_size)
@@ -297,11 +313,10 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings, encoder: ClipEncod
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
-    from .library_export import export_library, read_documents
+    from .library.export import export_library, read_documents
 
     library = open_library(args, settings, encoder, strict=False)
-    store = getattr(library, "store", None)
-    report = export_library(library._current(), read_documents(settings.library_file, store), args.to)
+    report = export_library(library.store.current(), read_documents(library), args.to)
     print(f"exported {report.rows} images and {len(report.documents)} companion document(s) "
           f"({', '.join(report.documents) or 'none'}) to {report.target} in {report.seconds:.1f} s; verified: "
           f"{report.rows} rows, checksum {report.checksum[:16]}")

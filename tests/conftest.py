@@ -10,7 +10,7 @@ import pytest
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from clip_app.encoders import ClipEncoder  # noqa: E402
-from tests.fakes import color_encoder, save_tiny_checkpoint  # noqa: E402
+from tests.support.fakes import color_encoder, save_tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def pg_server():
     import shutil
     import tempfile
 
-    from tests.pg_server import start_server
+    from tests.support.pg_server import start_server
 
     root = Path(tempfile.mkdtemp(prefix="clip-app-test-pg-"))
     server = start_server(root)
