@@ -31,7 +31,7 @@ from .library import (
     RepairReport,
     private_paths,
 )
-from .prompts import TEMPLATE_CHOICES, templates_for
+from .prompts import TEMPLATE_CHOICES, family_templates
 
 log = logging.getLogger(__name__)
 
@@ -357,10 +357,9 @@ class App:
             raise FileTooLargeError(f"{name}: {format_size(size)} is over the size limit of "
                                     f"{format_size(self.max_file_size)}; nothing was changed")
 
-    @staticmethod
-    def _templates(template: str | None) -> tuple[str, ...]:
+    def _templates(self, template: str | None) -> tuple[str, ...]:
         try:
-            return templates_for((template or "single").strip())
+            return family_templates((template or "single").strip(), self.encoder.family)
         except ValueError as exc:
             raise InputError(str(exc)) from None
 

@@ -35,7 +35,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cold_start(checkpoint: Path, photo: Path, folder: Path, timeout: float = 300.0) -> dict[str, float]:
+def cold_start(checkpoint: str | Path, photo: Path, folder: Path, timeout: float = 300.0) -> dict[str, float]:
     """Seconds from process start to: the 'ready' log line, the server's first answer, the first /classify."""
     from gradio_client import Client, handle_file
 
@@ -90,7 +90,7 @@ def cold_start(checkpoint: Path, photo: Path, folder: Path, timeout: float = 300
     return marks
 
 
-def measure_cold_start(checkpoint: Path, photo: Path, repeats: int, results: Results, workdir: Path) -> None:
+def measure_cold_start(checkpoint: str | Path, photo: Path, repeats: int, results: Results, workdir: Path) -> None:
     """app.cold_start.* figures (each repeat a fresh process and a fresh, empty library)."""
     if app_script() is None:
         results.pending["app"] = "app.py (a checkout's launcher) is not here: cold start not timed"
