@@ -304,7 +304,11 @@ class FeatureLibrary:
             block = rows[start:start + chunk]
             best_sim = torch.full((len(block),), -2.0)
             best_id = torch.full((len(block),), -1, dtype=torch.int64)
-            if len(state):
+            nearest = getattr(self.store, "nearest", None)  # a store with an index answers itself (pg_store.py)
+            found = nearest(state, block) if nearest is not None and len(state) else None
+            if found is not None:
+                best_id, best_sim = found
+            elif len(state):
                 sims = block @ state.features.T  # [m, N]
                 best_sim, arg = sims.max(dim=1)
                 best_id = state.ids[arg]

@@ -96,7 +96,8 @@ class PostgresStore:
     def writing(self) -> Iterator[LibraryState]:
         """One writer at a time (an advisory lock); the state is up to date inside. Readers go on meanwhile."""
         with self._write_mutex:
-            if self.tables.meta() is None:  # a new library: its tables, stamped with the running model
+            if not self._generation and self.tables.meta() is None:  # a new library: its tables, stamped with the
+                # running model
                 state = self._state
                 self.tables.create(state.model, state.model_name, state.dim, state.next_id)  # type: ignore[union-attr]
                 meta = self.tables.meta()
@@ -173,6 +174,15 @@ class PostgresStore:
         keep = [i for i, image_id in enumerate(ids) if image_id in state.row_of]
         return (torch.tensor([scores[i] for i in keep], dtype=torch.float32),
                 torch.tensor([ids[i] for i in keep], dtype=torch.int64))
+
+    def nearest(self, state: LibraryState, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(ids [M], similarities [M]) of the stored row nearest each unit row [M, D] by the HNSW index (the
+        near-duplicate test of add: one query for the batch); None below the index's size (then the library scans
+        the rows in memory)."""
+        if not self.tables.has_index(max_age=10.0):
+            return None
+        ids, sims = self.tables.nearest(rows)
+        return torch.tensor(ids, dtype=torch.int64), torch.tensor(sims, dtype=torch.float32)
 
     def usage(self) -> dict:
         size = self.tables._reader().execute(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import statistics
 import tempfile
@@ -46,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="architecture with random weights, or a checkpoint path (default ViT-B/32)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     parser.add_argument("--only", default="pg,ray", help="sections: pg, ray (default both)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in this process (default: torch's own choice; 1 keeps a busy machine's "
+                        "thread contention out of the store's small tensor operations)")
     parser.add_argument("--json", dest="json_out", default=None, help="write the figures to this file")
 
 
@@ -215,7 +219,10 @@ def bench_ray(args: argparse.Namespace, work: Path, figures: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the sections; print the figures and the targets."""
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
-    figures: dict = {"rows": args.rows, "dim": args.dim}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    figures: dict = {"rows": args.rows, "dim": args.dim, "torch_threads": torch.get_num_threads(),
+                     "load_average_start": [round(x, 2) for x in os.getloadavg()]}
     work = Path(tempfile.mkdtemp(prefix="clip-scale-"))
     try:
         if "pg" in sections:
@@ -231,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
             ok = value >= limit if key in ("pg.recall", "ray.ratio") else value <= limit
             checks[key] = {"value": value, "target": limit, "met": ok}
     figures["targets"] = checks
+    figures["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(figures, indent=1))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=1))
