@@ -132,3 +132,22 @@ def test_an_add_in_one_process_is_found_by_a_search_in_another_within_a_second(p
         time.sleep(0.01)
     child.join(30)
     assert child.exitcode == 0 and library.get(new_id).file == f"{new_id:06d}.png"
+
+
+def test_with_the_hnsw_index_the_library_gives_the_file_stores_answers(pg_url: str, tmp_path: Path, colour_encoder,
+                                                                        monkeypatch) -> None:
+    monkeypatch.setattr(pg_sql, "HNSW_MIN_ROWS", 4)
+    colours = ["red", "green", "blue", "yellow", "cyan", "magenta"]
+    library = open_at(tmp_path / "g1", pg_url, colour_encoder)
+    reference = open_at(tmp_path / "g2", tmp_path / "lib.pth", colour_encoder)
+    for lib in (library, reference):
+        lib.add([(image_bytes(c), f"{c}.png") for c in colours])
+    assert library.store.tables.has_index()
+    for text in ("blue", "a magenta or red thing"):
+        query = colour_encoder.encode_texts([text])[0]
+        got = [(e.id, round(s, 5)) for e, s in library.search(query, 4)]
+        assert got == [(e.id, round(s, 5)) for e, s in reference.search(query, 4)]
+    near = [library.add([(image_bytes("blue", "JPEG", (40, 30)), "b.jpg")]).results[0],
+            reference.add([(image_bytes("blue", "JPEG", (40, 30)), "b.jpg")]).results[0]]
+    assert near[0].near_duplicate_of == near[1].near_duplicate_of == 3
+    assert near[0].similarity == pytest.approx(near[1].similarity, abs=1e-4)
