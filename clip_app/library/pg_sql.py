@@ -44,6 +44,7 @@ HNSW_MIN_ROWS = 20_000  # below this a scan is fast and exact; above it the stor
 HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64
 NEAREST_EF_SEARCH = 40  # the near-duplicate test looks for rows with cosine >= 0.97: easy for HNSW
 INDEX_RECHECK_S = 10.0  # a reader that has not seen the HNSW index yet looks again after this many seconds
+SMALL_WRITE_ROWS = 32  # up to this many rows a write is one pipelined round trip; more go through COPY
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 _URL_SCHEMES = ("postgresql://", "postgres://")
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
@@ -263,19 +264,34 @@ class PgTables:
         """One writer at a time across threads and processes (a session advisory lock; the server releases it when
         a writer dies); yields the metadata as of the lock (None before create()). LibraryBusyError after
         lock_timeout seconds."""
+        import psycopg
+
         with self._write_mutex:
             conn = self._writer_connection()
             key = f"clip_app:write:{self.table}"
             deadline = time.monotonic() + self.lock_timeout
             while True:
-                if conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
-                    break
+                lock, meta = conn.cursor(), conn.cursor()
+                try:
+                    with conn.pipeline():  # one round trip: the lock, then the metadata (valid once it is held)
+                        lock.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
+                        meta.execute(f"SELECT model, model_name, dim, next_id, version, generation FROM "
+                                     f"{self.table}_meta")
+                except psycopg.errors.UndefinedTable:  # no tables (yet, or dropped): the lock, then no metadata
+                    conn.execute("SELECT pg_advisory_unlock_all()")
+                    row = None
+                    if conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
+                        break
+                else:
+                    row = meta.fetchone()
+                    if lock.fetchone()[0]:
+                        break
                 if time.monotonic() > deadline:
                     raise LibraryBusyError(f"the library {self.location.shown} is being written by another process "
                                            f"(advisory lock held for over {self.lock_timeout:.0f} s); try again later")
                 time.sleep(0.05)
             try:
-                yield self._meta_on(conn)
+                yield None if row is None else Meta(row[0], row[1], int(row[2]), int(row[3]), int(row[4]), row[5])
             finally:
                 if not conn.closed:
                     conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
@@ -299,6 +315,8 @@ class PgTables:
         HNSW index afterwards when the table has grown past HNSW_MIN_ROWS (export builds it after verifying)."""
         import psycopg
 
+        if not replace_all and (rows is None or len(rows) <= SMALL_WRITE_ROWS):
+            return self._apply_small(model, model_name, dim, next_id, remove, rows, index)
         try:
             with self._transaction() as conn:
                 version = int(conn.execute(
@@ -326,6 +344,42 @@ class PgTables:
         if index:
             self.ensure_index()
         return int(version)
+
+    def _apply_small(self, model: str, model_name: str, dim: int, next_id: int, remove: Sequence[int],
+                     rows: LibraryState | None, index: bool) -> int:
+        """apply() for a few rows (an add, a remove): the whole transaction in one round trip (pipeline mode)."""
+        import psycopg
+
+        meta = f"{self.table}_meta"
+        conn = self._writer_connection()
+        cur = conn.cursor()
+        try:
+            with conn.pipeline(), conn.transaction():
+                cur.execute(f"UPDATE {meta} SET model = %s, model_name = %s, dim = %s, next_id = GREATEST(next_id, "
+                            "%s), version = version + 1 RETURNING version", (model, model_name, int(dim),
+                                                                              int(next_id)))
+                if remove:
+                    gone = [int(i) for i in remove]
+                    conn.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s)", (gone,))
+                    conn.execute(f"INSERT INTO {self.table}_removed (id, version) SELECT unnest(%s::bigint[]), "
+                                 f"(SELECT version FROM {meta})", (gone,))
+                if rows is not None and len(rows):
+                    conn.cursor().executemany(
+                        f"INSERT INTO {self.table} (id, feature, file, sha256, size, name, added, version) VALUES "
+                        f"(%s, %s::halfvec, %s, %s, %s, %s, %s, (SELECT version FROM {meta}))",
+                        [(int(rows.ids[i]), halfvec_literal(rows.features16[i]), rows.files[i],
+                          bytes.fromhex(rows.sha256[i]), int(rows.sizes[i]), rows.names[i], float(rows.added[i]))
+                         for i in range(len(rows))])
+            version = int(cur.fetchone()[0])
+        except psycopg.errors.UniqueViolation as exc:
+            raise LibraryWriteError(f"the library {self.location.shown} already holds one of these images (same "
+                                    f"sha256 or file): {exc.diag.message_detail or exc}; nothing was written") from None
+        except psycopg.Error as exc:
+            raise LibraryWriteError(f"could not write to the library {self.location.shown} ({exc}); nothing was "
+                                    "written") from exc
+        if index:
+            self.ensure_index()
+        return version
 
     def _copy_rows(self, conn: Any, state: LibraryState, version: int) -> None:
         """COPY the rows of a state in (binary format: the float16 rows go as they are)."""

@@ -24,7 +24,7 @@ from ..label_sets import FORMAT_VERSION as LABEL_SETS_FORMAT
 from ..label_sets import LabelSetError, LabelSetStore
 from ..search import top_k
 from .errors import LibraryCorruptError
-from .pg_sql import PgTables, is_database_url
+from .pg_sql import Meta, PgTables, is_database_url
 from .state import LibraryState, sorted_member
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,10 @@ class PostgresStore:
         if adopted is not state:
             self._version = 0  # an empty library of another model, taken over: the next save rewrites it
 
-    def _refresh(self) -> None:
-        """Catch up with other writers: one metadata query; then only the rows they stored and the IDs they
-        removed (or everything, after a rebuild replaced the table)."""
-        meta = self.tables.meta()
+    def _refresh(self, meta: Meta | None = None) -> None:
+        """Catch up with other writers: one metadata query (or the metadata given); then only the rows they stored
+        and the IDs they removed (or everything, after a rebuild replaced the table)."""
+        meta = meta if meta is not None else self.tables.meta()
         if meta is None:
             if self._version > 0:
                 raise LibraryCorruptError(f"the library tables of {self.location} were dropped while in use")
@@ -102,9 +102,9 @@ class PostgresStore:
                 self.tables.create(state.model, state.model_name, state.dim, state.next_id)  # type: ignore[union-attr]
                 meta = self.tables.meta()
                 self._version, self._generation = 0, meta.generation  # type: ignore[union-attr]
-            with self.tables.writing():
+            with self.tables.writing() as meta:  # the metadata as of the lock: every earlier write is visible
                 with self._lock:
-                    self._refresh()
+                    self._refresh(meta)
                     self._writer_active = True
                 try:
                     yield self._state  # type: ignore[misc]
