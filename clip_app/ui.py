@@ -15,7 +15,6 @@ from typing import Any, Callable, Sequence
 
 import gradio as gr
 
-from .config import DATABASE_URL_SCHEMES
 from .service import (
     DEFAULT_K,
     DEFAULT_TAG_THRESHOLD,
@@ -446,6 +445,4 @@ def launch(demo: gr.Blocks, *, gallery_dir: Path, library_file: Path | None = No
 
 def launch_blocked_paths(gallery_dir: Path, library_file: Path | None) -> list[str]:
     """Gradio's blocked_paths (absolute, links resolved): see launch()."""
-    if isinstance(library_file, str) and library_file.lower().startswith(DATABASE_URL_SCHEMES):
-        library_file = None  # a PostgreSQL library: nothing of it lies in the gallery
     return [str(path.resolve()) for path in private_paths(gallery_dir, library_file)]
