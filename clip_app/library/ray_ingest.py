@@ -148,8 +148,9 @@ class EncodeActor:
 
 
 def ray_add(library: FeatureLibrary, settings: Settings, files: Sequence[Path], options: RayOptions,
-            progress: Callable[[int, int], None] | None = None) -> AddReport:
-    """Add image files through a Ray actor pool; this process writes the library in batches (see module doc)."""
+            progress: Callable[[int, int], None] | None = None, write_batch: int = WRITE_BATCH) -> AddReport:
+    """Add image files through a Ray actor pool; this process writes the library in batches of write_batch rows
+    (see the module doc)."""
     files = [Path(f) for f in files]
     total = len(files)
     if not files:
@@ -171,8 +172,11 @@ def ray_add(library: FeatureLibrary, settings: Settings, files: Sequence[Path], 
     first_of_hash: dict[str, int] = {}
     repeats: list[tuple[int, int]] = []
     done, started = 0, time.perf_counter()
+    first_batch: float | None = None
     try:
-        for batch in dataset.iter_batches(batch_size=WRITE_BATCH, batch_format="numpy"):
+        for batch in dataset.iter_batches(batch_size=max(1, write_batch), batch_format="numpy"):
+            if first_batch is None:
+                first_batch = time.perf_counter() - started  # the actors are up: starting them is most of this
             candidates = _take_batch(library, files, batch, results, first_of_hash, repeats)
             if candidates:
                 with library.store.writing() as state:
@@ -191,7 +195,8 @@ def ray_add(library: FeatureLibrary, settings: Settings, files: Sequence[Path], 
                                    feature=results[first].feature)  # type: ignore[union-attr]
     seconds = time.perf_counter() - started
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    run = RayRun(images=total, seconds=seconds, nodes=len(nodes), actors=options.actors,
+    run = RayRun(images=total, seconds=seconds, first_batch_s=first_batch or seconds, nodes=len(nodes),
+                 actors=options.actors,
                  cpus=int(sum(n["Resources"].get("CPU", 0) for n in nodes)),
                  gpus=int(sum(n["Resources"].get("GPU", 0) for n in nodes)))
     log.info("%s", run.summary())
@@ -206,6 +211,7 @@ class RayRun:
 
     images: int
     seconds: float
+    first_batch_s: float  # until the first results reached this process (starting the actors: loading the model)
     nodes: int
     actors: int
     cpus: int
