@@ -220,18 +220,25 @@ class PgLabelSetStore(LabelSetStore):
         super().__init__(Path(f"{store.location} ({LABEL_SETS_DOCUMENT})"))
         self.store = store
 
-    def _load(self) -> dict[str, list[str]]:
+    def _read(self) -> tuple[dict[str, list[str]], dict[str, dict]]:
+        """(sets, heads) from the document (the JSON of label_sets.json); LabelSetError when it is not valid."""
         raw = self.store.get_document(LABEL_SETS_DOCUMENT)
         if raw is None:
-            return {}
+            return {}, {}
         sets = raw.get("sets") if isinstance(raw, dict) else None
-        if not isinstance(sets, dict):
+        heads = raw.get("heads", {}) if isinstance(raw, dict) else None
+        if not isinstance(sets, dict) or not isinstance(heads, dict):
             raise LabelSetError(f"the label sets of {self.store.location} cannot be read; left untouched")
-        return {k: list(v) for k, v in sets.items()}
+        return {k: list(v) for k, v in sets.items()}, {k: v for k, v in heads.items() if k in sets}
 
-    def _write(self, sets: dict[str, list[str]]) -> None:
+    def _write(self, sets: dict[str, list[str]], heads: dict[str, dict] | None = None) -> None:
+        if heads is None:
+            heads = self._read()[1]
+        document: dict = {"version": LABEL_SETS_FORMAT, "sets": sets}
+        if heads:
+            document["heads"] = {k: v for k, v in heads.items() if k in sets}
         try:
-            self.store.put_document(LABEL_SETS_DOCUMENT, {"version": LABEL_SETS_FORMAT, "sets": sets})
+            self.store.put_document(LABEL_SETS_DOCUMENT, document)
         except Exception as exc:
             raise LabelSetError(f"the label sets could not be saved: {exc}") from None
 
