@@ -58,7 +58,8 @@ def test_ray_add_matches_the_serial_add(local_ray, tmp_path: Path, tiny_checkpoi
     strip = [(r.name, r.status, r.id, r.error) for r in expected.results]
     assert [(r.name, r.status, r.id, r.error) for r in got.results] == strip
     for want, have in zip(expected.results, got.results):  # the tiny random model puts many images near 0.97
-        close_call = want.similarity is not None and abs(want.similarity - serial.near_duplicate_threshold) < 5e-3
+        close_call = any(sim is not None and abs(sim - serial.near_duplicate_threshold) < 5e-3
+                         for sim in (want.similarity, have.similarity))
         if not close_call:
             assert have.near_duplicate_of == want.near_duplicate_of, (want, have)
     assert [r.status for r in got.results].count("added") == 7
