@@ -17,10 +17,22 @@ ENV_VARS: dict[str, str] = {
     "CLIP_APP_GALLERY": "gallery_dir",
     "CLIP_APP_LIBRARY": "library_file",
     "CLIP_APP_MODEL_DIR": "model_dir",
+    "CLIP_APP_MAX_FILE_SIZE": "max_file_size",
+    "CLIP_APP_MAX_REQUEST_SIZE": "max_request_size",
+    "CLIP_APP_MAX_LABELS": "max_labels",
+    "CLIP_APP_MAX_PROMPTS": "max_prompts",
 }
 
 PATH_FIELDS = frozenset({"gallery_dir", "library_file", "model_dir"})
 DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
+#: fields given as sizes ('20MB', '500KB', bytes) and as whole numbers
+SIZE_FIELDS = frozenset({"max_file_size", "max_request_size"})
+COUNT_FIELDS = frozenset({"max_labels", "max_prompts"})
+
+DEFAULT_MAX_FILE_SIZE = 20 * 1024 * 1024  # one uploaded or indexed image file
+DEFAULT_MAX_REQUEST_SIZE = 1024 * 1024  # one API request body other than a file upload (JSON: labels, queries)
+DEFAULT_MAX_LABELS = 1000  # labels in one classify request
+DEFAULT_MAX_PROMPTS = 8000  # labels x templates of one classifier (100 labels with the 80-template ensemble)
 
 
 def library_location(value: str) -> Path | str:
@@ -43,6 +55,10 @@ class Settings:
     gallery_dir: Path = Path("gallery")
     library_file: Path | str = Path("features_library.pth")  # or a postgresql:// URL (library/pg_store.py)
     model_dir: Path = default_model_dir()
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
+    max_labels: int = DEFAULT_MAX_LABELS
+    max_prompts: int = DEFAULT_MAX_PROMPTS
 
     def resolved_device(self) -> str:
         """The torch device to use: 'auto' means CUDA when available, else CPU."""
@@ -56,10 +72,7 @@ class Settings:
         for var, name in ENV_VARS.items():
             raw = env.get(var, "").strip()
             if raw:
-                if name == "library_file":
-                    values[name] = library_location(raw)
-                else:
-                    values[name] = Path(raw).expanduser() if name in PATH_FIELDS else raw
+                values[name] = _convert(name, raw, var)
         return cls(**values)  # type: ignore[arg-type]
 
     @classmethod
@@ -74,8 +87,48 @@ class Settings:
         for flag, name in (("gallery", "gallery_dir"), ("library", "library_file"), ("model_dir", "model_dir")):
             value = getattr(args, flag, None)
             if value:
-                changes[name] = library_location(value) if name == "library_file" else Path(value).expanduser()
+                changes[name] = _convert(name, value, "--" + flag.replace("_", "-"))
+        for name in sorted(SIZE_FIELDS | COUNT_FIELDS):
+            value = getattr(args, name, None)
+            if value not in (None, ""):
+                changes[name] = _convert(name, value, "--" + name.replace("_", "-"))
         return replace(base, **changes)
+
+
+def _convert(name: str, raw: object, source: str) -> object:
+    """A setting's value from its text (ValueError naming the flag or variable when it is not valid)."""
+    if name == "library_file":
+        return library_location(str(raw))
+    if name in PATH_FIELDS:
+        return Path(str(raw)).expanduser()
+    if name in SIZE_FIELDS:
+        return parse_size(raw, source)
+    if name in COUNT_FIELDS:
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"{source} must be a whole number, got {raw!r}") from None
+        if value < 1:
+            raise ValueError(f"{source} must be at least 1, got {raw!r}")
+        return value
+    return raw
+
+
+def parse_size(text: object, source: str = "the size") -> int:
+    """Bytes from '20MB', '500kb', '1GB' or a plain number of bytes (units of 1024, as Gradio counts them)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        raw = str(text).strip().upper().replace(" ", "")
+        unit = next((u for u in ("TB", "GB", "MB", "KB", "B") if raw.endswith(u)), "")
+        factor = {"TB": 1024 ** 4, "GB": 1024 ** 3, "MB": 1024 ** 2, "KB": 1024}.get(unit, 1)
+        try:
+            value = int(float(raw[: len(raw) - len(unit)]) * factor)
+        except (ValueError, OverflowError):
+            raise ValueError(f"not a file size: {text!r} (use e.g. 20MB, 500KB or a number of bytes)") from None
+    if value <= 0:
+        raise ValueError(f"the file size limit must be positive, got {text!r}")
+    return value
 
 
 def resolve_device(device: str) -> str:
@@ -128,3 +181,19 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = T
                             "PostgreSQL + pgvector store [env CLIP_APP_LIBRARY; default features_library.pth]")
     parser.add_argument("--model-dir", dest="model_dir",
                         help="where model weights are downloaded [env CLIP_APP_MODEL_DIR; default ~/.cache/clip]")
+    if library:  # the app and the index manager read image files; the benchmarks have their own data
+        parser.add_argument("--max-file-size", dest="max_file_size", default=None,
+                            help="largest image file accepted (uploads and `index add`), e.g. 20MB or 500KB "
+                            "[env CLIP_APP_MAX_FILE_SIZE; default 20MB]")
+
+
+def add_request_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The per-request caps of the app: --max-request-size, --max-labels, --max-prompts."""
+    parser.add_argument("--max-request-size", dest="max_request_size", default=None,
+                        help="largest API request body other than a file upload, e.g. 1MB "
+                        "[env CLIP_APP_MAX_REQUEST_SIZE; default 1MB]")
+    parser.add_argument("--max-labels", dest="max_labels", default=None,
+                        help="most labels in one classify request [env CLIP_APP_MAX_LABELS; default 1000]")
+    parser.add_argument("--max-prompts", dest="max_prompts", default=None,
+                        help="most prompts (labels x templates) in one classifier [env CLIP_APP_MAX_PROMPTS; "
+                        "default 8000: 100 labels with the 80-template ensemble]")
