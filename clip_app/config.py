@@ -24,6 +24,7 @@ ENV_VARS: dict[str, str] = {
 }
 
 PATH_FIELDS = frozenset({"gallery_dir", "library_file", "model_dir"})
+DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
 #: fields given as sizes ('20MB', '500KB', bytes) and as whole numbers
 SIZE_FIELDS = frozenset({"max_file_size", "max_request_size"})
 COUNT_FIELDS = frozenset({"max_labels", "max_prompts"})
@@ -32,6 +33,12 @@ DEFAULT_MAX_FILE_SIZE = 20 * 1024 * 1024  # one uploaded or indexed image file
 DEFAULT_MAX_REQUEST_SIZE = 1024 * 1024  # one API request body other than a file upload (JSON: labels, queries)
 DEFAULT_MAX_LABELS = 1000  # labels in one classify request
 DEFAULT_MAX_PROMPTS = 8000  # labels x templates of one classifier (100 labels with the 80-template ensemble)
+
+
+def library_location(value: str) -> Path | str:
+    """--library / CLIP_APP_LIBRARY: a file path, or a postgresql:// URL kept as it is (a Path would fold its //)."""
+    value = value.strip()
+    return value if value.lower().startswith(DATABASE_URL_SCHEMES) else Path(value).expanduser()
 
 
 def default_model_dir() -> Path:
@@ -46,7 +53,7 @@ class Settings:
     model: str = DEFAULT_MODEL
     device: str = "auto"
     gallery_dir: Path = Path("gallery")
-    library_file: Path = Path("features_library.pth")
+    library_file: Path | str = Path("features_library.pth")  # or a postgresql:// URL (library/pg_store.py)
     model_dir: Path = default_model_dir()
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
@@ -80,7 +87,7 @@ class Settings:
         for flag, name in (("gallery", "gallery_dir"), ("library", "library_file"), ("model_dir", "model_dir")):
             value = getattr(args, flag, None)
             if value:
-                changes[name] = Path(value).expanduser()
+                changes[name] = _convert(name, value, "--" + flag.replace("_", "-"))
         for name in sorted(SIZE_FIELDS | COUNT_FIELDS):
             value = getattr(args, name, None)
             if value not in (None, ""):
@@ -90,6 +97,8 @@ class Settings:
 
 def _convert(name: str, raw: object, source: str) -> object:
     """A setting's value from its text (ValueError naming the flag or variable when it is not valid)."""
+    if name == "library_file":
+        return library_location(str(raw))
     if name in PATH_FIELDS:
         return Path(str(raw)).expanduser()
     if name in SIZE_FIELDS:
@@ -168,7 +177,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = T
     if library:
         parser.add_argument("--gallery", help="gallery folder [env CLIP_APP_GALLERY; default gallery/]")
         parser.add_argument("--library",
-                            help="feature library file [env CLIP_APP_LIBRARY; default features_library.pth]")
+                            help="feature library file, or postgresql://USER@HOST:PORT/DB[?table=NAME] for a "
+                            "PostgreSQL + pgvector store [env CLIP_APP_LIBRARY; default features_library.pth]")
     parser.add_argument("--model-dir", dest="model_dir",
                         help="where model weights are downloaded [env CLIP_APP_MODEL_DIR; default ~/.cache/clip]")
     if library:  # the app and the index manager read image files; the benchmarks have their own data

@@ -193,8 +193,10 @@ class App(FewShotActions):
     def from_settings(cls, settings: Settings, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> "App":
         """Load the model and the library once (ModelLoadError / LibraryError when they cannot be used)."""
         encoder = ClipEncoder(settings.model, settings.device, download_root=settings.model_dir)
+        from .library.pg_store import label_set_store
+
         library = FeatureLibrary(settings.gallery_dir, settings.library_file, encoder)
-        app = cls(encoder, library, LabelSetStore(default_label_sets_file(settings.library_file)), max_file_size,
+        app = cls(encoder, library, label_set_store(library, settings.library_file), max_file_size,
                   max_labels=settings.max_labels, max_prompts=settings.max_prompts)
         log.info("clip-app ready: model %s on %s, %d images in %s (library %s)", encoder.name, encoder.device,
                  len(library), settings.gallery_dir, settings.library_file)

@@ -13,6 +13,7 @@ BENCHMARKS = {
     "flickr8k": "clip_app.bench.flickr8k.cli",
     "perf": "clip_app.bench.perf.cli",
     "fewshot": "clip_app.bench.fewshot.cli",
+    "scale": "clip_app.bench.scale.cli",
 }
 
 
