@@ -284,10 +284,10 @@ class LabelSetStore:
 
     def _read_all(self) -> tuple[dict[str, list[str]], dict[str, dict], dict[str, SetExamples]]:
         """(sets, heads in their JSON form, examples) from the file; LabelSetError when it cannot be read."""
-        if not self.path.exists():
-            return {}, {}, {}
         try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            raw = self._read_document()
+            if raw is None:
+                return {}, {}, {}
             sets = raw["sets"]
             heads = raw.get("heads", {})
             examples = raw.get("examples", {})
@@ -322,6 +322,16 @@ class LabelSetStore:
         kept = {name: per for name, per in examples.items() if name in sets and per}
         if kept:
             document["examples"] = kept
+        self._write_document(document)
+
+    def _read_document(self) -> dict | None:
+        """The stored document (the JSON of label_sets.json), or None when there is none yet."""
+        if not self.path.exists():
+            return None
+        return json.loads(self.path.read_text(encoding="utf-8"))
+
+    def _write_document(self, document: dict) -> None:
+        """Store the document atomically (temp file, fsync, os.replace); LabelSetError when it fails."""
         payload = json.dumps(document, ensure_ascii=False, indent=1)
         try:
             replace_atomically(self.path, lambda handle: handle.write(payload.encode("utf-8")))

@@ -20,7 +20,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..label_sets import FORMAT_VERSION as LABEL_SETS_FORMAT
 from ..label_sets import LabelSetError, LabelSetStore
 from ..search import top_k
 from .errors import LibraryCorruptError
@@ -220,23 +219,11 @@ class PgLabelSetStore(LabelSetStore):
         super().__init__(Path(f"{store.location} ({LABEL_SETS_DOCUMENT})"))
         self.store = store
 
-    def _read(self) -> tuple[dict[str, list[str]], dict[str, dict]]:
-        """(sets, heads) from the document (the JSON of label_sets.json); LabelSetError when it is not valid."""
-        raw = self.store.get_document(LABEL_SETS_DOCUMENT)
-        if raw is None:
-            return {}, {}
-        sets = raw.get("sets") if isinstance(raw, dict) else None
-        heads = raw.get("heads", {}) if isinstance(raw, dict) else None
-        if not isinstance(sets, dict) or not isinstance(heads, dict):
-            raise LabelSetError(f"the label sets of {self.store.location} cannot be read; left untouched")
-        return {k: list(v) for k, v in sets.items()}, {k: v for k, v in heads.items() if k in sets}
+    def _read_document(self) -> dict | None:
+        """The label sets document of the library (the JSON of label_sets.json), or None."""
+        return self.store.get_document(LABEL_SETS_DOCUMENT)
 
-    def _write(self, sets: dict[str, list[str]], heads: dict[str, dict] | None = None) -> None:
-        if heads is None:
-            heads = self._read()[1]
-        document: dict = {"version": LABEL_SETS_FORMAT, "sets": sets}
-        if heads:
-            document["heads"] = {k: v for k, v in heads.items() if k in sets}
+    def _write_document(self, document: dict) -> None:
         try:
             self.store.put_document(LABEL_SETS_DOCUMENT, document)
         except Exception as exc:
