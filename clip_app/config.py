@@ -17,6 +17,7 @@ ENV_VARS: dict[str, str] = {
     "CLIP_APP_GALLERY": "gallery_dir",
     "CLIP_APP_LIBRARY": "library_file",
     "CLIP_APP_MODEL_DIR": "model_dir",
+    "CLIP_APP_TEXT_MODEL": "text_model",
 }
 
 PATH_FIELDS = frozenset({"gallery_dir", "library_file", "model_dir"})
@@ -36,6 +37,8 @@ class Settings:
     gallery_dir: Path = Path("gallery")
     library_file: Path = Path("features_library.pth")
     model_dir: Path = default_model_dir()
+    text_model: str | None = None  #: a multilingual text tower (hub name or local folder); None: CLIP's own only
+    text_routing: str = "auto"     #: 'auto' (plain English to CLIP's text tower) or 'multilingual' (every text)
 
     def resolved_device(self) -> str:
         """The torch device to use: 'auto' means CUDA when available, else CPU."""
@@ -57,7 +60,7 @@ class Settings:
         """Environment first, then any flag given on the command line (flags win)."""
         base = cls.from_env(environ)
         changes: dict[str, object] = {}
-        for name in ("model", "device"):
+        for name in ("model", "device", "text_model", "text_routing"):
             value = getattr(args, name, None)
             if value:
                 changes[name] = value
@@ -89,3 +92,10 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--library", help="feature library file [env CLIP_APP_LIBRARY; default features_library.pth]")
     parser.add_argument("--model-dir", dest="model_dir",
                         help="where model weights are downloaded [env CLIP_APP_MODEL_DIR; default ~/.cache/clip]")
+    parser.add_argument("--text-model", dest="text_model",
+                        help="a multilingual text tower aligned to --model: a hub name (e.g. "
+                        "clip-ViT-B-32-multilingual-v1, M-CLIP/XLM-Roberta-Large-Vit-B-32) or a local folder "
+                        "[env CLIP_APP_TEXT_MODEL; default none: English through CLIP's own text tower]")
+    parser.add_argument("--text-routing", dest="text_routing", choices=("auto", "multilingual"),
+                        help="with --text-model: auto sends plain English to CLIP's own text tower and any other "
+                        "text to the multilingual one; multilingual sends every text there [default auto]")
