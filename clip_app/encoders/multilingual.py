@@ -39,6 +39,9 @@ KNOWN_BASES: dict[str, dict[str, Any]] = {
                               eos_token_id=2),
 }
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: files of other frameworks in the hub repositories, never downloaded (M-CLIP's tf_model.h5 alone is 2.2 GB)
+_OTHER_FRAMEWORKS = ("*.h5", "*.msgpack", "*.onnx", "onnx/*", "openvino/*", "*.ot", "rust_model*", "flax_model*",
+                     "tf_model*", "coreml/*")
 
 
 class CachedTextTower:
@@ -101,12 +104,8 @@ def load_text_model(source: str, device: str = "cpu", model_dir: str | os.PathLi
     else:
         folder, name = None, info.name if info else source
     try:
-        if folder is not None:
-            forward, dim = (_load_mclip(folder, device) if _is_mclip(folder) else _load_st(str(folder), device))
-        elif info is not None and info.family == "m-clip":
-            forward, dim = _load_mclip(_download(info.name, model_dir), device)
-        else:
-            forward, dim = _load_st(info.name if info else source, device, model_dir)
+        where = folder if folder is not None else _download(name, model_dir)  # a hub name: once, then offline
+        forward, dim = _load_mclip(where, device) if _is_mclip(where) else _load_st(str(where), device)
     except ModelLoadError:
         raise
     except Exception as exc:  # missing files, corrupt weights, network errors, wrong formats
@@ -133,20 +132,13 @@ def _failure_message(source: str, folder: Path | None, model_dir: Any, exc: Exce
 
 
 # ---- sentence-transformers ------------------------------------------------------------------------------------
-def _load_st(source: str, device: str,
-             model_dir: str | os.PathLike[str] | None = None) -> tuple[Callable[[list[str]], torch.Tensor], int]:
+def _load_st(folder: str, device: str) -> tuple[Callable[[list[str]], torch.Tensor], int]:
     from sentence_transformers import SentenceTransformer
 
-    if Path(source).is_dir() and not (Path(source) / "modules.json").is_file():
-        raise ModelLoadError(f"{source} is not a sentence-transformers folder (no modules.json) nor an M-CLIP "
+    if not (Path(folder) / "modules.json").is_file():
+        raise ModelLoadError(f"{folder} is not a sentence-transformers folder (no modules.json) nor an M-CLIP "
                              "folder (no config.json with model_type 'M-CLIP')")
-    cache = str(model_dir) if model_dir else None
-    try:  # what was downloaded once loads without asking the network again
-        model = SentenceTransformer(source, device=device, cache_folder=cache, local_files_only=True)
-    except Exception:
-        if Path(source).is_dir():
-            raise
-        model = SentenceTransformer(source, device=device, cache_folder=cache)
+    model = SentenceTransformer(folder, device=device, local_files_only=True)
     model.eval()
     if not model.max_seq_length or model.max_seq_length > MAX_TOKENS:
         model.max_seq_length = MAX_TOKENS
@@ -170,10 +162,13 @@ def _is_mclip(folder: Path) -> bool:
 
 
 def _download(repo: str, model_dir: str | os.PathLike[str] | None) -> Path:
+    """The local folder of a hub model in the weights folder, downloaded on first use (PyTorch files only)."""
     from huggingface_hub import snapshot_download
 
-    kwargs = {"cache_dir": str(model_dir)} if model_dir else {}
-    try:
+    kwargs: dict[str, Any] = {"ignore_patterns": list(_OTHER_FRAMEWORKS)}
+    if model_dir:
+        kwargs["cache_dir"] = str(model_dir)
+    try:  # what was downloaded once loads without asking the network again
         return Path(snapshot_download(repo, local_files_only=True, **kwargs))
     except Exception:
         return Path(snapshot_download(repo, **kwargs))
