@@ -11,6 +11,7 @@ reads every symbol. `multilingual` sends every text to the multilingual tower.
 from __future__ import annotations
 
 import re
+import string
 
 ROUTING_CHOICES = ("auto", "multilingual")
 CLIP_TOWER = "clip"
@@ -34,7 +35,7 @@ def has_foreign_words(text: str) -> bool:
 
 def is_plain_english(text: str) -> bool:
     """True when every letter is an ASCII Latin letter and no foreign function word is present (no letter: True)."""
-    if any(ch.isalpha() and not ("a" <= ch.casefold() <= "z") for ch in text):
+    if any(ch.isalpha() and ch not in string.ascii_letters for ch in text):
         return False
     return not has_foreign_words(text)
 

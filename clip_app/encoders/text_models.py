@@ -78,7 +78,7 @@ def check_pairing(text_model: str, image_identity: str, image_dim: int, text_dim
             advice = f"run with --model {info.image_model}"
             others = [k.name for k in KNOWN_TEXT_MODELS if k.image_model == image_identity]
             if others:
-                advice += f", or with --model {image_identity} use --text-model {others[0]}"
+                advice += f", or with --model {image_identity} use --text-model {' or '.join(others)}"
         raise TextModelMismatch(f"text model {info.name} is aligned to {info.aligned_to}, not to the running image "
                                 f"model {image_identity}: {advice}")
     width = text_dim if text_dim is not None else (info.dim if info else None)
