@@ -1,6 +1,7 @@
 """Flickr8k retrieval: text-to-image and image-to-text Recall@1/5/10 and median rank, with plots and a report.
 
 `python -m clip_app.bench flickr8k --root DIR [--model M ...] [--split test] [--prefix P ...] [--out results/]`
+With --text-model (and optionally --captions FILE in any language): recall per text tower (flickr8k_multilingual.py).
 """
 
 from __future__ import annotations
@@ -220,6 +221,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", type=_non_negative, default=3,
                         help="successes and failures shown per direction in the grids [3]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--text-model", help="a multilingual text tower aligned to --model (hub name or local folder): "
+                        "report recall per text tower (CLIP's own, the multilingual one, routed) on the same images "
+                        "[env CLIP_APP_TEXT_MODEL]")
+    parser.add_argument("--text-routing", choices=("auto", "multilingual"),
+                        help="how the 'routed' row picks a tower per caption [default auto]")
+    parser.add_argument("--captions", help="with --text-model: a captions file in any language for the split's "
+                        "images: captions.json or Flickr8k-CN lines `<image>#<n> <caption>`")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,6 +246,14 @@ def run(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, workers=args.workers, gallery_sizes=tuple(args.gallery_sizes),
                               subsets=args.subsets, seed=args.seed, examples=args.examples,
                               progress=not args.no_progress, extra_timings=reading.as_dict())
+    text_model = args.text_model or Settings.from_env().text_model
+    if text_model or args.captions:
+        from .flickr8k_multilingual import run as run_towers
+
+        if not text_model:
+            print("error: --captions needs --text-model (the captions are read by each text tower)", file=sys.stderr)
+            return 2
+        return run_towers(args, data, options, settings, text_model)
     results = []
     for model in args.model or [settings.model]:
         timer = StageTimer()
