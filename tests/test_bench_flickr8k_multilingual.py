@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from clip_app.bench.__main__ import main
 from clip_app.bench.flickr8k_data import DatasetError, load_flickr8k
@@ -53,8 +54,7 @@ def test_chinese_captions_beside_the_images_give_recall_per_tower(tmp_path: Path
     assert result["routed_to_multilingual"] == 12 and result["text_model"] == st_folder.name
     assert report.with_suffix(".md").read_text(encoding="utf-8").count("| ") >= 4
     data = load_flickr8k(root, "test")
-    images = tiny_encoder.encode_images([__import__("PIL.Image").Image.open(p).convert("RGB") for p in
-                                         data.image_paths])
+    images = tiny_encoder.encode_images([Image.open(p).convert("RGB") for p in data.image_paths])
     tower = load_text_model(str(st_folder))
     features = {"clip": tiny_encoder.encode_texts(list(data.captions)),
                 "multilingual": tower.encode_texts(list(data.captions))}
@@ -75,7 +75,8 @@ def test_a_flickr8k_cn_captions_file_replaces_the_captions(tmp_path: Path, tiny_
                      "blue.jpg#0\t蓝色的海\n", encoding="utf-8")
     with caplog.at_level(logging.WARNING):
         captions = read_caption_lines(lines)
-    assert captions == {"red": ["一辆红色的车"], "red.jpg": ["红色的花"], "green": ["绿色的树"], "blue.jpg": ["蓝色的海"]}
+    assert captions == {"red": ["一辆红色的车"], "red.jpg": ["红色的花"], "green": ["绿色的树"],
+                        "blue.jpg": ["蓝色的海"]}
     assert "1 line(s)" in caplog.text
     data = with_captions(load_flickr8k(root, "test"), read_captions_file(lines), str(lines))
     assert data.images == ("red.jpg", "green.jpg", "blue.jpg")  # the others have no Chinese caption
