@@ -207,9 +207,10 @@ def test_a_label_set_save_that_fails_is_a_label_set_error_and_keeps_the_saved_se
 
 
 def test_one_file_hash_helper() -> None:
-    from clip_app import library_maintenance, model
+    from clip_app import library_maintenance
+    from clip_app.encoders import clip_torch
 
-    assert library_maintenance.file_sha256 is model.file_sha256
+    assert library_maintenance.file_sha256 is clip_torch.file_sha256
 
 
 # ---- search ---------------------------------------------------------------------------------------------------
