@@ -24,13 +24,13 @@ from typing import Callable, Iterator
 import torch
 
 from ..config import resolve_device
-from . import perf_app, perf_encode, perf_library, perf_product, perf_search
+from . import perf_app, perf_encode, perf_library, perf_multilingual, perf_product, perf_search
 from .perf_setup import ARCHITECTURES, load_encoder, write_photos
 from .perf_stats import Results, Target, format_table, format_targets, load_average
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("forward", "index", "classify", "search", "library", "app")
+SECTIONS = ("forward", "index", "classify", "search", "library", "app", "multilingual")
 DEFAULT_SIZES = "1000,10000,100000,1000000"
 QUICK_SIZES = "300,3000"
 LIBRARY_SIZE = 100_000
@@ -142,8 +142,8 @@ def run(args: argparse.Namespace) -> int:
         meta.update(sizes=sizes, repeats=repeats, batch_size=batch, k=args.k, library_size=library_size,
                     quick=quick, sections=only, load_average_start=load_start)
         print(banner(meta, encoder.name))
-        photos = make_photos(work / "photos", batch, repeats, quick) if {"index", "classify", "library", "app"} & \
-            set(only) else {}
+        photos = make_photos(work / "photos", batch, repeats, quick) if {"index", "classify", "library", "app",
+                                                                         "multilingual"} & set(only) else {}
         pipeline = "library_add" if perf_product.library_module() is not None else "decode_encode_draft"
         steps: dict[str, Callable[[], None]] = {
             "forward": lambda: perf_encode.measure_forward(encoder, batch, repeats, results),
@@ -156,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
                                                             repeats, args.k, results, work),
             "app": lambda: perf_app.measure_cold_start(checkpoint, photos["classify"][0], 1 if quick else repeats,
                                                        results, work),
+            "multilingual": lambda: perf_multilingual.measure_multilingual(
+                encoder, checkpoint, photos["classify"][0], sizes, repeats, args.k, results, work,
+                1 if quick else repeats),
         }
         for name in SECTIONS:
             if name not in only:
