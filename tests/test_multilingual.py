@@ -252,3 +252,15 @@ def test_from_settings_loads_the_tower_and_refuses_a_mismatch(tmp_path: Path, ti
     with pytest.raises(TextModelMismatch, match="ViT-B/32"):
         App.from_settings(Settings(model=str(tiny_checkpoint), device="cpu", gallery_dir=tmp_path / "g",
                                    library_file=tmp_path / "lib.pth", text_model="clip-ViT-B-32-multilingual-v1"))
+
+
+def test_index_stats_shows_the_text_model(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    from clip_app.index import main as index_main
+
+    flags = ["--model", str(tiny_checkpoint), "--device", "cpu", "--gallery", str(tmp_path / "gallery"),
+             "--library", str(tmp_path / "lib.pth")]
+    assert index_main([*flags, "--text-model", "/models/m", "--text-routing", "multilingual", "stats", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["text_model"], stats["text_routing"]) == ("/models/m", "multilingual")
+    assert index_main([*flags, "stats"]) == 0
+    assert "text model:    CLIP's own text tower (English)" in capsys.readouterr().out
