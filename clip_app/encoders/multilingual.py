@@ -223,7 +223,8 @@ def _load_mclip(folder: Path, device: str) -> tuple[Callable[[list[str]], torch.
                                 "bias": state["LinearTransformation.bias"]})
     transformer.to(device).eval()
     projection.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    # the base's config, so a folder whose tokenizer_config.json names no class gets the base's tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), config=transformer.config)
     limit = min(MAX_TOKENS, int(getattr(transformer.config, "max_position_embeddings", MAX_TOKENS + 2)) - 2)
 
     def forward(texts: list[str]) -> torch.Tensor:
