@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                                                        results, work),
             "multilingual": lambda: perf_multilingual.measure_multilingual(
                 encoder, checkpoint, photos["classify"][0], sizes, repeats, args.k, results, work,
-                1 if quick else repeats),
+                1 if quick else min(repeats, 3)),
         }
         for name in SECTIONS:
             if name not in only:
