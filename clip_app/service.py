@@ -31,7 +31,7 @@ from .library import (
     RepairReport,
     private_paths,
 )
-from .prompts import chinese_templates_for, templates_for
+from .prompts import TEMPLATE_CHOICES, chinese_templates_for, family_templates
 from .text_routing import FOREIGN_WORDS, MULTILINGUAL_TOWER, has_letters, is_chinese
 
 log = logging.getLogger(__name__)
@@ -214,14 +214,16 @@ class App:
         label_list = parse_labels(labels if labels is not None else "")
         templates = self._templates(template)
         per_label = self._label_templates(label_list, template, templates)
-        # a bad image stops here, before anything is stored (JPEGs decode at a reduced scale: see ClipEncoder)
-        picture = decode_image(data, name, min_side=self.encoder.decode_min_side)
+        feature: torch.Tensor | None = None
         saved: AddResult | None = None
-        feature = None
-        if save:  # the library encodes a new photo and knows a stored one: use its row, never encode twice
+        if save:  # the library decodes and encodes the photo once (or knows it) and returns its stored row
             saved = self.library.add([(data, name)]).results[0]
-            feature = self._stored_feature(saved.id)
-        if feature is None:
+            if saved.status == "failed":  # a bad image: nothing was stored; raise its ImageError
+                decode_image(data, name, min_side=self.encoder.decode_min_side)
+                raise ImageError(name, saved.error or "cannot be read")
+            feature = saved.feature
+        if feature is None:  # JPEGs decode at a reduced scale: see ClipEncoder
+            picture = decode_image(data, name, min_side=self.encoder.decode_min_side)
             feature = self.encoder.encode_images([picture])[0]  # [D]
         weights = self.classifiers.get(self.texts, label_list, per_label)  # [D, C]
         scores = rank(label_list, feature, weights)
@@ -243,14 +245,6 @@ class App:
         return [chinese if chinese and routed is not None and is_chinese(label)
                 and routed.tower_for(chinese[0].replace("{}", label, 1)) == MULTILINGUAL_TOWER else templates
                 for label in labels]
-
-    def _stored_feature(self, image_id: int | None) -> torch.Tensor | None:
-        """The library's feature row [D] of an image, or None (not stored, or removed meanwhile)."""
-        if image_id is None:
-            return None
-        ids, features = self.library.snapshot()  # [N], [N, D]
-        rows = (ids == int(image_id)).nonzero().flatten()
-        return features[int(rows[0])] if len(rows) else None
 
     # ---- Label sets ---------------------------------------------------------------------------------------
     def label_set_names(self) -> list[str]:
@@ -408,10 +402,9 @@ class App:
             raise FileTooLargeError(f"{name}: {format_size(size)} is over the size limit of "
                                     f"{format_size(self.max_file_size)}; nothing was changed")
 
-    @staticmethod
-    def _templates(template: str | None) -> tuple[str, ...]:
+    def _templates(self, template: str | None) -> tuple[str, ...]:
         try:
-            return templates_for((template or "single").strip())
+            return family_templates((template or "single").strip(), self.encoder.family)
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
@@ -441,4 +434,5 @@ class App:
 
 __all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
            "GalleryPage", "LibraryStats", "Hit", "english_note", "parse_size", "format_size",
-           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "private_paths", "TextModelMismatch"]
+           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "TEMPLATE_CHOICES", "private_paths",
+           "TextModelMismatch"]

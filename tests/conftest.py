@@ -10,7 +10,7 @@ import pytest
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from clip_app.encoders import ClipEncoder  # noqa: E402
-from tests.fakes import color_encoder, save_tiny_checkpoint  # noqa: E402
+from tests.support.fakes import color_encoder, save_tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")

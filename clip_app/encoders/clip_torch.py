@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..config import DEFAULT_MODEL, resolve_device
+from ..files import sha256_file as file_sha256
 from .base import ModelLoadError, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -22,15 +22,6 @@ DEFAULT_BATCH_SIZE = 32
 TEXT_BATCH_SIZE = 256
 TEXT_CACHE_SIZE = 20_000  # prompt strings kept (about 40 MB of ViT-B/32 features); classifiers are cached too
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def official_checksums() -> dict[str, str]:
@@ -46,6 +37,12 @@ def model_identity(model: str) -> tuple[str, str]:
     ModelLoadError when it is neither a known name nor an existing file."""
     import clip
 
+    from .families import family_identity, parse_model_spec
+
+    spec = parse_model_spec(model)
+    if spec.family != "clip":
+        return family_identity(spec)
+    model = str(spec.file) if spec.file is not None else spec.arch
     path = Path(model).expanduser()
     if path.is_file():
         digest = file_sha256(path)
@@ -63,18 +60,33 @@ def model_identity(model: str) -> tuple[str, str]:
 class ClipEncoder:
     """A loaded CLIP model with batched, normalised, cached encoders. Outputs are float32 CPU tensors."""
 
+    loaded = True  # Encoder.loaded: the weights are in memory from the start
+
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto",
                  download_root: str | os.PathLike[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  text_cache_size: int = TEXT_CACHE_SIZE) -> None:
         import clip
 
+        from .families import load_family_model, parse_model_spec
+
         self.device = resolve_device(device)
+        self.model_dir = str(download_root) if download_root else None
+        spec = parse_model_spec(model)
+        if spec.family != "clip":  # open_clip, Chinese-CLIP: their own loader, tokenizer and preprocessing
+            identity, name = model_identity(model)
+            self.source = model
+            loaded = load_family_model(spec, self.device, download_root)
+            self._setup(loaded.model, loaded.preprocess, name=name, identity=identity, batch_size=batch_size,
+                        text_cache_size=text_cache_size, tokenizer=loaded.tokenize,
+                        input_resolution=loaded.input_resolution, family=spec.family)
+            log.info("loaded %s on %s (dim %d, input %d px)", name, self.device, self.dim, self.input_resolution)
+            return
+        model = str(spec.file) if spec.file is not None else spec.arch
         path = Path(model).expanduser()
         is_file = path.is_file()
         identity, name = model_identity(model)  # ModelLoadError for an unknown name or a missing file
         #: the model as it is given on a command line (`--model`), and --model-dir: for the advice in messages
         self.source = str(path.absolute()) if is_file else model
-        self.model_dir = str(download_root) if download_root else None
         try:
             loaded, preprocess = clip.load(str(path) if is_file else model, device=self.device, jit=False,
                                            download_root=str(download_root) if download_root else None)
@@ -92,19 +104,22 @@ class ClipEncoder:
         """Wrap an already built model with CLIP's interface (encode_image, encode_text)."""
         self = cls.__new__(cls)
         self.device = device
+        self.source, self.model_dir = name, None  # Encoder.source: a built model is known by its name
         self._setup(model.to(device), preprocess, name=name, identity=identity or name, batch_size=batch_size,
                     text_cache_size=text_cache_size, tokenizer=tokenizer)
         return self
 
     def _setup(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], *, name: str,
                identity: str, batch_size: int, text_cache_size: int,
-               tokenizer: Callable[..., torch.Tensor] | None = None) -> None:
+               tokenizer: Callable[..., torch.Tensor] | None = None, input_resolution: int | None = None,
+               family: str = "clip") -> None:
         import clip
 
         self.model = model.eval()
         self.preprocess = preprocess
         self.name = name
         self.identity = identity
+        self.family = family  #: clip, open_clip or cn_clip: picks the family's own prompts (prompts.family_prompts)
         self.batch_size = max(1, int(batch_size))
         self._tokenize = tokenizer or clip.tokenize
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -113,11 +128,12 @@ class ClipEncoder:
         self.cache_hits = 0
         self.cache_misses = 0
         visual = getattr(model, "visual", None)
-        self.input_resolution = int(getattr(visual, "input_resolution", 224))
+        self.input_resolution = int(input_resolution or getattr(visual, "input_resolution", 224))
         #: encoding paths decode JPEGs at a reduced scale down to this shorter side (images.decode_image min_side):
         #: twice the input size keeps the preprocessing's own bicubic downscale, so features barely change
         self.decode_min_side = 2 * self.input_resolution
-        self.dtype = getattr(model, "dtype", torch.float32)
+        first = next(iter(model.parameters()), None)
+        self.dtype = getattr(model, "dtype", None) or (first.dtype if first is not None else torch.float32)
         with torch.inference_mode():
             probe = self._forward_text(self._tokenize([""], truncate=True))
         self.dim = int(probe.shape[-1])
