@@ -29,25 +29,27 @@ class TextModelInfo:
 
     name: str                #: the hub name
     family: str              #: 'sentence-transformers' or 'm-clip' (how it is loaded)
-    image_model: str | None  #: the OpenAI CLIP model (as clip.available_models() spells it), None for none of them
+    image_models: tuple[str, ...]  #: identities of the image models it serves (OpenAI names, open_clip specs)
     aligned_to: str          #: the image tower, in words
     dim: int                 #: output width = the image tower's
     languages: str           #: what the query box says is accepted
 
 
+_B32, _L14 = "ViT-B/32", "ViT-L/14"  # OpenAI's names; open_clip's `openai` tags are the same weights
 _ST_LANGUAGES = "Chinese (simplified and traditional), Japanese, Korean, Arabic, Russian and 50+ other languages"
 _MCLIP_LANGUAGES = "Chinese, Japanese, Korean, Russian, Arabic and the other languages of M-CLIP's training (48)"
 
 KNOWN_TEXT_MODELS: tuple[TextModelInfo, ...] = (
-    TextModelInfo("sentence-transformers/clip-ViT-B-32-multilingual-v1", "sentence-transformers", "ViT-B/32",
-                  "OpenAI CLIP ViT-B/32", 512, _ST_LANGUAGES),
-    TextModelInfo("M-CLIP/XLM-Roberta-Large-Vit-B-32", "m-clip", "ViT-B/32", "OpenAI CLIP ViT-B/32", 512,
-                  _MCLIP_LANGUAGES),
-    TextModelInfo("M-CLIP/XLM-Roberta-Large-Vit-L-14", "m-clip", "ViT-L/14", "OpenAI CLIP ViT-L/14", 768,
-                  _MCLIP_LANGUAGES),
-    TextModelInfo("M-CLIP/LABSE-Vit-L-14", "m-clip", "ViT-L/14", "OpenAI CLIP ViT-L/14", 768, _MCLIP_LANGUAGES),
-    TextModelInfo("M-CLIP/XLM-Roberta-Large-Vit-B-16Plus", "m-clip", None,
-                  "open_clip ViT-B-16-plus-240 (laion400m_e31), not an OpenAI CLIP model", 640, _MCLIP_LANGUAGES),
+    TextModelInfo("sentence-transformers/clip-ViT-B-32-multilingual-v1", "sentence-transformers",
+                  (_B32, "open_clip:ViT-B-32/openai"), "OpenAI CLIP ViT-B/32", 512, _ST_LANGUAGES),
+    TextModelInfo("M-CLIP/XLM-Roberta-Large-Vit-B-32", "m-clip", (_B32, "open_clip:ViT-B-32/openai"),
+                  "OpenAI CLIP ViT-B/32", 512, _MCLIP_LANGUAGES),
+    TextModelInfo("M-CLIP/XLM-Roberta-Large-Vit-L-14", "m-clip", (_L14, "open_clip:ViT-L-14/openai"),
+                  "OpenAI CLIP ViT-L/14", 768, _MCLIP_LANGUAGES),
+    TextModelInfo("M-CLIP/LABSE-Vit-L-14", "m-clip", (_L14, "open_clip:ViT-L-14/openai"), "OpenAI CLIP ViT-L/14",
+                  768, _MCLIP_LANGUAGES),
+    TextModelInfo("M-CLIP/XLM-Roberta-Large-Vit-B-16Plus", "m-clip", ("open_clip:ViT-B-16-plus-240/laion400m_e31",),
+                  "open_clip ViT-B-16-plus-240 (laion400m_e31), none of OpenAI's models", 640, _MCLIP_LANGUAGES),
 )
 
 #: a folder of unknown origin: what the query box says
@@ -69,16 +71,11 @@ def check_pairing(text_model: str, image_identity: str, image_dim: int, text_dim
     """Refuse a text tower that is not aligned to the image model: a known name paired with another image model
     (the message names the right pairing), or any width other than the image model's. TextModelMismatch."""
     info = known_text_model(text_model)
-    if info is not None and info.image_model != image_identity:
-        if info.image_model is None:
-            advice = ("this app's --model loads OpenAI CLIP models only, so this text model cannot be used here; "
-                      "pick one aligned to your image model: " + ", ".join(
-                          f"{k.name} -> {k.image_model}" for k in KNOWN_TEXT_MODELS if k.image_model))
-        else:
-            advice = f"run with --model {info.image_model}"
-            others = [k.name for k in KNOWN_TEXT_MODELS if k.image_model == image_identity]
-            if others:
-                advice += f", or with --model {image_identity} use --text-model {' or '.join(others)}"
+    if info is not None and image_identity not in info.image_models:
+        advice = f"run with --model {info.image_models[0]}"
+        others = [k.name for k in KNOWN_TEXT_MODELS if image_identity in k.image_models]
+        if others:
+            advice += f", or with --model {image_identity} use --text-model {' or '.join(others)}"
         raise TextModelMismatch(f"text model {info.name} is aligned to {info.aligned_to}, not to the running image "
                                 f"model {image_identity}: {advice}")
     width = text_dim if text_dim is not None else (info.dim if info else None)

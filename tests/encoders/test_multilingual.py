@@ -141,14 +141,16 @@ def test_a_hub_name_that_cannot_be_downloaded_names_the_local_folder_way_out(tmp
 
 # ---- the compatibility table ------------------------------------------------------------------------------------
 def test_known_names_are_refused_with_the_wrong_image_model_naming_the_right_pairing() -> None:
-    assert known_text_model("clip-ViT-B-32-multilingual-v1").image_model == "ViT-B/32"
+    assert known_text_model("clip-ViT-B-32-multilingual-v1").image_models[0] == "ViT-B/32"
+    check_pairing("clip-ViT-B-32-multilingual-v1", "open_clip:ViT-B-32/openai", 512)  # OpenAI's weights
+    check_pairing("M-CLIP/XLM-Roberta-Large-Vit-B-16Plus", "open_clip:ViT-B-16-plus-240/laion400m_e31", 640)
     check_pairing("sentence-transformers/clip-ViT-B-32-multilingual-v1", "ViT-B/32", 512)
     check_pairing("M-CLIP/XLM-Roberta-Large-Vit-L-14", "ViT-L/14", 768)
     with pytest.raises(TextModelMismatch, match=r"aligned to OpenAI CLIP ViT-B/32.*--model ViT-B/32"):
         check_pairing("clip-ViT-B-32-multilingual-v1", "ViT-L/14", 768)
     with pytest.raises(TextModelMismatch, match="--model ViT-L/14.*M-CLIP/XLM-Roberta-Large-Vit-B-32"):
         check_pairing("M-CLIP/XLM-Roberta-Large-Vit-L-14", "ViT-B/32", 512)
-    with pytest.raises(TextModelMismatch, match="open_clip ViT-B-16-plus-240.*cannot be used here"):
+    with pytest.raises(TextModelMismatch, match="none of OpenAI's.*--model open_clip:ViT-B-16-plus-240/laion400m_e31"):
         check_pairing("M-CLIP/XLM-Roberta-Large-Vit-B-16Plus", "ViT-B/32", 512)
 
 
