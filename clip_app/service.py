@@ -19,6 +19,7 @@ from .classify import DEFAULT_TAG_THRESHOLD, ClassifierCache, LabelError, LabelS
 from .config import Settings
 from .encoders import ClipEncoder, RoutedTextEncoder, TextModelMismatch, routed_text_encoder
 from .images import ImageError, decode_image
+from .label_heads import LabelHead
 from .label_sets import LabelSetError, LabelSetStore, default_label_sets_file
 from .library import (
     AddReport,
@@ -225,10 +226,14 @@ class App:
         if feature is None:  # JPEGs decode at a reduced scale: see ClipEncoder
             picture = decode_image(data, name, min_side=self.encoder.decode_min_side)
             feature = self.encoder.encode_images([picture])[0]  # [D]
-        weights = self.classifiers.get(self.texts, label_list, per_label)  # [D, C]
-        scores = rank(label_list, feature, weights)
+        trained = self._trained_head(label_list)
+        if trained is not None:  # a fine-tuned label set's own head (clip_app.finetune classify) for this model
+            scores = trained.rank(label_list, feature)
+        else:
+            weights = self.classifiers.get(self.texts, label_list, per_label)  # [D, C]
+            scores = rank(label_list, feature, weights)
         result = ClassifyResult(label_list, templates, scores, saved=saved)
-        if self.text_encoder is not None:
+        if self.text_encoder is not None and trained is None:  # a trained head reads no text
             result.towers = {label: self.text_tower(own[0].replace("{}", label, 1))
                              for label, own in zip(label_list, per_label)}
         if tag_threshold is not None:
@@ -245,6 +250,16 @@ class App:
         return [chinese if chinese and routed is not None and is_chinese(label)
                 and routed.tower_for(chinese[0].replace("{}", label, 1)) == MULTILINGUAL_TOWER else templates
                 for label in labels]
+
+    def _trained_head(self, labels: Sequence[str]) -> LabelHead | None:
+        """The head of a saved label set with exactly these labels, trained for the running model; else None
+        (also when the label sets file cannot be read: zero-shot still works)."""
+        try:
+            found = self.label_sets.find_head(labels, self.encoder.identity)
+        except LabelSetError as exc:
+            log.warning("%s", exc)
+            return None
+        return None if found is None else found[1]
 
     # ---- Label sets ---------------------------------------------------------------------------------------
     def label_set_names(self) -> list[str]:
