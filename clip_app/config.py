@@ -18,9 +18,21 @@ ENV_VARS: dict[str, str] = {
     "CLIP_APP_LIBRARY": "library_file",
     "CLIP_APP_MODEL_DIR": "model_dir",
     "CLIP_APP_TEXT_MODEL": "text_model",
+    "CLIP_APP_MAX_FILE_SIZE": "max_file_size",
+    "CLIP_APP_MAX_REQUEST_SIZE": "max_request_size",
+    "CLIP_APP_MAX_LABELS": "max_labels",
+    "CLIP_APP_MAX_PROMPTS": "max_prompts",
 }
 
 PATH_FIELDS = frozenset({"gallery_dir", "library_file", "model_dir"})
+#: fields given as sizes ('20MB', '500KB', bytes) and as whole numbers
+SIZE_FIELDS = frozenset({"max_file_size", "max_request_size"})
+COUNT_FIELDS = frozenset({"max_labels", "max_prompts"})
+
+DEFAULT_MAX_FILE_SIZE = 20 * 1024 * 1024  # one uploaded or indexed image file
+DEFAULT_MAX_REQUEST_SIZE = 1024 * 1024  # one API request body other than a file upload (JSON: labels, queries)
+DEFAULT_MAX_LABELS = 1000  # labels in one classify request
+DEFAULT_MAX_PROMPTS = 8000  # labels x templates of one classifier (100 labels with the 80-template ensemble)
 
 
 def default_model_dir() -> Path:
@@ -39,6 +51,10 @@ class Settings:
     model_dir: Path = default_model_dir()
     text_model: str | None = None  #: a multilingual text tower (hub name or local folder); None: CLIP's own only
     text_routing: str = "auto"     #: 'auto' (plain English to CLIP's text tower) or 'multilingual' (every text)
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
+    max_labels: int = DEFAULT_MAX_LABELS
+    max_prompts: int = DEFAULT_MAX_PROMPTS
 
     def resolved_device(self) -> str:
         """The torch device to use: 'auto' means CUDA when available, else CPU."""
@@ -52,7 +68,7 @@ class Settings:
         for var, name in ENV_VARS.items():
             raw = env.get(var, "").strip()
             if raw:
-                values[name] = Path(raw).expanduser() if name in PATH_FIELDS else raw
+                values[name] = _convert(name, raw, var)
         return cls(**values)  # type: ignore[arg-type]
 
     @classmethod
@@ -68,7 +84,45 @@ class Settings:
             value = getattr(args, flag, None)
             if value:
                 changes[name] = Path(value).expanduser()
+        for name in sorted(SIZE_FIELDS | COUNT_FIELDS):
+            value = getattr(args, name, None)
+            if value not in (None, ""):
+                changes[name] = _convert(name, value, "--" + name.replace("_", "-"))
         return replace(base, **changes)
+
+
+def _convert(name: str, raw: object, source: str) -> object:
+    """A setting's value from its text (ValueError naming the flag or variable when it is not valid)."""
+    if name in PATH_FIELDS:
+        return Path(str(raw)).expanduser()
+    if name in SIZE_FIELDS:
+        return parse_size(raw, source)
+    if name in COUNT_FIELDS:
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"{source} must be a whole number, got {raw!r}") from None
+        if value < 1:
+            raise ValueError(f"{source} must be at least 1, got {raw!r}")
+        return value
+    return raw
+
+
+def parse_size(text: object, source: str = "the size") -> int:
+    """Bytes from '20MB', '500kb', '1GB' or a plain number of bytes (units of 1024, as Gradio counts them)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        raw = str(text).strip().upper().replace(" ", "")
+        unit = next((u for u in ("TB", "GB", "MB", "KB", "B") if raw.endswith(u)), "")
+        factor = {"TB": 1024 ** 4, "GB": 1024 ** 3, "MB": 1024 ** 2, "KB": 1024}.get(unit, 1)
+        try:
+            value = int(float(raw[: len(raw) - len(unit)]) * factor)
+        except (ValueError, OverflowError):
+            raise ValueError(f"not a file size: {text!r} (use e.g. 20MB, 500KB or a number of bytes)") from None
+    if value <= 0:
+        raise ValueError(f"the file size limit must be positive, got {text!r}")
+    return value
 
 
 def resolve_device(device: str) -> str:
@@ -127,3 +181,19 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = T
     parser.add_argument("--text-routing", dest="text_routing", choices=("auto", "multilingual"),
                         help="with --text-model: auto sends plain English to CLIP's own text tower and any other "
                         "text to the multilingual one; multilingual sends every text there [default auto]")
+    if library:  # the app and the index manager read image files; the benchmarks have their own data
+        parser.add_argument("--max-file-size", dest="max_file_size", default=None,
+                            help="largest image file accepted (uploads and `index add`), e.g. 20MB or 500KB "
+                            "[env CLIP_APP_MAX_FILE_SIZE; default 20MB]")
+
+
+def add_request_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The per-request caps of the app: --max-request-size, --max-labels, --max-prompts."""
+    parser.add_argument("--max-request-size", dest="max_request_size", default=None,
+                        help="largest API request body other than a file upload, e.g. 1MB "
+                        "[env CLIP_APP_MAX_REQUEST_SIZE; default 1MB]")
+    parser.add_argument("--max-labels", dest="max_labels", default=None,
+                        help="most labels in one classify request [env CLIP_APP_MAX_LABELS; default 1000]")
+    parser.add_argument("--max-prompts", dest="max_prompts", default=None,
+                        help="most prompts (labels x templates) in one classifier [env CLIP_APP_MAX_PROMPTS; "
+                        "default 8000: 100 labels with the 80-template ensemble]")

@@ -62,13 +62,15 @@ def test_the_issue_figures_are_there(perf_run):
                 f"search.parts.scan32.{big}", f"search.parts.rescore.{big}", f"search.parts.select.{big}"]
     expected += [f"search.{kind}.{n}" for n in SIZES for kind in ("topk", "topk_float32", "query")]
     expected += [f"search.query.{n}.{kind}" for n in SIZES for kind in ("ratio", "in_run")]
+    expected += [f"app.page.{kind}" for kind in ("bytes.full", "bytes.thumbs", "bytes.ratio", "seconds.full",
+                                                 "seconds.thumbs_first", "seconds.thumbs", "seconds.ratio")]
     assert [key for key in expected if key not in figures] == []
     assert figures[f"library.bulk_add.saves.{big}"]["values"] == [1.0]  # one save for a bulk add
 
 
 def test_targets_are_all_decided(perf_run):
     checks = perf_run[1]["targets"]
-    assert len(checks) == 6
+    assert len(checks) == 8  # the six of the performance issue, and the gallery page's two (thumbnails)
     for check in checks:
         assert check["value"] is not None and isinstance(check["met"], bool), check
 
