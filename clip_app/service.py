@@ -43,8 +43,8 @@ from .library import (
 from .prompts import TEMPLATE_CHOICES, chinese_templates_for, family_templates
 from .request_limits import BodyLimit
 from .served_copies import forget_on_delete
-from .thumbnails import Thumbnails, thumbs_dir
 from .text_routing import FOREIGN_WORDS, MULTILINGUAL_TOWER, has_letters, is_chinese
+from .thumbnails import Thumbnails, thumbs_dir
 
 log = logging.getLogger(__name__)
 
