@@ -1,4 +1,4 @@
-"""The index manager: `python -m clip_app.index [settings flags] <add|remove|list|stats|check|repair|rebuild> ...`.
+"""The index manager: `python -m clip_app.index [settings flags] <add|remove|list|stats|check|repair|rebuild|labels>`.
 
 Exit status: 0 done; 1 the command could not do what was asked (nothing could be added, an unknown ID, `check`
 found a disagreement); 2 an error that stops everything (model cannot load, library of another model, corrupt or
@@ -25,6 +25,7 @@ from .config import Settings, add_settings_arguments
 from .encoders import ClipEncoder, ModelLoadError, model_identity
 from .files import describe_os_error
 from .images import IMAGE_EXTENSIONS, special_kind
+from .index_labels import LabelsCommandError, add_labels_parser, cmd_labels, store_of
 from .library import AddReport, AddResult, FeatureLibrary, LibraryError, UnknownImageError
 from .service import format_size
 from .thumbnails import Thumbnails
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "re-encode changed files, set aside what is not an image)")
     commands.add_parser("rebuild", help="re-encode every gallery image with the running model into a new library "
                         "file, swapped in atomically")
+    add_labels_parser(commands)
     return parser
 
 
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         encoder = LazyEncoder(settings, args.batch_size)
         return COMMANDS[args.command](args, settings, encoder)  # type: ignore[arg-type]
-    except UnknownImageError as exc:
+    except (UnknownImageError, LabelsCommandError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (ModelLoadError, LibraryError, ValueError) as exc:
@@ -251,6 +253,7 @@ def cmd_remove(args: argparse.Namespace, settings: Settings, encoder: ClipEncode
     thumbnails = Thumbnails(settings.gallery_dir)
     for image_id in removed:  # the thumbnails go with their images
         thumbnails.remove(hashes.get(image_id, ""))
+    store_of(settings).forget_images(removed)  # label-set examples disappear with their images
     print(f"removed {len(removed)} image{'' if len(removed) == 1 else 's'}: {', '.join(map(str, removed))}")
     return 0
 
@@ -343,6 +346,7 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings, encoder: ClipEncod
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, ClipEncoder], int]] = {
     "add": cmd_add, "remove": cmd_remove, "list": cmd_list, "stats": cmd_stats, "check": cmd_check,
     "repair": cmd_repair, "rebuild": cmd_rebuild,
+    "labels": lambda args, settings, encoder: cmd_labels(args, settings, encoder, open_library),
 }
 
 

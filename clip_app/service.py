@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, Union
@@ -43,6 +45,7 @@ from .library import (
 from .prompts import TEMPLATE_CHOICES, chinese_templates_for, family_templates
 from .request_limits import BodyLimit
 from .served_copies import forget_on_delete
+from .service_fewshot import DEFAULT_METHOD, AdaptedResult, FewShotActions
 from .text_routing import FOREIGN_WORDS, MULTILINGUAL_TOWER, has_letters, is_chinese
 from .thumbnails import Thumbnails, thumbs_dir
 
@@ -165,8 +168,9 @@ def clean_query(text: str | None) -> str:
     return " ".join(kept.split())
 
 
-class App:
-    """clip-app's actions over one encoder and one library; safe to share between threads (Gradio's workers)."""
+class App(FewShotActions):
+    """clip-app's actions over one encoder and one library; safe to share between threads (Gradio's workers).
+    The few-shot actions (examples per label, classify_adapted, search_refine) come from service_fewshot."""
 
     def __init__(self, encoder: ClipEncoder, library: FeatureLibrary, label_sets: LabelSetStore | None = None,
                  max_file_size: int = DEFAULT_MAX_FILE_SIZE, *, max_labels: int = DEFAULT_MAX_LABELS,
@@ -184,6 +188,8 @@ class App:
         self.thumbnails = Thumbnails(library.gallery_dir) if thumbnails else None
         self.delete_listeners: list[DeleteListener] = []
         self.classifiers = ClassifierCache()
+        self._heads: OrderedDict = OrderedDict()  # few-shot heads by (method, labels, templates, examples)
+        self._heads_lock = threading.Lock()
         # no App-level write lock: the library serialises its saves (threads and processes) and checks for
         # duplicates again under its own lock, while it encodes outside any lock, so a photo saved from Classify
         # or a delete does not wait for a bulk upload to be encoded
@@ -414,6 +420,7 @@ class App:
             self.thumbnails.remove(entry.sha256)
         for step in after:
             step()
+        self.label_sets.forget_images([image_id])  # its examples disappear with it
         log.info("deleted image #%d (%s)", entry.id, entry.file)
         return entry
 
@@ -554,7 +561,8 @@ class App:
         return k
 
 
-__all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
+__all__ = ["App", "AdaptedResult", "DEFAULT_METHOD", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS",
+           "ClassifyResult", "SearchResult",
            "GalleryPage", "LibraryStats", "Hit", "clean_query", "thumbs_dir", "BodyLimit", "forget_on_delete",
            "DEFAULT_MAX_REQUEST_SIZE", "english_note", "parse_size", "format_size",
            "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "TEMPLATE_CHOICES", "private_paths",

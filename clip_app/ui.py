@@ -296,6 +296,8 @@ class _Wiring:
 
 
 def _classify_tab(app: App) -> None:
+    from .ui_fewshot import adapted_outputs, example_controls, wire_classify
+
     with gr.Row():
         with gr.Column(scale=1):
             image = uploaded_image(label="Photo", sources=["upload", "clipboard"], height=260,
@@ -312,20 +314,22 @@ def _classify_tab(app: App) -> None:
             run = gr.Button("Classify", variant="primary", elem_id="classify-run")
             set_names, set_problem = app.label_set_choices()  # a damaged file: the built-in sets and why
             with gr.Accordion("Label sets", open=set_problem is not None):
-                sets = gr.Dropdown(set_names, value=None, label="Saved label sets",
-                                   info="picking a set fills the labels box")
+                sets = gr.Dropdown(set_names, value=None, label="Saved label sets", allow_custom_value=True,
+                                   info="picking a set fills the labels box")  # any name: sets saved later (API)
                 set_name = gr.Textbox(label="Name", placeholder="name to save the labels under, or the new name")
                 with gr.Row():
                     save_set = gr.Button("Save labels as set", size="sm")
                     rename_set = gr.Button("Rename set", size="sm")
                     delete_set = gr.Button("Delete set", size="sm", variant="stop")
                 set_message = gr.Markdown(md_escape(set_problem) if set_problem else "")
+            examples = example_controls()
         with gr.Column(scale=1):
             with gr.Row():
                 top = gr.Label(num_top_classes=5, label="Top labels", elem_id="classify-top")
                 table = gr.Dataframe(headers=["label", "probability", "cosine"],
                                      datatype=["str", "number", "number"], interactive=False,
                                      label="Each label's raw cosine", max_height=360)
+            adapted = adapted_outputs()
             tag_list = gr.Markdown(label="tags", elem_id="classify-tags")
             saved = gr.Markdown(label="saved", elem_id="classify-saved")
 
@@ -336,8 +340,10 @@ def _classify_tab(app: App) -> None:
                               tag_threshold=threshold if tag_mode else None)  # the App checks the number
         return label_value(result), cosine_rows(result), tags_text(result), saved_text(result)
 
-    run.click(classify, [image, labels, template, tag_mode, threshold, save], [top, table, tag_list, saved],
-              api_name="classify", concurrency_limit=READ_CONCURRENCY)
+    classified = run.click(classify, [image, labels, template, tag_mode, threshold, save],
+                           [top, table, tag_list, saved], api_name="classify", concurrency_limit=READ_CONCURRENCY)
+    wire_classify(app, examples, adapted, image=image, labels=labels, template=template, sets=sets, top=top,
+                  classified=classified)
     rows = classify_examples()
     if rows:
         gr.Examples(rows, [image, labels, template, save], label="Examples (demo gallery photos; not saved)")
@@ -411,6 +417,9 @@ def _search_tab(app: App) -> None:
     run_image.click(by_image, [example, k, min_score], outputs, api_name="search_by_image",
                     concurrency_limit=READ_CONCURRENCY)
     results.select(full_image(app), [hit_ids], [full, details], api_visibility=PRIVATE)
+    from .ui_fewshot import search_extras
+
+    search_extras(app, query=query, k=k, min_score=min_score, results=results, message=message, hit_ids=hit_ids)
 
 
 def _gallery_tab(app: App) -> _Wiring:
@@ -435,6 +444,9 @@ def _gallery_tab(app: App) -> _Wiring:
         yes = gr.Button("Yes, delete it", variant="stop", scale=0, elem_id="gallery-confirm")
         no = gr.Button("Cancel", scale=0)
     message = gr.Markdown(label="message", elem_id="gallery-message")
+    from .ui_fewshot import gallery_extras
+
+    gallery_extras(app, selected=selected)
 
     @user_errors
     def show_page(page: float | None = 1):

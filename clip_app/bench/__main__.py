@@ -12,6 +12,7 @@ BENCHMARKS = {
     "imagenet": "clip_app.bench.imagenet.cli",
     "flickr8k": "clip_app.bench.flickr8k.cli",
     "perf": "clip_app.bench.perf.cli",
+    "fewshot": "clip_app.bench.fewshot.cli",
 }
 
 
