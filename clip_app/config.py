@@ -17,6 +17,7 @@ ENV_VARS: dict[str, str] = {
     "CLIP_APP_GALLERY": "gallery_dir",
     "CLIP_APP_LIBRARY": "library_file",
     "CLIP_APP_MODEL_DIR": "model_dir",
+    "CLIP_APP_TEXT_MODEL": "text_model",
     "CLIP_APP_MAX_FILE_SIZE": "max_file_size",
     "CLIP_APP_MAX_REQUEST_SIZE": "max_request_size",
     "CLIP_APP_MAX_LABELS": "max_labels",
@@ -55,6 +56,8 @@ class Settings:
     gallery_dir: Path = Path("gallery")
     library_file: Path | str = Path("features_library.pth")  # or a postgresql:// URL (library/pg_store.py)
     model_dir: Path = default_model_dir()
+    text_model: str | None = None  #: a multilingual text tower (hub name or local folder); None: CLIP's own only
+    text_routing: str = "auto"     #: 'auto' (plain English to CLIP's text tower) or 'multilingual' (every text)
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
     max_labels: int = DEFAULT_MAX_LABELS
@@ -80,7 +83,7 @@ class Settings:
         """Environment first, then any flag given on the command line (flags win)."""
         base = cls.from_env(environ)
         changes: dict[str, object] = {}
-        for name in ("model", "device"):
+        for name in ("model", "device", "text_model", "text_routing"):
             value = getattr(args, name, None)
             if value:
                 changes[name] = value
@@ -181,6 +184,13 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = T
                             "PostgreSQL + pgvector store [env CLIP_APP_LIBRARY; default features_library.pth]")
     parser.add_argument("--model-dir", dest="model_dir",
                         help="where model weights are downloaded [env CLIP_APP_MODEL_DIR; default ~/.cache/clip]")
+    parser.add_argument("--text-model", dest="text_model",
+                        help="a multilingual text tower aligned to --model: a hub name (e.g. "
+                        "clip-ViT-B-32-multilingual-v1, M-CLIP/XLM-Roberta-Large-Vit-B-32) or a local folder "
+                        "[env CLIP_APP_TEXT_MODEL; default none: English through CLIP's own text tower]")
+    parser.add_argument("--text-routing", dest="text_routing", choices=("auto", "multilingual"),
+                        help="with --text-model: auto sends plain English to CLIP's own text tower and any other "
+                        "text to the multilingual one; multilingual sends every text there [default auto]")
     if library:  # the app and the index manager read image files; the benchmarks have their own data
         parser.add_argument("--max-file-size", dest="max_file_size", default=None,
                             help="largest image file accepted (uploads and `index add`), e.g. 20MB or 500KB "

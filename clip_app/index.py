@@ -292,6 +292,8 @@ def cmd_list(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder)
 def cmd_stats(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
     stats = open_library(args, settings, encoder, strict=False).stats()
     stats["running_model"] = encoder.identity
+    stats["text_model"] = settings.text_model  # None: CLIP's own text tower only (the library does not depend on it)
+    stats["text_routing"] = settings.text_routing if settings.text_model else None
     if args.json:
         print(json.dumps(stats, indent=1))
         return 0
@@ -300,6 +302,8 @@ def cmd_stats(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder
     print(f"model:         {stats['model_name']} ({stats['model']})"
           + ("" if stats["model"] == encoder.identity else f"  [running model: {encoder.identity}: run rebuild]"))
     print(f"feature width: {stats['dim']}")
+    print(f"text model:    {settings.text_model} ({settings.text_routing} routing)" if settings.text_model
+          else "text model:    CLIP's own text tower (English)")
     print(f"library file:  {stats['library_file']} ({stats['file_size']:,} bytes, {per_image:,.0f} per image)")
     print(f"gallery:       {stats['gallery_dir']} ({stats['gallery_bytes']:,} bytes)")
     print(f"next ID:       {stats['next_id']}")

@@ -161,7 +161,8 @@ class FewShotActions:
                 stored_id, feature = saved.id, saved.feature
             if feature is None:
                 feature = self.encoder.encode_images([picture])[0]
-        weights = self.classifiers.get(self.encoder, labels, templates)  # [D, C]
+        per_label = self._label_templates(labels, template, templates)  # Chinese labels: Chinese templates
+        weights = self.classifiers.get(self.texts, labels, per_label)  # [D, C], each label read by its text tower
         result = AdaptedResult(labels, rank(labels, feature, weights), None, method, image_id=stored_id)
         found, result.ignored = self._example_features(labels, examples)
         if found is None:
@@ -232,10 +233,10 @@ class FewShotActions:
         if len(query) > MAX_QUERY_CHARS:
             raise InputError(f"the query is too long ({len(query)} characters, at most {MAX_QUERY_CHARS})")
         k = self._k(DEFAULT_K if k in (None, "") else k)
-        text = self.encoder.encode_texts([query])[0] if query else None
+        text = self.texts.encode_texts([query])[0] if query else None  # routed, like search_text
         refined = rocchio(text, self._rows(positives), self._rows(negatives) if negatives else None)
         result = self._search(refined, k, min_score)
-        result.note = english_note(query) if query else None
+        result.note = english_note(query) if query and self.text_encoder is None else None
         return result
 
     def _rows(self: "App", image_ids: Sequence[int]) -> torch.Tensor:

@@ -124,7 +124,17 @@ def tags_text(result: ClassifyResult) -> str:
 
 
 def saved_text(result: ClassifyResult) -> str:
-    """What happened to the photo in the gallery."""
+    """What happened to the photo in the gallery (and, with a multilingual tower, which tower read each label)."""
+    text = _saved_line(result)
+    if result.towers:
+        groups: dict[str, list[str]] = {}
+        for label, tower in result.towers.items():
+            groups.setdefault(tower, []).append(md_escape(label))
+        text += "\n\nText towers: " + "; ".join(f"{md_escape(t)} for {', '.join(ls)}" for t, ls in groups.items())
+    return text
+
+
+def _saved_line(result: ClassifyResult) -> str:
     saved = result.saved
     if saved is None:
         return "Not saved to the gallery."
@@ -165,7 +175,14 @@ def search_text(result: SearchResult) -> str:
                  + (f"; {result.hidden} under the minimum score hidden." if result.hidden else ".")]
     if result.note:
         lines.append(f"*{result.note}*")
+    if result.tower:
+        lines.append(f"Text tower: {md_escape(result.tower)}")
     return "\n\n".join(lines)
+
+
+def query_label(app: App) -> str:
+    """The search box's label: which languages it accepts."""
+    return f"Describe the images you are looking for ({app.accepted_languages()})"
 
 
 def page_items(page: GalleryPage) -> list[tuple[str, str]]:
@@ -207,7 +224,9 @@ def add_summary(report: Any) -> str:
 def stats_text(app: App) -> str:
     """The library's count, model, feature size and file size."""
     s = app.stats()
-    return (f"**{s.count}** images · model {md_escape(s.model)} ({s.dim}-d features) · library file "
+    text_model = (f" · text model {md_escape(s.extra['text_model'])} ({md_escape(s.extra['text_routing'])} routing)"
+                  if s.extra.get("text_model") else "")
+    return (f"**{s.count}** images · model {md_escape(s.model)} ({s.dim}-d features){text_model} · library file "
             f"{format_size(s.file_size)} · gallery {md_escape(s.gallery_dir)}")
 
 
@@ -224,7 +243,8 @@ def build_demo(app: App) -> gr.Blocks:
         app.delete_listeners.append(forget_on_delete)
     with gr.Blocks(title="clip-app", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown(f"# clip-app\nZero-shot classification and image search with CLIP · model "
-                    f"{md_escape(app.encoder.name)} on {app.encoder.device}")
+                    f"{md_escape(app.encoder.name)} on {app.encoder.device}"
+                    + (f" · text model {md_escape(app.text_encoder.multilingual.name)}" if app.text_encoder else ""))
         with gr.Tabs():
             with gr.Tab("Classify", id="classify"):
                 _classify_tab(app)
@@ -361,7 +381,7 @@ def _classify_tab(app: App) -> None:
 def _search_tab(app: App) -> None:
     with gr.Row():
         with gr.Column(scale=2):
-            query = gr.Textbox(label="Describe the images you are looking for (English)",
+            query = gr.Textbox(label=query_label(app),
                                placeholder="a dog playing on the beach", elem_id="search-query")
             run = gr.Button("Search", variant="primary", elem_id="search-run")
         with gr.Column(scale=1):
