@@ -1,8 +1,6 @@
-"""The index manager's label set, classify, search and tag commands (`python -m clip_app.index labels|classify|
-search|tag ...`, and `list --tag`); registered by index.build_parser. JSON shapes are documented in docs/cli.md.
-
-`labels` has sub-commands registered in LABEL_COMMANDS: another sub-command is one more entry
-(name -> (help, add_arguments(parser), run(args, settings) -> exit status)).
+"""The index manager's classify, search and tag commands (`python -m clip_app.index classify|search|tag ...`, and
+`list --tag`); registered by index.build_parser. JSON shapes are documented in docs/cli.md. The `labels` commands
+(add, list, remove, rename, example, examples) are index_labels.py's LABEL_COMMANDS.
 """
 
 from __future__ import annotations
@@ -15,102 +13,11 @@ from typing import Any, Callable
 from .classify import ClassifierCache, parse_labels, rank
 from .config import Settings
 from .images import decode_image, read_bytes
-from .label_sets import LabelSet, LabelSetStore, default_label_sets_file
+from .index_labels import store_of as label_store
 from .library.tags import LibraryTags, as_json, parse_threshold_for, tags_path
 from .prompts import family_templates
 
-# ---- labels -----------------------------------------------------------------------------------------------------
-
-
-def label_store(settings: Settings) -> LabelSetStore:
-    """The label sets file the app uses: label_sets.json beside the library file."""
-    return LabelSetStore(default_label_sets_file(settings.library_file))
-
-
-def _untag(settings: Settings, store: LabelSetStore, name: str) -> None:
-    LibraryTags(tags_path(settings.library_file), store, ClassifierCache()).untag(name)
-
-
-def set_json(label_set: LabelSet, builtin: bool) -> dict:
-    """One set in `labels list --json`."""
-    return {"name": label_set.name, "labels": list(label_set.labels), "template": label_set.template,
-            "threshold": label_set.threshold, "thresholds": dict(label_set.thresholds), "tagged": label_set.tagged,
-            "builtin": builtin}
-
-
-def _labels_add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME")
-    parser.add_argument("labels", metavar="LABELS", help='labels separated by commas, e.g. "cat, dog, receipt"')
-    parser.add_argument("--template", help="'single' (a photo of a {}.), 'ensemble' (CLIP's 80 templates) or a "
-                        "template with one {} (default: the set's own, else single)")
-
-
-def _labels_add(args: argparse.Namespace, settings: Settings) -> int:
-    store = label_store(settings)
-    existed = args.name in store.names()
-    labels = store.save(args.name, args.labels, args.template)
-    name = " ".join(args.name.split())
-    print(f"{'replaced' if existed else 'saved'} label set {name!r}: {len(labels)} label"
-          f"{'' if len(labels) == 1 else 's'} ({', '.join(labels)}), template {store.get_set(name).template}")
-    return 0
-
-
-def _labels_list_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON")
-
-
-def _labels_list(args: argparse.Namespace, settings: Settings) -> int:
-    store = label_store(settings)
-    sets = [(store.get_set(name), True) for name in store.builtin_names()]
-    sets += [(s, False) for s in store.saved_sets()]
-    if args.json:
-        print(json.dumps([set_json(s, builtin) for s, builtin in sets], indent=1, ensure_ascii=False))
-        return 0
-    for label_set, builtin in sets:
-        shown = ", ".join(label_set.labels[:8]) + (", ..." if len(label_set.labels) > 8 else "")
-        flags = " [built in]" if builtin else (" [tagged]" if label_set.tagged else "")
-        print(f"{label_set.name}{flags}: {len(label_set.labels)} labels, template {label_set.template}: {shown}")
-    return 0
-
-
-def _labels_remove_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME")
-
-
-def _labels_remove(args: argparse.Namespace, settings: Settings) -> int:
-    store = label_store(settings)
-    store.delete(args.name)
-    _untag(settings, store, args.name)
-    print(f"removed label set {args.name!r}")
-    return 0
-
-
-def _labels_rename_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("old", metavar="OLD")
-    parser.add_argument("new", metavar="NEW")
-
-
-def _labels_rename(args: argparse.Namespace, settings: Settings) -> int:
-    store = label_store(settings)
-    store.rename(args.old, args.new)
-    _untag(settings, store, args.old)  # a tagged set is tagged again under its new name on its next use
-    print(f"renamed label set {args.old!r} to {' '.join(args.new.split())!r}")
-    return 0
-
-
-LabelCommand = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, Settings], int]]
-#: `labels` sub-commands: name -> (help, add its arguments, run it)
-LABEL_COMMANDS: dict[str, LabelCommand] = {
-    "add": ("save a label set (replacing one of that name)", _labels_add_args, _labels_add),
-    "list": ("list the label sets", _labels_list_args, _labels_list),
-    "remove": ("delete a saved label set (and its tags)", _labels_remove_args, _labels_remove),
-    "rename": ("rename a saved label set", _labels_rename_args, _labels_rename),
-}
-
-
-def cmd_labels(args: argparse.Namespace, settings: Settings, encoder: Any) -> int:
-    """`labels ...`: label sets need neither the model nor the library."""
-    return LABEL_COMMANDS[args.labels_command][2](args, settings)
+__all__ = ["label_store", "add_parsers", "library_tags", "list_tagged", "sync_tags", "tag_problems"]
 
 
 # ---- classify, search, tag, list --tag ------------------------------------------------------------------------
@@ -125,6 +32,10 @@ def cmd_classify(args: argparse.Namespace, settings: Settings, encoder: Any) -> 
         templates = family_templates(template, getattr(encoder, "family", "clip"))
     except ValueError as exc:
         raise ValueError(f"--template: {exc}") from None
+    texts = text_encoder_of(settings, encoder)  # labels read as the app reads them (--text-model routing)
+    from .service import label_templates
+
+    per_label = label_templates(texts if texts is not encoder else None, labels, template, templates)
     weights = None
     out: list[dict] = []
     failed = 0
@@ -137,7 +48,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings, encoder: Any) -> 
             out.append({"image": path, "error": str(exc)})
             continue
         if weights is None:
-            weights = ClassifierCache().get(encoder, labels, templates)
+            weights = ClassifierCache().get(texts, labels, per_label)
         feature = encoder.encode_images([picture])[0]
         scores = rank(labels, feature, weights)
         item = {"image": path, "labels": [{"label": s.label, "probability": s.probability, "cosine": s.cosine}
@@ -145,7 +56,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings, encoder: Any) -> 
         if args.allow_none:
             from .prompts import NEUTRAL_LABEL, NEUTRAL_PROMPTS
 
-            neutral = ClassifierCache().get(encoder, [NEUTRAL_LABEL], NEUTRAL_PROMPTS)[:, 0]
+            neutral = ClassifierCache().get(texts, [NEUTRAL_LABEL], NEUTRAL_PROMPTS)[:, 0]
             item["none_of_these"] = bool(float(feature.float() @ neutral) > max(s.cosine for s in scores))
         out.append(item)
     if args.json:
@@ -161,13 +72,28 @@ def cmd_classify(args: argparse.Namespace, settings: Settings, encoder: Any) -> 
     return 1 if failed else 0
 
 
-def open_app(args: argparse.Namespace, settings: Settings, encoder: Any) -> Any:
-    """An App over the library of these settings (for search, tag and list --tag)."""
+def text_encoder_of(settings: Settings, encoder: Any) -> Any:
+    """The encoder of texts: CLIP's own (the encoder), or the --text-model pair routed per text."""
+    if not settings.text_model:
+        return encoder
+    from .encoders import routed_text_encoder
+
+    return routed_text_encoder(encoder, settings.text_model, settings.text_routing, encoder.device,
+                               str(settings.model_dir) if settings.model_dir else None)
+
+
+def open_app(args: argparse.Namespace | None, settings: Settings, encoder: Any, library: Any = None) -> Any:
+    """An App over the library of these settings (for search, tag, list --tag and keeping tags in step), with the
+    --text-model tower when one is given (texts are read as the app reads them)."""
     from .index import open_library
     from .service import App
 
-    return App(encoder, open_library(args, settings, encoder), label_store(settings),
-               tag_threshold=settings.tag_threshold, confidence_rule=settings.confidence_rule())
+    if library is None:
+        library = open_library(args, settings, encoder)
+    texts = text_encoder_of(settings, encoder)
+    text_encoder = None if texts is encoder else texts
+    return App(encoder, library, label_store(settings), tag_threshold=settings.tag_threshold,
+               confidence_rule=settings.confidence_rule(), text_encoder=text_encoder)
 
 
 def search_json(query: str, result: Any) -> dict:
@@ -223,11 +149,7 @@ def list_tagged(args: argparse.Namespace, settings: Settings, encoder: Any) -> l
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace, Settings, Any], int]]:
-    """Add labels, classify, search and tag to the index manager's sub-commands; their handlers by name."""
-    labels = commands.add_parser("labels", help="manage label sets (the app's label_sets.json)")
-    sub = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
-    for name, (text, configure, _run) in LABEL_COMMANDS.items():
-        configure(sub.add_parser(name, help=text))
+    """Add classify, search and tag to the index manager's sub-commands; their handlers by name."""
     classify = commands.add_parser("classify", help="classify image files against labels (nothing is stored)")
     classify.add_argument("images", nargs="+", metavar="IMAGE")
     which = classify.add_mutually_exclusive_group(required=True)
@@ -252,12 +174,15 @@ def add_parsers(commands: argparse._SubParsersAction) -> dict[str, Callable[[arg
     tag.add_argument("--threshold-for", dest="threshold_for", action="append", metavar="LABEL=T",
                      help="one label's threshold (stored in the set); repeat for more labels")
     tag.add_argument("--json", action="store_true", help="print JSON")
-    return {"labels": cmd_labels, "classify": cmd_classify, "search": cmd_search, "tag": cmd_tag}
+    return {"classify": cmd_classify, "search": cmd_search, "tag": cmd_tag}
 
 
 # ---- keeping tags in step with the library commands -------------------------------------------------------------
-def library_tags(settings: Settings) -> LibraryTags:
-    """The tags of the library of these settings."""
+def library_tags(settings: Settings, library: Any = None, encoder: Any = None) -> LibraryTags:
+    """The tags of the library of these settings; given the library and encoder, the App's (its classifiers: text
+    routing, Chinese templates, few-shot examples), else one that only reads and checks."""
+    if library is not None and encoder is not None:
+        return open_app(None, settings, encoder, library).tags
     return LibraryTags(tags_path(settings.library_file), label_store(settings), ClassifierCache(),
                        settings.tag_threshold)
 
@@ -272,7 +197,7 @@ def sync_tags(settings: Settings, library: Any, encoder: Any) -> None:
     from .library import LibraryError
 
     try:
-        library_tags(settings).sync(library, encoder)
+        library_tags(settings, library, encoder).sync(library, encoder)
     except (LibraryError, LabelSetError, LabelError, OSError) as exc:
         print(f"warning: tags not updated ({exc}); run check", file=sys.stderr)
 

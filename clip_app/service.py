@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, Union
@@ -18,6 +20,7 @@ from PIL import Image
 
 from .classify import (
     DEFAULT_TAG_THRESHOLD,
+    LOGIT_SCALE,
     ClassifierCache,
     LabelError,
     LabelScore,
@@ -35,10 +38,10 @@ from .config import (
     Settings,
     parse_size,
 )
-from .encoders import ClipEncoder
+from .encoders import ClipEncoder, RoutedTextEncoder, TextModelMismatch, routed_text_encoder
 from .images import ImageError, decode_image
 from .label_heads import LabelHead
-from .label_sets import LabelSetError, LabelSetStore, default_label_sets_file
+from .label_sets import LabelSet, LabelSetError, LabelSetStore, default_label_sets_file
 from .library import (
     AddReport,
     AddResult,
@@ -52,11 +55,13 @@ from .library import (
 )
 from .library.tags import LibraryTags, SetTags, tags_path
 from .library.tags import as_json as tags_json
-from .prompts import NEUTRAL_LABEL, NEUTRAL_PROMPTS, TEMPLATE_CHOICES, family_templates
+from .prompts import NEUTRAL_LABEL, NEUTRAL_PROMPTS, TEMPLATE_CHOICES, chinese_templates_for, family_templates
 from .request_limits import BodyLimit
 from .search import Confidence, ConfidenceRule, confidence, percentiles
 from .served_copies import forget_on_delete
+from .service_fewshot import DEFAULT_METHOD, AdaptedResult, FewShotActions
 from .service_tags import TagActions, TagPreview
+from .text_routing import FOREIGN_WORDS, MULTILINGUAL_TOWER, has_letters, is_chinese
 from .thumbnails import Thumbnails, thumbs_dir
 
 log = logging.getLogger(__name__)
@@ -108,6 +113,7 @@ class ClassifyResult:
     saved: AddResult | None = None            # the gallery outcome when saving was asked for
     none_of_these: bool | None = None         # opt-in: the neutral prompts beat every label (None when not asked)
     neutral_cosine: float | None = None       # the image's cosine with the neutral prompts (when asked)
+    towers: dict[str, str] | None = None      # label -> the text tower that read it (with a multilingual tower)
 
 
 @dataclass
@@ -120,6 +126,7 @@ class SearchResult:
     confident: bool = False                   # see search.confidence: distinctive and above the neutral prompts
     reason: str = ""                          # why (not) confident
     tag: str | None = None                    # the tag the search was limited to
+    tower: str | None = None                  # the text tower that read the query (with a multilingual tower)
 
 
 @dataclass
@@ -154,11 +161,10 @@ def format_size(size: int) -> str:
     return f"{value:.1f} GB"  # pragma: no cover
 
 
-#: Frequent short words of other languages written in Latin letters that do not occur in English queries.
-_FOREIGN_WORDS = frozenset(
-    "und der das ein eine einem einen mit auf im ist nicht le les une avec sur dans et est pas el los las "
-    "una unos con del y es il gli della delle nel sulla uma não com och är het een".split()
-)
+_FOREIGN_WORDS = FOREIGN_WORDS
+#: the defined answer to a query without any letter (emoji, punctuation, digits only)
+SYMBOLS_NOTE = ("This query has no words, only symbols: CLIP's text tower reads them as they are, so the results "
+                "may be weak. Describe what you are looking for in words.")
 
 
 def english_note(query: str) -> str | None:
@@ -183,14 +189,29 @@ def clean_query(text: str | None) -> str:
     return " ".join(kept.split())
 
 
-class App(TagActions):
-    """clip-app's actions over one encoder and one library; safe to share between threads (Gradio's workers)."""
+def label_templates(routed: RoutedTextEncoder | None, labels: Sequence[str], choice: str | None,
+                    templates: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Each label's templates: a Chinese label read by the multilingual tower of `routed` gets the Chinese templates
+    of a named choice ('single', 'ensemble'); every other label (and any custom template) the chosen ones."""
+    chinese = chinese_templates_for((choice or "single").strip())
+    return [chinese if chinese and routed is not None and is_chinese(label)
+            and routed.tower_for(chinese[0].replace("{}", label, 1)) == MULTILINGUAL_TOWER else templates
+            for label in labels]
+
+
+class App(TagActions, FewShotActions):
+    """clip-app's actions over one encoder and one library; safe to share between threads (Gradio's workers).
+    The few-shot actions (examples per label, classify_adapted, search_refine) come from service_fewshot, the
+    tag actions (tag the library, tag filters, thresholds) from service_tags."""
 
     def __init__(self, encoder: ClipEncoder, library: FeatureLibrary, label_sets: LabelSetStore | None = None,
                  max_file_size: int = DEFAULT_MAX_FILE_SIZE, *, max_labels: int = DEFAULT_MAX_LABELS,
                  max_prompts: int = DEFAULT_MAX_PROMPTS, thumbnails: bool = True,
-                 tag_threshold: float = DEFAULT_TAG_THRESHOLD, confidence_rule: ConfidenceRule | None = None) -> None:
+                 tag_threshold: float = DEFAULT_TAG_THRESHOLD, confidence_rule: ConfidenceRule | None = None,
+                 text_encoder: RoutedTextEncoder | None = None) -> None:
         self.encoder = encoder
+        #: CLIP's own text tower plus a multilingual one, routed per text (None: CLIP's own text tower only)
+        self.text_encoder = text_encoder
         self.library = library
         library_file = Path(library.stats()["library_file"])
         self.label_sets = label_sets or LabelSetStore(default_label_sets_file(library_file))
@@ -202,8 +223,10 @@ class App(TagActions):
         self.delete_listeners: list[DeleteListener] = []
         self.classifiers = ClassifierCache()
         self.tags = LibraryTags(tags_path(library_file), self.label_sets, self.classifiers,
-                                check_threshold(tag_threshold, "default tag threshold"))
+                                check_threshold(tag_threshold, "default tag threshold"), self._tag_classifier)
         self.confidence_rule = confidence_rule or ConfidenceRule()
+        self._heads: OrderedDict = OrderedDict()  # few-shot heads by (method, labels, templates, examples)
+        self._heads_lock = threading.Lock()
         # no App-level write lock: the library serialises its saves (threads and processes) and checks for
         # duplicates again under its own lock, while it encodes outside any lock, so a photo saved from Classify
         # or a delete does not wait for a bulk upload to be encoded
@@ -212,13 +235,37 @@ class App(TagActions):
     def from_settings(cls, settings: Settings, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> "App":
         """Load the model and the library once (ModelLoadError / LibraryError when they cannot be used)."""
         encoder = ClipEncoder(settings.model, settings.device, download_root=settings.model_dir)
+        text_encoder = routed_text_encoder(encoder, settings.text_model, settings.text_routing, encoder.device,
+                                           str(settings.model_dir) if settings.model_dir else None)
+        from .library.pg_store import label_set_store
+
         library = FeatureLibrary(settings.gallery_dir, settings.library_file, encoder)
-        app = cls(encoder, library, LabelSetStore(default_label_sets_file(settings.library_file)), max_file_size,
+        app = cls(encoder, library, label_set_store(library, settings.library_file), max_file_size,
                   max_labels=settings.max_labels, max_prompts=settings.max_prompts,
-                  tag_threshold=settings.tag_threshold, confidence_rule=settings.confidence_rule())
-        log.info("clip-app ready: model %s on %s, %d images in %s (library %s)", encoder.name, encoder.device,
-                 len(library), settings.gallery_dir, settings.library_file)
+                  tag_threshold=settings.tag_threshold, confidence_rule=settings.confidence_rule(),
+                  text_encoder=text_encoder)
+        log.info("clip-app ready: model %s on %s, %d images in %s (library %s)%s", encoder.name, encoder.device,
+                 len(library), settings.gallery_dir, settings.library_file,
+                 f"; text model {text_encoder.multilingual.name} ({text_encoder.routing} routing)"
+                 if text_encoder else "")
         return app
+
+    @property
+    def texts(self) -> ClipEncoder | RoutedTextEncoder:
+        """The encoder of every text (queries, labels, templates): the routed pair, or CLIP's own text tower."""
+        return self.text_encoder or self.encoder
+
+    def text_tower(self, text: str) -> str:
+        """The readable name of the tower that reads this text: 'CLIP ViT-B/32' or the multilingual model."""
+        if self.text_encoder is None:
+            return f"CLIP {self.encoder.name}"
+        return self.text_encoder.tower_name(self.text_encoder.tower_for(text))
+
+    def accepted_languages(self) -> str:
+        """What the query box accepts: 'English', or English plus the multilingual model's languages."""
+        if self.text_encoder is None:
+            return "English"
+        return f"English, {getattr(self.text_encoder.multilingual, 'languages', 'other languages')}"
 
     # ---- Classify -----------------------------------------------------------------------------------------
     def classify(self, image: ImageInput, labels: str | Sequence[str], template: str = "single", *,
@@ -232,6 +279,7 @@ class App(TagActions):
         label_list = parse_labels(labels if labels is not None else "")
         templates = self._templates(template)
         self._check_work(label_list, templates)
+        per_label = self._label_templates(label_list, template, templates)
         feature: torch.Tensor | None = None
         saved: AddResult | None = None
         if save:  # the library decodes and encodes the photo once (or knows it) and returns its stored row
@@ -249,9 +297,12 @@ class App(TagActions):
         if trained is not None:  # a fine-tuned label set's own head (clip_app.finetune classify) for this model
             scores = trained.rank(label_list, feature)
         else:
-            weights = self.classifiers.get(self.encoder, label_list, templates)  # [D, C]
+            weights = self.classifiers.get(self.texts, label_list, per_label)  # [D, C]
             scores = rank(label_list, feature, weights)
         result = ClassifyResult(label_list, templates, scores, saved=saved)
+        if self.text_encoder is not None and trained is None:  # a trained head reads no text
+            result.towers = {label: self.text_tower(own[0].replace("{}", label, 1))
+                             for label, own in zip(label_list, per_label)}
         if tag_threshold is not None:
             result.threshold = threshold
             result.tags = tags(scores, result.threshold)
@@ -264,7 +315,35 @@ class App(TagActions):
 
     def neutral_direction(self) -> torch.Tensor:
         """The neutral prompts' direction [D] for the running model (encoded once, then cached)."""
-        return self.classifiers.get(self.encoder, [NEUTRAL_LABEL], NEUTRAL_PROMPTS)[:, 0]
+        return self.classifiers.get(self.texts, [NEUTRAL_LABEL], NEUTRAL_PROMPTS)[:, 0]
+
+    def _tag_classifier(self, label_set: LabelSet) -> torch.Tensor:
+        """A set's tag classifier [D, C], built as Classify builds it (each label read by its text tower, Chinese
+        templates for Chinese labels); a set with examples in the library gets the few-shot prototype blend of
+        its columns (adapt.prototype_head: unit columns, so the thresholds stay cosines)."""
+        labels = list(label_set.labels)
+        templates = self._templates(label_set.template)
+        weights = self.classifiers.get(self.texts, labels, self._label_templates(labels, label_set.template,
+                                                                                 templates))  # [D, C]
+        try:
+            examples = self.label_sets.examples(label_set.name)
+        except LabelSetError:
+            return weights
+        found, _ = self._example_features(labels, examples)
+        if found is None:
+            return weights
+        try:
+            head = self._head("prototype", labels, templates, weights, found)
+        except InputError as exc:  # examples that cannot be used: zero-shot tags
+            log.warning("label set %r: tags use the zero-shot classifier (%s)", label_set.name, exc)
+            return weights
+        return head.weight.float() / LOGIT_SCALE
+
+    def _label_templates(self, labels: Sequence[str], choice: str | None,
+                         templates: tuple[str, ...]) -> list[tuple[str, ...]]:
+        """Each label's templates: a Chinese label read by the multilingual tower gets the Chinese templates of a
+        named choice ('single', 'ensemble'); every other label (and any custom template) the chosen ones."""
+        return label_templates(self.text_encoder, labels, choice, templates)
 
     def _trained_head(self, labels: Sequence[str]) -> LabelHead | None:
         """The head of a saved label set with exactly these labels, trained for the running model; else None
@@ -338,10 +417,14 @@ class App(TagActions):
         k = self._k(k)
         min_score = self._score(min_score, "minimum score")
         only = self._tag_ids(tag, set_name)
-        feature = self.encoder.encode_texts([query])[0]  # [D]
+        feature = self.texts.encode_texts([query])[0]  # [D]
         result = self._search(feature, k, min_score, only, text=True)
-        result.note = english_note(query)
         result.tag = tag or None
+        result.tower = self.text_tower(query) if self.text_encoder is not None else None
+        if not has_letters(query) and not any(ch.isdigit() for ch in query):
+            result.note = SYMBOLS_NOTE
+        elif self.text_encoder is None:
+            result.note = english_note(query)
         return result
 
     def search_image(self, image: ImageInput, k: int = DEFAULT_K, min_score: float | None = None,
@@ -433,6 +516,7 @@ class App(TagActions):
             self.thumbnails.remove(entry.sha256)
         for step in after:
             step()
+        self.label_sets.forget_images([image_id])  # its examples disappear with it
         log.info("deleted image #%d (%s)", entry.id, entry.file)
         self._sync_tags()
         return entry
@@ -461,6 +545,9 @@ class App(TagActions):
         """Count, model, feature size and file size of the library."""
         raw = dict(self.library.stats())
         known = {k: raw.pop(k) for k in ("count", "model", "dim", "file_size", "gallery_dir", "library_file")}
+        if self.text_encoder is not None:
+            raw["text_model"] = self.text_encoder.multilingual.name
+            raw["text_routing"] = self.text_encoder.routing
         return LibraryStats(int(known["count"]), str(known["model"]), int(known["dim"]), int(known["file_size"]),
                             str(known["gallery_dir"]), str(known["library_file"]), raw)
 
@@ -481,7 +568,7 @@ class App(TagActions):
             if removed:
                 report.actions.append(f"removed {len(removed)} thumbnails of images no longer in the library")
             self._make_thumbnails([e.id for e in entries])
-        report.actions.extend(self.tags.repair(self.library, self.encoder))
+        report.actions.extend(self.tags.repair(self.library, self.texts))
         return report
 
     def rebuild(self, progress: Progress | None = None) -> RebuildReport:
@@ -576,8 +663,9 @@ class App(TagActions):
         return k
 
 
-__all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
+__all__ = ["App", "AdaptedResult", "DEFAULT_METHOD", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS",
+           "ClassifyResult", "SearchResult",
            "GalleryPage", "LibraryStats", "Hit", "clean_query", "thumbs_dir", "BodyLimit", "forget_on_delete",
            "DEFAULT_MAX_REQUEST_SIZE", "english_note", "parse_size", "format_size",
            "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "TEMPLATE_CHOICES", "private_paths",
-           "TagPreview", "SetTags", "tags_json"]
+           "TagPreview", "SetTags", "tags_json", "TextModelMismatch"]

@@ -56,7 +56,7 @@ class TagActions:
         added later are tagged on add."""
         if not set_name:
             raise _input_error("pick a label set to tag the library with")
-        return self.tags.tag(set_name, self.library, self.encoder, progress)
+        return self.tags.tag(set_name, self.library, self.texts, progress)
 
     def set_tag_thresholds(self, set_name: str, threshold: float | str | None = None,
                            per_label: dict[str, float | str | None] | None = None) -> SetTags:
@@ -76,7 +76,7 @@ class TagActions:
 
     def set_tags(self, set_name: str) -> SetTags:
         """The up-to-date tags of a tagged set."""
-        return self.tags.current(set_name, self.library, self.encoder)
+        return self.tags.current(set_name, self.library, self.texts)
 
     def tag_counts(self) -> list[tuple[str, str, int]]:
         """(set, label, images) for every label of every tagged set."""
@@ -105,7 +105,7 @@ class TagActions:
         if not set_name or not label:
             raise _input_error("pick a label set and one of its labels")
         value = check_threshold(threshold)
-        tags_now = self.tags.current(set_name, self.library, self.encoder, store=False)
+        tags_now = self.tags.current(set_name, self.library, self.texts, store=False)
         above, below = tags_now.borderline(label, value, n)
         count = len(tags_now.ids_with(label, value))
         entries = lambda pairs: [(self.library.get(i), c) for i, c in pairs]  # noqa: E731
@@ -121,13 +121,13 @@ class TagActions:
             where = f"the label set {set_name!r}" if set_name else "no tagged label set"
             raise UnknownTagError(f"{where} has no label {tag!r}" + ("" if set_name else
                                   f" (tagged sets: {', '.join(self.tags.tagged_sets()) or 'none'})"))
-        parts = [self.tags.current(name, self.library, self.encoder).ids_with(tag) for name in names]
+        parts = [self.tags.current(name, self.library, self.texts).ids_with(tag) for name in names]
         return torch.unique(torch.cat(parts)) if len(parts) > 1 else parts[0]
 
     def _sync_tags(self) -> None:
         """Tag images added (and forget images removed) for every tagged set; a failure is logged, not raised."""
         try:
-            self.tags.sync(self.library, self.encoder)
+            self.tags.sync(self.library, self.texts)
         except (LibraryError, LabelSetError, LabelError) as exc:
             log.warning("tags not updated (check reports it, repair fixes it): %s", exc)
 

@@ -19,6 +19,7 @@ is derived data: a damaged one is reported by `check` and rebuilt by `repair`, a
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass, replace
@@ -73,6 +74,7 @@ class SetTags:
     classifier: torch.Tensor  # float32 [D, C]
     ids: torch.Tensor  # int64 [N], ascending
     cosines: torch.Tensor  # float32 [N, C]
+    examples: str = ""  # the few-shot examples the classifier was blended with (examples_key); "" for none
 
     def column(self, label: str) -> int:
         """The index of a label (UnknownTagError when the set has no such label)."""
@@ -110,7 +112,8 @@ class SetTags:
     def to_dict(self) -> dict:
         return {"model": self.model, "labels": list(self.labels), "template": self.template,
                 "thresholds": self.thresholds.float().contiguous(), "classifier": self.classifier.float().contiguous(),
-                "ids": self.ids.contiguous(), "cosines": self.cosines.float().contiguous()}
+                "ids": self.ids.contiguous(), "cosines": self.cosines.float().contiguous(),
+                **({"examples": self.examples} if self.examples else {})}
 
     @classmethod
     def from_dict(cls, name: str, raw: object) -> "SetTags":
@@ -122,6 +125,9 @@ class SetTags:
             raise ValueError(f"set {name!r}: 'labels' must be a non-empty list of strings")
         if not isinstance(template, str) or not isinstance(model, str):
             raise ValueError(f"set {name!r}: 'template' and 'model' must be strings")
+        examples = raw.get("examples", "")
+        if not isinstance(examples, str):
+            raise ValueError(f"set {name!r}: 'examples' must be a string")
         tensors = {key: raw.get(key) for key in ("thresholds", "classifier", "ids", "cosines")}
         if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
             raise ValueError(f"set {name!r}: thresholds, classifier, ids and cosines must be tensors")
@@ -134,7 +140,7 @@ class SetTags:
         if not bool(torch.isfinite(cos).all()) or not bool(torch.isfinite(weights).all()):
             raise ValueError(f"set {name!r}: cosines and classifier must be finite")
         return cls(name, model, tuple(labels), template, tensors["thresholds"].float(), weights.float(), ids,
-                   cos.float())
+                   cos.float(), examples)
 
 
 def score_rows(features: torch.Tensor, classifier: torch.Tensor, progress: Progress | None = None,
@@ -225,10 +231,14 @@ class LibraryTags:
     """Tags of the label sets over one library: tag, read (always up to date), check and repair. Thread-safe."""
 
     def __init__(self, path: Path, label_sets: LabelSetStore, classifiers: ClassifierCache,
-                 default_threshold: float = 0.25) -> None:
+                 default_threshold: float = 0.25,
+                 classifier_for: Callable[[LabelSet], torch.Tensor] | None = None) -> None:
         self.file = TagFile(path)
         self.label_sets = label_sets
         self.classifiers = classifiers
+        #: the set's classifier [D, C] as Classify builds it (the App's: routed text tower, Chinese templates, the
+        #: few-shot prototype blend when the set has examples); None: CLIP's text tower with the set's templates
+        self.classifier_for = classifier_for
         self.default_threshold = float(default_threshold)
         self._lock = threading.Lock()
 
@@ -253,17 +263,32 @@ class LibraryTags:
 
     def _fresh(self, stored: SetTags | None, label_set: LabelSet, model: str, ids: torch.Tensor,
                features: torch.Tensor, encoder: TextEncoder, progress: Progress | None = None) -> SetTags:
-        """The set's tags up to date with the label set and the library (recomputed only where needed)."""
+        """The set's tags up to date with the label set and the library (recomputed only where needed: other
+        labels, template, model, or, with classifier_for, other few-shot examples). Up to date tags never need the
+        text encoder (the index manager works offline)."""
+        examples = self._examples_key(label_set.name) if self.classifier_for is not None else ""
         if (stored is None or stored.model != model or stored.labels != tuple(label_set.labels)
-                or stored.template != label_set.template):
-            templates = family_templates(label_set.template, getattr(encoder, "family", "clip"))  # as Classify
-            classifier = self.classifiers.get(encoder, list(label_set.labels), templates)
-            return compute(label_set, self.default_threshold, model, classifier, ids, features, progress)
+                or stored.template != label_set.template or stored.examples != examples):
+            if self.classifier_for is not None:
+                classifier = self.classifier_for(label_set).float()
+            else:
+                templates = family_templates(label_set.template, getattr(encoder, "family", "clip"))  # as Classify
+                classifier = self.classifiers.get(encoder, list(label_set.labels), templates)
+            fresh = compute(label_set, self.default_threshold, model, classifier, ids, features, progress)
+            return replace(fresh, examples=examples)
         fresh = synced(stored, ids, features)
         wanted = thresholds_of(label_set, self.default_threshold)
         if not torch.equal(fresh.thresholds, wanted):
             fresh = replace(fresh, thresholds=wanted)
         return fresh
+
+    def _examples_key(self, name: str) -> str:
+        """The set's examples as canonical JSON ("" when it has none): tags blended with others are recomputed."""
+        try:
+            examples = self.label_sets.examples(name)
+        except LabelSetError:
+            return ""
+        return json.dumps(examples, sort_keys=True) if examples else ""
 
     def tag(self, name: str, library: Library, encoder: TextEncoder, progress: Progress | None = None) -> SetTags:
         """Tag the library with a saved set (marks the set as tagged, so images added later are tagged too)."""
