@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated")  # clip.load tries TorchScript first
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     args = parse_args(argv)
-    settings = Settings.from_args(args)
+    try:
+        settings = Settings.from_args(args)
+    except ValueError as exc:  # a bad CLIP_APP_* value
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     from clip_app.encoders import ModelLoadError
     from clip_app.index import describe_os_error
     from clip_app.library import LibraryError

@@ -17,7 +17,13 @@ ENV_VARS: dict[str, str] = {
     "CLIP_APP_GALLERY": "gallery_dir",
     "CLIP_APP_LIBRARY": "library_file",
     "CLIP_APP_MODEL_DIR": "model_dir",
+    "CLIP_APP_BACKEND": "backend",
+    "CLIP_APP_PRECISION": "precision",
+    "CLIP_APP_ONNX_THREADS": "onnx_threads",
 }
+
+BACKENDS = ("auto", "torch", "onnx")
+PRECISIONS = ("fp32", "int8")
 
 PATH_FIELDS = frozenset({"gallery_dir", "library_file", "model_dir"})
 
@@ -36,6 +42,22 @@ class Settings:
     gallery_dir: Path = Path("gallery")
     library_file: Path = Path("features_library.pth")
     model_dir: Path = default_model_dir()
+    backend: str = "auto"  #: auto (ONNX Runtime on a CPU when installed, PyTorch on CUDA), torch or onnx
+    precision: str = "fp32"  #: fp32, or int8 (ONNX Runtime dynamic quantisation; never the default)
+    onnx_threads: int | None = None  #: ONNX Runtime intra-op threads (None: the physical cores)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+        if self.onnx_threads is not None and int(self.onnx_threads) < 1:
+            raise ValueError("the ONNX Runtime threads must be at least 1")
+
+    def encoder_options(self) -> dict[str, object]:
+        """Keyword arguments of ClipEncoder(model, **options): device, weights folder, backend, precision, threads."""
+        return {"device": self.device, "download_root": self.model_dir, "backend": self.backend,
+                "precision": self.precision, "threads": self.onnx_threads}
 
     def resolved_device(self) -> str:
         """The torch device to use: 'auto' means CUDA when available, else CPU."""
@@ -50,6 +72,14 @@ class Settings:
             raw = env.get(var, "").strip()
             if raw:
                 values[name] = Path(raw).expanduser() if name in PATH_FIELDS else raw
+        if "onnx_threads" in values:
+            try:
+                values["onnx_threads"] = int(str(values["onnx_threads"]))
+            except ValueError:
+                raise ValueError(f"CLIP_APP_ONNX_THREADS={values['onnx_threads']!r} is not a whole number") from None
+        for name in ("backend", "precision"):
+            if name in values:
+                values[name] = str(values[name]).lower()
         return cls(**values)  # type: ignore[arg-type]
 
     @classmethod
@@ -57,7 +87,7 @@ class Settings:
         """Environment first, then any flag given on the command line (flags win)."""
         base = cls.from_env(environ)
         changes: dict[str, object] = {}
-        for name in ("model", "device"):
+        for name in ("model", "device", "backend", "precision", "onnx_threads"):
             value = getattr(args, name, None)
             if value:
                 changes[name] = value
@@ -81,11 +111,27 @@ def resolve_device(device: str) -> str:
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """The shared flags: --model, --device, --gallery, --library, --model-dir (defaults come from Settings)."""
+    """The shared flags: --model, --device, --gallery, --library, --model-dir, --backend, --precision,
+    --onnx-threads (defaults come from Settings)."""
     parser.add_argument("--model", help=f"CLIP model name (e.g. {DEFAULT_MODEL}) or path to a local checkpoint "
                         "[env CLIP_APP_MODEL]")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
     parser.add_argument("--gallery", help="gallery folder [env CLIP_APP_GALLERY; default gallery/]")
     parser.add_argument("--library", help="feature library file [env CLIP_APP_LIBRARY; default features_library.pth]")
     parser.add_argument("--model-dir", dest="model_dir",
-                        help="where model weights are downloaded [env CLIP_APP_MODEL_DIR; default ~/.cache/clip]")
+                        help="where model weights are downloaded (and ONNX exports cached) [env CLIP_APP_MODEL_DIR; "
+                        "default ~/.cache/clip]")
+    add_backend_arguments(parser)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend, --precision, --onnx-threads (for commands that have their own --model and --device flags)."""
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="what runs the model: auto (ONNX Runtime on a CPU when installed, PyTorch on a GPU), "
+                        "torch or onnx [env CLIP_APP_BACKEND; default auto]")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="fp32, or int8 (ONNX Runtime dynamic quantisation: faster, may cost accuracy; measure it "
+                        "with the benchmarks) [env CLIP_APP_PRECISION; default fp32]")
+    parser.add_argument("--onnx-threads", dest="onnx_threads", type=int,
+                        help="ONNX Runtime threads per forward pass [env CLIP_APP_ONNX_THREADS; default: the "
+                        "physical cores]")

@@ -172,11 +172,11 @@ class App:
     @classmethod
     def from_settings(cls, settings: Settings, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> "App":
         """Load the model and the library once (ModelLoadError / LibraryError when they cannot be used)."""
-        encoder = ClipEncoder(settings.model, settings.device, download_root=settings.model_dir)
+        encoder = ClipEncoder(settings.model, **settings.encoder_options())  # type: ignore[arg-type]
         library = FeatureLibrary(settings.gallery_dir, settings.library_file, encoder)
         app = cls(encoder, library, LabelSetStore(default_label_sets_file(settings.library_file)), max_file_size)
-        log.info("clip-app ready: model %s on %s, %d images in %s (library %s)", encoder.name, encoder.device,
-                 len(library), settings.gallery_dir, settings.library_file)
+        log.info("clip-app ready: model %s on %s, backend %s, %d images in %s (library %s)", encoder.name,
+                 encoder.device, encoder.backend_name, len(library), settings.gallery_dir, settings.library_file)
         return app
 
     # ---- Classify -----------------------------------------------------------------------------------------

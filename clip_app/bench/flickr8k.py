@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..config import Settings
+from ..config import Settings, add_backend_arguments
 from ..encoders import ClipEncoder, ModelLoadError
 from ..images import ImageError
 from .features import MAX_DEFAULT_WORKERS, FeatureCache, cached_image_features, default_workers, text_features_key
@@ -211,6 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"image decoding processes [default: CPU count, at most {MAX_DEFAULT_WORKERS}]")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
     parser.add_argument("--model-dir", help="where model weights are downloaded [env CLIP_APP_MODEL_DIR]")
+    add_backend_arguments(parser)
     parser.add_argument("--out", default="results", help="folder for the JSON, Markdown and PNG files [results/]")
     parser.add_argument("--cache-dir", help="feature cache folder [default <out>/cache]")
     parser.add_argument("--gallery-sizes", type=_positive, nargs="+", default=list(GALLERY_SIZES),
@@ -224,7 +225,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark for every --model; print the headline numbers; 0 on success, 2 on bad input."""
-    settings = Settings.from_args(argparse.Namespace(device=args.device, model_dir=args.model_dir))
+    try:
+        settings = Settings.from_args(argparse.Namespace(
+            device=args.device, model_dir=args.model_dir, backend=args.backend, precision=args.precision,
+            onnx_threads=args.onnx_threads))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     reading = StageTimer()
     try:
         with reading.stage("read_dataset"):
@@ -243,8 +250,8 @@ def run(args: argparse.Namespace) -> int:
         timer = StageTimer()
         try:
             with timer.stage("load_model"):
-                encoder = ClipEncoder(model, device=settings.device, download_root=settings.model_dir,
-                                      batch_size=args.batch_size)
+                encoder = ClipEncoder(model, batch_size=args.batch_size,
+                                      **settings.encoder_options())  # type: ignore[arg-type]
         except (ModelLoadError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..config import Settings
+from ..config import Settings, add_backend_arguments
 from ..encoders import ClipEncoder, ModelLoadError
 from ..images import ImageError
 from ..prompts import imagenet_classnames, imagenet_templates
@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "meta.mat when it is not under --root")
     parser.add_argument("--model-dir", help="where model weights are downloaded [default: CLIP_APP_MODEL_DIR or "
                         "~/.cache/clip]")
+    add_backend_arguments(parser)
     parser.add_argument("--errors", type=int, default=16, metavar="N",
                         help="misclassified examples in the error grid PNG (0: no grid) [default 16]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -63,8 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every --model on the data set; write the outputs; 0 on success, 2 on bad input."""
-    settings = Settings.from_env()
     try:
+        settings = Settings.from_env()
         modes = parse_modes(args.prompts)
         if args.limit is not None and args.limit < 1:
             raise ValueError("--limit must be at least 1")
@@ -87,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
     for model in models:
         try:
             encoder = ClipEncoder(model, device=args.device or settings.device,
-                                  download_root=args.model_dir or settings.model_dir, batch_size=args.batch_size)
+                                  download_root=args.model_dir or settings.model_dir, batch_size=args.batch_size,
+                                  backend=args.backend or settings.backend,
+                                  precision=args.precision or settings.precision,
+                                  threads=args.onnx_threads or settings.onnx_threads)
         except (ModelLoadError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
