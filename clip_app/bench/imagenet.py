@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: an image of the data set cannot be read: {exc}", file=sys.stderr)
             return 2
         record = model_record(result, dataset, args.limit)
+        record.update(backend=encoder.backend, precision=encoder.precision)
         stem = output_stem(result.model)
         write_text(out / f"{stem}.json", json.dumps(record, indent=2) + "\n")
         append_csv(out / "results.csv", csv_rows(record))
