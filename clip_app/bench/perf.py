@@ -23,14 +23,14 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..config import resolve_device
-from . import perf_app, perf_encode, perf_library, perf_product, perf_search
+from ..config import add_backend_arguments, resolve_device
+from . import perf_app, perf_backends, perf_encode, perf_library, perf_product, perf_search
 from .perf_setup import ARCHITECTURES, load_encoder, write_photos
 from .perf_stats import Results, Target, format_table, format_targets, load_average
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("forward", "index", "classify", "search", "library", "app")
+SECTIONS = ("forward", "index", "classify", "search", "library", "app", "backends")
 DEFAULT_SIZES = "1000,10000,100000,1000000"
 QUICK_SIZES = "300,3000"
 LIBRARY_SIZE = 100_000
@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default=None,
                         help="folder for the random checkpoint, photos and libraries (default: a temporary folder, "
                         "removed afterwards; a given folder is kept and its checkpoint reused)")
+    add_backend_arguments(parser)
+    parser.add_argument("--backends", default="torch,onnx",
+                        help="the backends section compares these on the CPU: torch, onnx, int8 (ONNX Runtime int8), "
+                        "comma-separated (default torch,onnx)")
     parser.add_argument("--json", dest="json_out", default=None, help="write every figure and target to this file")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and few repeats, to check that the harness works (numbers mean little)")
@@ -132,12 +136,15 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    backends = perf_backends.parse_backends(args.backends)
     load_start = load_average()
     started = time.time()
     results = Results()
     failed: list[str] = []
     with work_folder(args.workdir) as work:
-        encoder, checkpoint, random_weights = load_encoder(args.model, device, work, batch)
+        encoder, checkpoint, random_weights = load_encoder(
+            args.model, device, work, batch, backend=args.backend or os.environ.get("CLIP_APP_BACKEND") or "auto",
+            precision=args.precision or os.environ.get("CLIP_APP_PRECISION") or "fp32")
         meta = environment(device, checkpoint, random_weights, args.model)
         meta.update(sizes=sizes, repeats=repeats, batch_size=batch, k=args.k, library_size=library_size,
                     quick=quick, sections=only, load_average_start=load_start)
@@ -156,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
                                                             repeats, args.k, results, work),
             "app": lambda: perf_app.measure_cold_start(checkpoint, photos["classify"][0], 1 if quick else repeats,
                                                        results, work),
+            "backends": lambda: perf_backends.measure_backends(checkpoint, backends, work, repeats, batch, args.k,
+                                                               results, quick),
         }
         for name in SECTIONS:
             if name not in only:
@@ -171,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
             results.facts[f"section_seconds.{name}"] = round(time.perf_counter() - begin, 1)
     meta.update(load_average_end=load_average(), wall_seconds=round(time.time() - started, 1))
     checks = targets(sizes, library_size, pipeline)
+    if "backends" in only:
+        checks += perf_backends.targets(batch)
     for target in checks:
         figure = results.figures.get(target.key)
         target.value = figure.median if figure else None

@@ -36,8 +36,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cold_start(checkpoint: Path, photo: Path, folder: Path, timeout: float = 300.0) -> dict[str, float]:
-    """Seconds from process start to: the 'ready' log line, the server's first answer, the first /classify."""
+def cold_start(checkpoint: Path, photo: Path, folder: Path, timeout: float = 300.0,
+               extra_args: Sequence[str] = ()) -> dict[str, float]:
+    """Seconds from process start to: the 'ready' log line, the server's first answer, the first /classify
+    (extra_args: more app.py flags, e.g. --backend onnx)."""
     from gradio_client import Client, handle_file
 
     script = app_script()
@@ -49,7 +51,8 @@ def cold_start(checkpoint: Path, photo: Path, folder: Path, timeout: float = 300
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", NO_PROXY="127.0.0.1,localhost",
                no_proxy="127.0.0.1,localhost", PYTHONUNBUFFERED="1")
     command = [sys.executable, str(script), "--model", str(checkpoint), "--device", "cpu", "--gallery",
-               str(folder / "gallery"), "--library", str(folder / "features_library.pth"), "--port", str(port)]
+               str(folder / "gallery"), "--library", str(folder / "features_library.pth"), "--port", str(port),
+               *extra_args]
     marks: dict[str, float] = {}
     lines: list[str] = []
     start = time.perf_counter()

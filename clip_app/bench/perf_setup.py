@@ -43,17 +43,21 @@ def random_checkpoint(model: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def load_encoder(model: str, device: str, workdir: Path, batch_size: int) -> tuple[ClipEncoder, Path, bool]:
+def load_encoder(model: str, device: str, workdir: Path, batch_size: int, backend: str = "torch",
+                 precision: str = "fp32") -> tuple[ClipEncoder, Path, bool]:
     """(encoder, checkpoint path, random_weights): a checkpoint file is loaded as it is; a model name from
-    ARCHITECTURES gets random weights saved under workdir and loaded by path, the product's own loading path."""
+    ARCHITECTURES gets random weights saved under workdir and loaded by path, the product's own loading path.
+    ONNX exports are cached in workdir/models."""
     given = Path(model).expanduser()
+    options = {"device": device, "batch_size": batch_size, "backend": backend, "precision": precision,
+               "download_root": workdir / "models"}
     if given.is_file():
-        return ClipEncoder(str(given), device=device, batch_size=batch_size), given, False
+        return ClipEncoder(str(given), **options), given, False
     path = workdir / f"random-{model.replace('/', '-')}.pt"
     if not path.is_file():
         log.info("building %s with random weights at %s", model, path)
         random_checkpoint(model, path)
-    return ClipEncoder(str(path), device=device, batch_size=batch_size), path, True
+    return ClipEncoder(str(path), **options), path, True
 
 
 def photo_like(width: int, height: int, seed: int) -> Image.Image:
