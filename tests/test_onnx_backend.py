@@ -62,13 +62,23 @@ def _forbid_export(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx_cache, "export_text_tower", fail)
 
 
-def test_second_load_exports_nothing(onnx_exports: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_load_exports_nothing_and_needs_no_pytorch_weights(onnx_exports: dict,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import clip
+
     _forbid_export(monkeypatch)
+    loads: list[str] = []
+    real_load = clip.load
+    monkeypatch.setattr(clip, "load", lambda *args, **kwargs: loads.append("load") or real_load(*args, **kwargs))
     vit = onnx_exports["vit"]
     again = ClipEncoder(str(vit["checkpoint"]), device="cpu", backend="onnx", download_root=onnx_exports["model_dir"])
-    assert again.backend == "onnx"
+    assert again.backend == "onnx" and again.dim == vit["torch"].dim and again.identity == vit["torch"].identity
+    assert again.input_resolution == vit["torch"].input_resolution
     images = _images(3)
     assert torch.equal(again.encode_images(images), vit["onnx"].encode_images(images))
+    assert _cosines(again.encode_texts(TEXTS), vit["torch"].encode_texts(TEXTS)).min() >= 0.9999
+    assert loads == []  # started from the cache alone: the checkpoint's weights were never loaded
+    assert isinstance(again.model, torch.nn.Module) and loads == ["load"]  # ... until something asks for them
 
 
 def _copy_exporting(monkeypatch: pytest.MonkeyPatch, source: Path, calls: list[str]) -> None:

@@ -84,22 +84,55 @@ class ClipEncoder:
         #: the model as it is given on a command line (`--model`), and --model-dir: for the advice in messages
         self.source = str(path.absolute()) if is_file else model
         self.model_dir = str(download_root) if download_root else None
-        try:
-            loaded, preprocess = clip.load(str(path) if is_file else model, device=self.device, jit=False,
-                                           download_root=str(download_root) if download_root else None)
-        except Exception as exc:  # network errors, corrupt files, wrong architectures
-            raise ModelLoadError(self._load_failure_message(model, is_file, download_root, exc)) from exc
-        self._setup(loaded, preprocess, name=name, identity=identity, batch_size=batch_size,
-                    text_cache_size=text_cache_size)
+        self._loader = (model, is_file, download_root)
         wanted = backend if backend is not None else os.environ.get("CLIP_APP_BACKEND", "").strip() or "auto"
-        if resolve_backend(wanted, self.device) == "onnx":
-            self._start_onnx(Path(download_root).expanduser() if download_root else default_model_dir(),
-                             precision, threads)
-        elif precision != "fp32":
-            log.warning("--precision %s needs the ONNX Runtime backend: running PyTorch %s", precision,
-                        "fp16" if self.dtype == torch.float16 else "fp32")
+        chosen = resolve_backend(wanted, self.device)
+        weights_dir = Path(download_root).expanduser() if download_root else default_model_dir()
+        towers = None
+        if chosen == "onnx":  # a cached export needs no PyTorch weights: they load only if something asks for them
+            from .onnx_runtime import open_cached
+
+            towers = open_cached(identity, weights_dir, precision, threads)
+        if towers is not None:
+            info = towers.exported.manifest["model"]
+            self._setup(None, clip.clip._transform(int(info["input_resolution"])), name=name, identity=identity,
+                        batch_size=batch_size, text_cache_size=text_cache_size, info=info)
+            self._onnx, self.backend, self.precision = towers, "onnx", precision
+        else:
+            self._setup(self._load_clip(), None, name=name, identity=identity, batch_size=batch_size,
+                        text_cache_size=text_cache_size)
+            if chosen == "onnx":
+                self._start_onnx(weights_dir, precision, threads)
+            elif precision != "fp32":
+                log.warning("--precision %s needs the ONNX Runtime backend: running PyTorch %s", precision,
+                            "fp16" if self.dtype == torch.float16 else "fp32")
         log.info("loaded CLIP %s on %s, backend %s (dim %d, input %d px)", name, self.device, self.backend_name,
                  self.dim, self.input_resolution)
+
+    def _load_clip(self) -> tuple[torch.nn.Module, Callable[[Image.Image], torch.Tensor]]:
+        """(model, preprocess) through clip.load (ModelLoadError with the way out when it fails)."""
+        import clip
+
+        model, is_file, download_root = self._loader
+        try:
+            return clip.load(str(Path(model).expanduser()) if is_file else model, device=self.device, jit=False,
+                             download_root=str(download_root) if download_root else None)
+        except Exception as exc:  # network errors, corrupt files, wrong architectures
+            raise ModelLoadError(self._load_failure_message(model, is_file, download_root, exc)) from exc
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The PyTorch model (loaded on first use when ONNX Runtime started from a cached export)."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    log.info("loading the PyTorch weights of %s", self.name)
+                    self._model = self._load_clip()[0].eval()
+        return self._model
+
+    @model.setter
+    def model(self, value: torch.nn.Module) -> None:
+        self._model = value
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], *, name: str,
@@ -113,12 +146,16 @@ class ClipEncoder:
                     text_cache_size=text_cache_size, tokenizer=tokenizer)
         return self
 
-    def _setup(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], *, name: str,
+    def _setup(self, model: Any, preprocess: Callable[[Image.Image], torch.Tensor] | None, *, name: str,
                identity: str, batch_size: int, text_cache_size: int,
-               tokenizer: Callable[..., torch.Tensor] | None = None) -> None:
+               tokenizer: Callable[..., torch.Tensor] | None = None, info: dict | None = None) -> None:
+        """model: a module, a (module, preprocess) pair from clip.load, or None with `info` (input_resolution,
+        dim, causal: from an ONNX export's manifest) when the PyTorch weights are not loaded."""
         import clip
 
-        self.model = model.eval()
+        if isinstance(model, tuple):
+            model, preprocess = model
+        self._model = model.eval() if model is not None else None
         self.preprocess = preprocess
         self.name = name
         self.identity = identity
@@ -130,7 +167,7 @@ class ClipEncoder:
         self.cache_hits = 0
         self.cache_misses = 0
         visual = getattr(model, "visual", None)
-        self.input_resolution = int(getattr(visual, "input_resolution", 224))
+        self.input_resolution = int(info["input_resolution"] if info else getattr(visual, "input_resolution", 224))
         #: encoding paths decode JPEGs at a reduced scale down to this shorter side (images.decode_image min_side):
         #: twice the input size keeps the preprocessing's own bicubic downscale, so features barely change
         self.decode_min_side = 2 * self.input_resolution
@@ -139,7 +176,10 @@ class ClipEncoder:
         self.backend = "torch"
         self.precision = "fp16" if self.dtype == torch.float16 else "fp32"
         self._onnx: Any = None
-        self._causal = has_causal_text_tower(model)
+        self._causal = bool(info["causal"]) if info else has_causal_text_tower(model)
+        if info:
+            self.dim = int(info["dim"])
+            return
         with torch.inference_mode():
             probe = self._forward_text(self._tokenize([""], truncate=True))
         self.dim = int(probe.shape[-1])

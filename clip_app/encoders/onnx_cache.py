@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from ..library_file import replace_atomically
+from .clip_torch import has_causal_text_tower, trim_tokens
 from .onnx_export import (
     EXPORT_CODE_VERSION,
     IMAGE_INPUT,
@@ -116,6 +117,24 @@ def load_or_export(model: torch.nn.Module, identity: str, model_dir: Path, preci
         return ExportedTowers(folder, folder / names["image"], folder / names["text"], manifest)
 
 
+def find_cached(model_dir: Path, identity: str, precision: str) -> ExportedTowers | None:
+    """The verified export of a model when the cache holds it intact with the model's facts (input size, width),
+    else None (nothing is exported or repaired here: load_or_export does that, with the PyTorch model)."""
+    from filelock import FileLock
+
+    folder = cache_folder(model_dir, identity)
+    if not (folder / MANIFEST).is_file():
+        return None
+    names = file_names(precision)
+    with FileLock(str(folder / ".lock")):
+        manifest = read_manifest(folder)
+        if "model" not in manifest or manifest.get("refused", {}).get(precision):
+            return None
+        if damage(folder, manifest, names.values()) is not None:
+            return None
+    return ExportedTowers(folder, folder / names["image"], folder / names["text"], manifest)
+
+
 def read_manifest(folder: Path) -> dict:
     """The manifest of a cache folder, or {} when it is missing or unreadable."""
     try:
@@ -128,18 +147,23 @@ def read_manifest(folder: Path) -> dict:
 def damage(folder: Path, manifest: dict, names) -> str | None:
     """None when every named file exists with the manifest's size and sha256, 'missing' when the manifest does
     not list them (never exported), else what is wrong."""
+    from concurrent.futures import ThreadPoolExecutor
+
     files = manifest.get("files", {})
+    names = list(names)
     if not all(name in files for name in names):
         return "missing"
     for name in names:
-        path = folder / name
         try:
-            size = path.stat().st_size
+            size = (folder / name).stat().st_size
         except OSError:
             return f"{name} is missing"
         if size != files[name]["size"]:
             return f"{name} has {size} bytes, the manifest says {files[name]['size']}"
-        if _sha256(path) != files[name]["sha256"]:
+    with ThreadPoolExecutor(len(names)) as pool:  # hashlib releases the GIL: the files are hashed side by side
+        digests = list(pool.map(lambda name: _sha256(folder / name), names))
+    for name, digest in zip(names, digests):
+        if digest != files[name]["sha256"]:
             return f"{name} does not match its sha256"
     return None
 
@@ -180,6 +204,7 @@ def _export_all(model: torch.nn.Module, identity: str, folder: Path, manifest: d
             for tower in TOWERS:
                 quantize_int8(sources[tower], outputs[tower])
         cosine = verify(model, outputs, pixels, tokens, open_session)
+        dim = cosine.pop("dim", None)
         if cosine["image"] < MIN_COSINE[precision] or cosine["text"] < MIN_COSINE[precision]:
             reason = (f"ONNX Runtime and PyTorch disagree on the probe: cosine image {cosine['image']:.6f}, text "
                       f"{cosine['text']:.6f} (at least {MIN_COSINE[precision]} needed)")
@@ -194,6 +219,8 @@ def _export_all(model: torch.nn.Module, identity: str, folder: Path, manifest: d
             manifest["files"][path.name] = {"sha256": _sha256(folder / path.name),
                                             "size": (folder / path.name).stat().st_size}
     manifest["cosine"][precision] = cosine
+    manifest["model"] = {"input_resolution": int(resolution), "dim": int(dim),
+                         "causal": has_causal_text_tower(model)}
     manifest["export_seconds"][precision] = round(time.perf_counter() - started, 2)
     _write_manifest(folder, manifest)
     log.info("exported %s to ONNX %s in %.1f s (probe cosine vs PyTorch: image %.6f, text %.6f)", identity,
@@ -204,17 +231,16 @@ def _export_all(model: torch.nn.Module, identity: str, folder: Path, manifest: d
 def verify(model: torch.nn.Module, paths: dict[str, Path], pixels: torch.Tensor, tokens: torch.Tensor,
            open_session: Callable[[Path], object]) -> dict[str, float]:
     """Least cosine over the probe rows between PyTorch and ONNX Runtime features, per tower."""
-    from .clip_torch import has_causal_text_tower, trim_tokens
-
     if has_causal_text_tower(model):
         tokens = trim_tokens(tokens)
     with torch.inference_mode():
         want = {"image": ImageTower(model)(pixels), "text": TextTower(model)(tokens)}
     got = {"image": open_session(paths["image"]).run(None, {IMAGE_INPUT: pixels.numpy()})[0],
            "text": open_session(paths["text"]).run(None, {TEXT_INPUT: tokens.numpy()})[0]}
-    return {tower: float(torch.nn.functional.cosine_similarity(want[tower].float(),
-                                                                torch.from_numpy(got[tower]).float()).min())
-            for tower in TOWERS}
+    agreement: dict = {tower: float(torch.nn.functional.cosine_similarity(
+        want[tower].float(), torch.from_numpy(got[tower]).float()).min()) for tower in TOWERS}
+    agreement["dim"] = int(want["text"].shape[-1])
+    return agreement
 
 
 def _move_in(source: Path, target: Path) -> None:

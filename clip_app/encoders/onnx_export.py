@@ -79,6 +79,8 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, input_name: str, o
     module = module.eval()
     dims = {"batch": Dim("batch"), "sequence": Dim("sequence", min=2, max=77)}
     shapes = {input_name: {axis: dims[name] for axis, name in axes.items()}}
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):  # a line per rewritten node at INFO
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     chatter = io.StringIO()  # the exporter prints its progress; stdout may carry a command's JSON
     try:
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), \

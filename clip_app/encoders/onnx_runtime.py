@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .onnx_cache import ExportedTowers, load_or_export
+from .onnx_cache import ExportedTowers, find_cached, load_or_export
 from .onnx_export import IMAGE_INPUT, TEXT_INPUT
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,18 @@ class OnnxTowers:
         """Tokens [N, L] (trimmed to the longest text) -> features [N, D] float32 (not normalised)."""
         array = np.ascontiguousarray(tokens.detach().cpu().to(torch.int64).numpy())
         return torch.from_numpy(self.text_session.run(None, {TEXT_INPUT: array})[0])
+
+
+def open_cached(identity: str, model_dir: Path, precision: str, threads: int | None = None) -> OnnxTowers | None:
+    """ONNX Runtime towers straight from an intact cached export (no PyTorch weights needed), else None."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    try:
+        exported = find_cached(model_dir, identity, precision)
+        return OnnxTowers(exported, precision, threads) if exported is not None else None
+    except Exception as exc:  # an unreadable folder, a session that fails: the full path decides (and logs)
+        log.debug("no usable cached ONNX export for %s: %s", identity, exc)
+        return None
 
 
 def start_onnx(model: torch.nn.Module, identity: str, model_dir: Path, precision: str,
