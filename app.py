@@ -12,115 +12,23 @@ in, and main() is not run a second time.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import sys
-import warnings
 from typing import TYPE_CHECKING, Any
 
-from clip_app.config import Settings, add_settings_arguments
+from clip_app.launcher import (  # noqa: F401  (the launcher's names, as app.py always had them)
+    AUTH_ENV,
+    build_parser,
+    create_app,
+    create_demo,
+    in_gradio_reloader,
+    launch,
+    main,
+    parse_args,
+    parse_auth,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
-
-    from clip_app.service import App
-
-log = logging.getLogger("clip_app")
-
-AUTH_ENV = "CLIP_APP_AUTH"
-
-
-def parse_auth(value: str | None) -> tuple[str, str] | None:
-    """'USER:PASSWORD' -> (user, password); None or '' -> None; anything else is a ValueError."""
-    if not value:
-        return None
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise ValueError("--auth needs USER:PASSWORD (both non-empty)")
-    return user, password
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The launcher's flags: the shared settings flags plus the server's."""
-    parser = argparse.ArgumentParser(description="clip-app: zero-shot classification and image search with CLIP")
-    add_settings_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--auth", default=None,
-                        help=f"require a login, USER:PASSWORD [env {AUTH_ENV}; default: no login]")
-    parser.add_argument("--share", action="store_true", help="also open a public *.gradio.live link (off by default)")
-    parser.add_argument("--max-file-size", dest="max_file_size", default="20MB",
-                        help="largest upload accepted, e.g. 20MB or 500KB (default 20MB)")
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and check the flags (bad --auth / --max-file-size stop with a usage error)."""
-    from clip_app.service import parse_size
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        args.auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV, ""))
-        args.max_file_size = parse_size(args.max_file_size)
-    except ValueError as exc:
-        parser.error(str(exc))
-    return args
-
-
-def create_app(args: argparse.Namespace) -> "App":
-    """Load the model and the library once (ModelLoadError / LibraryError when they cannot be used)."""
-    from clip_app.service import App
-
-    return App.from_settings(Settings.from_args(args), max_file_size=args.max_file_size)
-
-
-def create_demo(args: argparse.Namespace | None = None) -> "gr.Blocks":
-    """The interface over a freshly loaded App (flags default to the environment's settings)."""
-    from clip_app.ui import build_demo
-
-    return build_demo(create_app(args if args is not None else parse_args([])))
-
-
-def launch(demo: "gr.Blocks", args: argparse.Namespace, settings: Settings, prevent_thread_lock: bool = False) -> Any:
-    """Serve the demo as the flags say."""
-    from clip_app.ui import launch as launch_ui
-
-    return launch_ui(demo, gallery_dir=settings.gallery_dir, library_file=settings.library_file, host=args.host,
-                     port=args.port, auth=args.auth, share=args.share, max_file_size=args.max_file_size,
-                     prevent_thread_lock=prevent_thread_lock)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: load once, then serve until interrupted; 1 with a clear message when loading fails."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # noise from the clip package
-    warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated")  # clip.load tries TorchScript first
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
-    args = parse_args(argv)
-    try:
-        settings = Settings.from_args(args)
-    except ValueError as exc:  # a bad CLIP_APP_* value
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    from clip_app.encoders import ModelLoadError
-    from clip_app.index import describe_os_error
-    from clip_app.library import LibraryError
-    from clip_app.ui import build_demo
-
-    try:
-        demo = build_demo(create_app(args))
-    except (ModelLoadError, LibraryError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # a folder that cannot be read or written ...
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-        return 1
-    launch(demo, args, settings)
-    return 0
-
 
 _demo: "gr.Blocks | None" = None
 
@@ -133,15 +41,6 @@ def __getattr__(name: str) -> Any:
             _demo = create_demo()
         return _demo
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def in_gradio_reloader() -> bool:
-    """True in the thread of Gradio's reload watcher (`gradio app.py`), which re-runs this file's code."""
-    try:
-        from gradio.cli.commands.reload import reload_thread
-    except ImportError:  # pragma: no cover - an older or trimmed gradio
-        return False
-    return bool(getattr(reload_thread, "running_reload", False))
 
 
 if __name__ == "__main__":

@@ -110,14 +110,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = True,
+                           many_models: bool = False) -> None:
     """The shared flags: --model, --device, --gallery, --library, --model-dir, --backend, --precision,
-    --onnx-threads (defaults come from Settings)."""
-    parser.add_argument("--model", help=f"CLIP model name (e.g. {DEFAULT_MODEL}) or path to a local checkpoint "
-                        "[env CLIP_APP_MODEL]")
+    --onnx-threads (defaults come from Settings). library=False leaves out --gallery and --library (the
+    benchmarks); many_models makes --model repeatable."""
+    if many_models:
+        parser.add_argument("--model", action="append", metavar="NAME_OR_PATH",
+                            help=f"CLIP model name (e.g. {DEFAULT_MODEL}) or path to a local checkpoint; repeat for "
+                            "several [env CLIP_APP_MODEL]")
+    else:
+        parser.add_argument("--model", help=f"CLIP model name (e.g. {DEFAULT_MODEL}) or path to a local checkpoint "
+                            "[env CLIP_APP_MODEL]")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
-    parser.add_argument("--gallery", help="gallery folder [env CLIP_APP_GALLERY; default gallery/]")
-    parser.add_argument("--library", help="feature library file [env CLIP_APP_LIBRARY; default features_library.pth]")
+    if library:
+        parser.add_argument("--gallery", help="gallery folder [env CLIP_APP_GALLERY; default gallery/]")
+        parser.add_argument("--library",
+                            help="feature library file [env CLIP_APP_LIBRARY; default features_library.pth]")
     parser.add_argument("--model-dir", dest="model_dir",
                         help="where model weights are downloaded (and ONNX exports cached) [env CLIP_APP_MODEL_DIR; "
                         "default ~/.cache/clip]")

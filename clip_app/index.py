@@ -15,14 +15,19 @@ import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
 from .config import Settings, add_settings_arguments
 from .encoders import ClipEncoder, ModelLoadError, model_identity
+from .files import describe_os_error
 from .images import IMAGE_EXTENSIONS
 from .library import AddReport, AddResult, FeatureLibrary, LibraryError, UnknownImageError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 log = logging.getLogger("clip_app.index")
 
@@ -86,6 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _loads_model(name: str, doc: str) -> property:
+    """A LazyEncoder property of the Encoder protocol that the loaded model answers (loading it first)."""
+    return property(lambda self: getattr(self.load(), name), doc=f"{doc} (loads the model)")
+
+
 class LazyEncoder:
     """The --model as the library sees it: its identity and name are known without loading any weights (a model
     name, or a checkpoint's sha256); the model itself is loaded on first use of anything else (encoding, its feature
@@ -113,17 +123,25 @@ class LazyEncoder:
                                         **self._settings.encoder_options())  # type: ignore[arg-type]
         return self._encoder
 
-    def __getattr__(self, name: str) -> object:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.load(), name)
+    # ---- the Encoder protocol: everything past identity, name, source and model_dir loads the weights ----
+    dim = _loads_model("dim", "feature width D")
+    device = _loads_model("device", "where the model runs")
+    input_resolution = _loads_model("input_resolution", "the image tower's input size in pixels")
+    decode_min_side = _loads_model("decode_min_side", "the shortest side images may be decoded at")
+    batch_size = _loads_model("batch_size", "images per forward pass")
+    preprocess = _loads_model("preprocess", "PIL image -> [3, H, W]")
 
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int | None = None) -> torch.Tensor:
+        """PIL images -> float32 unit rows [N, D] (loads the model)."""
+        return self.load().encode_images(images, batch_size)
 
-def describe_os_error(exc: OSError) -> str:
-    """An OSError in one line: what failed and on which file."""
-    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") if exc.filename else ""
-    reason = exc.strerror or str(exc)
-    return f"{where}: {reason}" if where else reason
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed pixels [N, 3, H, W] -> float32 unit rows [N, D] (loads the model)."""
+        return self.load().encode_pixels(pixels)
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Strings -> float32 unit rows [N, D] (loads the model)."""
+        return self.load().encode_texts(texts)
 
 
 def open_library(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder,

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .classify import parse_labels
-from .library_file import LibraryWriteError, replace_atomically
-from .library_store import LABEL_SETS_NAME
+from .library.errors import LibraryWriteError
+from .library.fileformat import replace_atomically
+from .library.store import LABEL_SETS_NAME
 from .prompts import imagenet_classnames
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,6 @@ class LabelSetStore:
     def builtin_names(self) -> list[str]:
         """The names of the built-in sets (they never need the file)."""
         return list(self._builtin)
-
-    def is_builtin(self, name: str) -> bool:
-        """True for the read-only sets that ship with the app."""
-        return name in self._builtin
 
     # ---- writing ------------------------------------------------------------------------------------------
     def save(self, name: str, labels: str | Sequence[str]) -> list[str]:

@@ -65,7 +65,8 @@ def imagenet_wnids() -> tuple[str, ...]:
     return tuple(sorted(imagenet_ilsvrc_ids().values()))
 
 
-TEMPLATE_CHOICES = ("single", "ensemble")
+#: the named template choices (a custom template containing "{}" is accepted too) and what each means
+TEMPLATE_CHOICES = {"single": "a photo of a {}.", "ensemble": "CLIP's 80 ImageNet templates"}
 
 
 def templates_for(choice: str) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from .service import (
     DEFAULT_TAG_THRESHOLD,
     MAX_K,
     PER_PAGE,
+    TEMPLATE_CHOICES,
     USER_ERRORS,
     App,
     ClassifyResult,
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 #: Read-only endpoints serve this many requests at once; writes are serialised (and locked again by the App).
 READ_CONCURRENCY = 4
 WRITE_CONCURRENCY_ID = "library-writes"
-TEMPLATE_CHOICES = [("single: a photo of a {}.", "single"), ("ensemble: CLIP's 80 ImageNet templates", "ensemble")]
+TEMPLATE_OPTIONS = [(f"{name}: {meaning}", name) for name, meaning in TEMPLATE_CHOICES.items()]
 PRIVATE = "private"  # internal helper events: not in the API docs, not callable by clients
 
 
@@ -219,7 +220,7 @@ def _classify_tab(app: App) -> None:
                                    elem_id="classify-image")
             labels = gr.Textbox(label="Labels", lines=4, max_lines=12, elem_id="classify-labels",
                                 placeholder="cat, dog, bicycle (separate labels with commas or new lines)")
-            template = gr.Dropdown(TEMPLATE_CHOICES, value="single", allow_custom_value=True,
+            template = gr.Dropdown(TEMPLATE_OPTIONS, value="single", allow_custom_value=True,
                                    label="Prompt template",
                                    info="pick one, or type your own template containing {} where the label goes")
             with gr.Row():

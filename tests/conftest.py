@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-# the suite runs on PyTorch unless a test asks for a backend (tests/test_onnx_*.py); CLIP_APP_BACKEND=onnx pytest
-# runs every test through ONNX Runtime (exports cached under --model-dir, ~/.cache/clip by default)
+# the suite runs on PyTorch unless a test asks for a backend (tests/encoders/test_onnx_backend.py ...);
+# CLIP_APP_BACKEND=onnx pytest runs every test through ONNX Runtime (exports cached under --model-dir)
 os.environ.setdefault("CLIP_APP_BACKEND", "torch")
 
 from clip_app.encoders import ClipEncoder  # noqa: E402
-from tests.fakes import color_encoder, save_tiny_checkpoint  # noqa: E402
+from tests.support.fakes import color_encoder, save_tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")

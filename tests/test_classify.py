@@ -18,7 +18,7 @@ from clip_app.classify import (
     tags,
 )
 from clip_app.prompts import SINGLE_TEMPLATE, imagenet_templates
-from tests.fakes import solid_image
+from tests.support.fakes import solid_image
 
 
 def test_parse_labels_commas_newlines_trim_dedupe():

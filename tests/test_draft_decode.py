@@ -4,9 +4,9 @@ features stay the same."""
 import pytest
 from clip.clip import _transform
 
-from clip_app.bench.perf_setup import jpeg_bytes, photo_like
+from clip_app.bench.perf.setup import jpeg_bytes, photo_like
 from clip_app.images import ImageError, decode_image, draft_size, open_image
-from tests.image_files import encode, jpeg_with_orientation, quadrants
+from tests.support.image_files import encode, jpeg_with_orientation, quadrants
 
 
 @pytest.fixture(scope="module")

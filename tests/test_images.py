@@ -6,7 +6,15 @@ from PIL import Image
 
 from clip_app import images
 from clip_app.images import ImageError, decode_image, image_extension, open_image
-from tests.image_files import animated_gif, encode, heic_header, jpeg_with_orientation, minimal_pdf, png_bomb, quadrants
+from tests.support.image_files import (
+    animated_gif,
+    encode,
+    heic_header,
+    jpeg_with_orientation,
+    minimal_pdf,
+    png_bomb,
+    quadrants,
+)
 
 
 def pixel(image, x, y):

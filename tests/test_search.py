@@ -1,7 +1,7 @@
 import torch
 
 from clip_app.search import top_k
-from tests.fakes import COLOUR_NAMES, solid_image
+from tests.support.fakes import COLOUR_NAMES, solid_image
 
 
 def unit(rows):

@@ -9,9 +9,9 @@ import sys
 
 #: sub-command -> module in clip_app.bench providing add_arguments(parser) and run(args) -> int
 BENCHMARKS = {
-    "imagenet": "clip_app.bench.imagenet",
-    "flickr8k": "clip_app.bench.flickr8k",
-    "perf": "clip_app.bench.perf",
+    "imagenet": "clip_app.bench.imagenet.cli",
+    "flickr8k": "clip_app.bench.flickr8k.cli",
+    "perf": "clip_app.bench.perf.cli",
 }
 
 
@@ -20,12 +20,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     sub = parser.add_subparsers(dest="benchmark", required=True)
     modules: dict[str, object] = {}
     for name, module_name in BENCHMARKS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # benchmark not part of this build
-            raise
+        module = importlib.import_module(module_name)
         modules[name] = module
         module.add_arguments(sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0]))
     return parser, modules

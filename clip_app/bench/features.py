@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -16,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..encoders import ClipEncoder
+from ..files import replace_atomically
 from ..images import ImageError, open_image
 from .timing import StageTimer
 
@@ -142,19 +142,8 @@ class FeatureCache:
 
         Runs sharing the folder never write into each other's temp file; the last rename wins, and a failed
         save leaves no temp file behind."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.path(name, key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-        try:
-            with open(tmp, "xb") as handle:
-                torch.save({"features": features.contiguous(), "meta": json.dumps(meta or {})}, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+        payload = {"features": features.contiguous(), "meta": json.dumps(meta or {})}
+        return replace_atomically(self.path(name, key), lambda handle: torch.save(payload, handle))
 
 
 def image_features_key(encoder: ClipEncoder, paths: Sequence[Path]) -> str:

@@ -18,12 +18,12 @@ class StageTimer:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        _sync()
+        sync_device()
         start = time.perf_counter()
         try:
             yield
         finally:
-            _sync()
+            sync_device()
             self.seconds[name] += time.perf_counter() - start
 
     def add(self, name: str, seconds: float) -> None:
@@ -33,6 +33,7 @@ class StageTimer:
         return dict(self.seconds)
 
 
-def _sync() -> None:
+def sync_device() -> None:
+    """Wait for queued GPU work (timings end when the work ends); nothing on a CPU."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()

@@ -58,6 +58,7 @@ class Encoder(ImageEncoder, TextEncoder, Protocol):
 
     source: str  #: the model as given on a command line (--model)
     model_dir: str | None  #: the weights folder (--model-dir), or None for the default
+    loaded: bool  #: True once the weights are in memory (a lazy encoder knows its identity before that)
 
 
 def l2_normalize(features: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..config import DEFAULT_MODEL, default_model_dir, resolve_device
+from ..files import sha256_file as file_sha256
 from .base import ModelLoadError, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -22,15 +22,6 @@ DEFAULT_BATCH_SIZE = 32
 TEXT_BATCH_SIZE = 256
 TEXT_CACHE_SIZE = 20_000  # prompt strings kept (about 40 MB of ViT-B/32 features); classifiers are cached too
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def official_checksums() -> dict[str, str]:
@@ -62,6 +53,8 @@ def model_identity(model: str) -> tuple[str, str]:
 
 class ClipEncoder:
     """A loaded CLIP model with batched, normalised, cached encoders. Outputs are float32 CPU tensors."""
+
+    loaded = True  # Encoder.loaded: the weights are in memory from the start
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto",
                  download_root: str | os.PathLike[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -142,6 +135,7 @@ class ClipEncoder:
         """Wrap an already built model with CLIP's interface (encode_image, encode_text)."""
         self = cls.__new__(cls)
         self.device = device
+        self.source, self.model_dir = name, None  # Encoder.source: a built model is known by its name
         self._setup(model.to(device), preprocess, name=name, identity=identity or name, batch_size=batch_size,
                     text_cache_size=text_cache_size, tokenizer=tokenizer)
         return self

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..library_file import replace_atomically
+from ..files import replace_atomically, sha256_file
 from .clip_torch import has_causal_text_tower, trim_tokens
 from .onnx_export import (
     EXPORT_CODE_VERSION,
@@ -169,11 +169,7 @@ def damage(folder: Path, manifest: dict, names) -> str | None:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path, chunk=1 << 22)
 
 
 def _export_all(model: torch.nn.Module, identity: str, folder: Path, manifest: dict, precision: str,

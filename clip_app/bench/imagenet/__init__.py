@@ -1,0 +1,1 @@
+"""The imagenet benchmark: `python -m clip_app.bench imagenet` (cli.py)."""

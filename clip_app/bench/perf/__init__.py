@@ -1,0 +1,1 @@
+"""The perf benchmark: `python -m clip_app.bench perf` (cli.py)."""

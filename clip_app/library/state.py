@@ -1,0 +1,263 @@
+"""LibraryState: the library's rows in memory (ids, features, files, hashes, ...), never changed once made; appends
+share column buffers so a new state costs no copy of the existing rows."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from itertools import compress
+from typing import Sequence
+
+import torch
+
+FORMAT_VERSION = 1
+FIRST_ID = 1
+STORED_DTYPE = torch.float16
+
+
+class _Column:
+    """A growable row buffer [capacity, D] shared by successive states: appending to the newest state writes in
+    place (no copy of the existing rows); older states keep their own views of the first rows, which never change."""
+
+    def __init__(self, data: torch.Tensor, filled: int) -> None:
+        self.data = data
+        self.filled = filled
+
+    @classmethod
+    def of(cls, rows: torch.Tensor, dtype: torch.dtype) -> "_Column":
+        """A column holding these rows (converted to dtype), with room to append without copying."""
+        n = len(rows)
+        data = torch.empty((n + _slack(n),) + tuple(rows.shape[1:]), dtype=dtype)
+        data[:n] = rows
+        return cls(data, n)
+
+    def view(self, n: int) -> torch.Tensor:
+        return self.data[:n]
+
+    def extend(self, n: int, rows: torch.Tensor) -> "_Column":
+        """A column holding our first n rows followed by `rows` (in place when this column ends at row n)."""
+        m = len(rows)
+        if self.filled == n and n + m <= len(self.data):
+            self.data[n:n + m] = rows
+            self.filled = n + m
+            return self
+        capacity = n + m + _slack(n + m)
+        data = torch.empty((capacity,) + tuple(rows.shape[1:]), dtype=rows.dtype)
+        data[:n] = self.data[:n]
+        data[n:n + m] = rows
+        return _Column(data, n + m)
+
+    def take(self, index: torch.Tensor) -> "_Column":
+        """A new column holding our rows at these positions [M], in that order (no conversion of the values): runs
+        of consecutive positions (what removing a few rows leaves) are copied as blocks, else gathered."""
+        m = len(index)
+        data = torch.empty((m + _slack(m),) + tuple(self.data.shape[1:]), dtype=self.data.dtype)
+        if m:
+            breaks = (torch.nonzero(index[1:] != index[:-1] + 1).flatten() + 1).tolist()
+            if len(breaks) <= MAX_COPY_RUNS:
+                for start, stop in zip([0] + breaks, breaks + [m]):
+                    first = int(index[start])
+                    data[start:stop] = self.data[first:first + stop - start]
+            else:
+                torch.index_select(self.data, 0, index, out=data[:m])
+        return _Column(data, m)
+
+
+MAX_COPY_RUNS = 256  # Column.take copies up to this many blocks one by one; more are gathered with index_select
+
+
+def _slack(n: int) -> int:
+    """Spare rows kept after n rows: appends copy the buffer only every n/8 rows (amortised O(1) per row)."""
+    return max(256, n // 8)
+
+
+def _exact(view: torch.Tensor) -> torch.Tensor:
+    """The same memory as a contiguous leading view, in a storage of exactly its size (torch.save writes whole
+    storages, so saving a view of a larger buffer would write the buffer's spare rows too)."""
+    nbytes = view.numel() * view.element_size()
+    if view.untyped_storage().nbytes() == nbytes and view.storage_offset() == 0:
+        return view
+    storage = view.untyped_storage()[view.storage_offset() * view.element_size():][:nbytes]
+    return torch.empty(0, dtype=view.dtype).set_(storage, 0, tuple(view.shape))
+
+
+@dataclass
+class LibraryState:
+    """Everything the library file holds, in memory. Treat as immutable: every change makes a new state (feature
+    rows live in shared append-only buffers, so appending does not copy the existing rows)."""
+
+    model: str
+    model_name: str
+    dim: int
+    ids: torch.Tensor  # int64 [N]
+    files: list[str]
+    sha256: list[str]  # hex
+    added: torch.Tensor  # float64 [N]
+    sizes: torch.Tensor  # int64 [N]
+    names: list[str]
+    next_id: int = FIRST_ID
+    _f16: _Column | None = field(default=None, repr=False, compare=False)  # rows as stored (float16)
+    _f32: _Column | None = field(default=None, repr=False, compare=False)  # the same rows as float32 (None: not
+    # made yet; `features` makes it on first use, so that removing rows copies only the float16 rows)
+    _row_of: dict[int, int] | None = field(default=None, repr=False, compare=False)
+    _id_of_hash: dict[str, int] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def empty(cls, model: str, model_name: str, dim: int) -> "LibraryState":
+        """An empty library for this model."""
+        return cls.build(model, model_name, dim, ids=torch.empty(0, dtype=torch.int64), features=torch.empty(0, dim),
+                         files=[], sha256=[], added=torch.empty(0, dtype=torch.float64),
+                         sizes=torch.empty(0, dtype=torch.int64), names=[])
+
+    @classmethod
+    def build(cls, model: str, model_name: str, dim: int, *, ids: torch.Tensor, features: torch.Tensor,
+              files: list[str], sha256: list[str], added: torch.Tensor, sizes: torch.Tensor, names: list[str],
+              next_id: int = FIRST_ID) -> "LibraryState":
+        """A state from whole columns; features [N, D] are rounded to the stored precision."""
+        f16 = _Column.of(features.to(STORED_DTYPE), STORED_DTYPE)
+        f32 = _Column.of(f16.view(len(features)), torch.float32)
+        return cls(model=model, model_name=model_name, dim=dim, ids=ids, files=files, sha256=sha256, added=added,
+                   sizes=sizes, names=names, next_id=next_id, _f16=f16, _f32=f32)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """Float32 unit rows [N, D] (exactly the stored float16 values)."""
+        if self._f32 is None:  # two threads may both make it: the same values, and either result is kept
+            self._f32 = _Column.of(self.features16, torch.float32)
+        return self._f32.view(len(self))
+
+    @property
+    def features16(self) -> torch.Tensor:
+        """The rows as stored on disk: float16 [N, D]."""
+        return self._f16.view(len(self))  # type: ignore[union-attr]
+
+    @property
+    def row_of(self) -> dict[int, int]:
+        """ID -> row index."""
+        if self._row_of is None:
+            self._row_of = dict(zip(self.ids.tolist(), range(len(self))))
+        return self._row_of
+
+    @property
+    def id_of_hash(self) -> dict[str, int]:
+        """sha256 -> ID (the first ID with those bytes)."""
+        if self._id_of_hash is None:
+            # built from the end, so that the first (lowest) ID wins when two rows hold the same bytes
+            self._id_of_hash = dict(zip(reversed(self.sha256), reversed(self.ids.tolist())))
+        return self._id_of_hash
+
+    def appended(self, ids: Sequence[int], features: torch.Tensor, files: Sequence[str], sha256: Sequence[str],
+                 sizes: Sequence[int], names: Sequence[str],
+                 added: float | Sequence[float] | None = None) -> "LibraryState":
+        """A copy with rows appended (features [M, D] are rounded to the stored precision), kept in ID order.
+
+        `added` is one unix time for all rows (default: now) or one per row.
+        """
+        if not ids:
+            return self
+        if added is None or isinstance(added, (int, float)):
+            times = torch.full((len(ids),), time.time() if added is None else float(added), dtype=torch.float64)
+        else:
+            times = torch.as_tensor(list(added), dtype=torch.float64)
+        new_ids = torch.tensor(list(ids), dtype=torch.int64)
+        n = len(self)
+        rows16 = features.float().to(STORED_DTYPE)
+        state = replace(
+            self, ids=torch.cat([self.ids, new_ids]), files=self.files + list(files),
+            sha256=self.sha256 + list(sha256), added=torch.cat([self.added, times]),
+            sizes=torch.cat([self.sizes, torch.tensor(list(sizes), dtype=torch.int64)]),
+            names=self.names + [clean_name(x) for x in names], next_id=max(self.next_id, max(ids) + 1),
+            _f16=self._f16.extend(n, rows16), _f32=self._float32_column().extend(n, rows16.float()),  # type: ignore
+            _row_of=None, _id_of_hash=None)
+        if (n and int(new_ids.min()) < int(self.ids[-1])) or not _ascending(new_ids):
+            state = state.reordered(torch.argsort(state.ids))
+        else:  # keep the lookup tables incrementally (cheap for large libraries)
+            if self._row_of is not None:
+                state._row_of = dict(self._row_of)
+                state._row_of.update({int(i): n + k for k, i in enumerate(ids)})
+            if self._id_of_hash is not None:
+                state._id_of_hash = dict(self._id_of_hash)
+                for digest, i in zip(sha256, ids):
+                    state._id_of_hash.setdefault(digest, int(i))
+        return state
+
+    def reordered(self, order: torch.Tensor) -> "LibraryState":
+        """A copy with rows taken in this order (a permutation or a subset) [M]."""
+        order = torch.as_tensor(order, dtype=torch.int64)
+        index = order.tolist()
+        return self._taken(order, [self.files[i] for i in index], [self.sha256[i] for i in index],
+                           [self.names[i] for i in index])
+
+    def row_feature(self, image_id: int) -> torch.Tensor:
+        """The feature row [D] of an ID as stored (float32 of the float16 row); KeyError when absent."""
+        return self.features[self.row_of[int(image_id)]]
+
+    def without(self, ids: Sequence[int]) -> "LibraryState":
+        """A copy without the rows of these IDs (next_id unchanged: IDs are never reused). Vectorised: a keep mask
+        over the sorted IDs; only the float16 rows are copied (float32 rows are made when first used)."""
+        drop = torch.tensor(sorted({int(i) for i in ids}), dtype=torch.int64)
+        keep = ~sorted_member(self.ids, drop)  # [N] bool
+        flags = keep.tolist()
+        return self._taken(torch.nonzero(keep).flatten(), list(compress(self.files, flags)),
+                           list(compress(self.sha256, flags)), list(compress(self.names, flags)), float32=False)
+
+    def _taken(self, rows: torch.Tensor, files: list[str], sha256: list[str], names: list[str],
+               float32: bool = True) -> "LibraryState":
+        """A copy holding these rows [M] (the text columns already picked): the stored float16 rows, and with
+        float32 their float32 copies when made, are taken as they are, never converted again."""
+        f32 = self._f32.take(rows) if float32 and self._f32 is not None else None
+        return LibraryState(
+            model=self.model, model_name=self.model_name, dim=self.dim, ids=self.ids[rows], files=files,
+            sha256=sha256, added=self.added[rows], sizes=self.sizes[rows], names=names, next_id=self.next_id,
+            _f16=self._f16.take(rows), _f32=f32)  # type: ignore[union-attr]
+
+    def _float32_column(self) -> _Column:
+        self.features  # noqa: B018 - makes the float32 column when it is not there yet
+        return self._f32  # type: ignore[return-value]
+
+    def with_rows(self, ids: Sequence[int], features: torch.Tensor, sha256: Sequence[str],
+                  sizes: Sequence[int]) -> "LibraryState":
+        """A copy where the rows of these IDs get new features [M, D], hashes and sizes (files stay)."""
+        rows = [self.row_of[int(i)] for i in ids]
+        f16 = self.features16.clone()
+        f16[rows] = features.float().to(STORED_DTYPE)
+        digests, new_sizes = list(self.sha256), self.sizes.clone()
+        for k, row in enumerate(rows):
+            digests[row] = sha256[k]
+            new_sizes[row] = int(sizes[k])
+        return LibraryState.build(self.model, self.model_name, self.dim, ids=self.ids, features=f16,
+                                  files=list(self.files), sha256=digests, added=self.added, sizes=new_sizes,
+                                  names=list(self.names), next_id=self.next_id)
+
+    def to_dict(self) -> dict:
+        """The dict that is saved: tensors and a few strings only, so that loading stays fast at 100k rows."""
+        digests = bytes.fromhex("".join(self.sha256))
+        return {
+            "version": FORMAT_VERSION, "model": self.model, "model_name": self.model_name, "dim": int(self.dim),
+            "ids": self.ids.contiguous(), "features": _exact(self.features16),
+            "files": "\n".join(self.files),
+            "sha256": (torch.frombuffer(bytearray(digests), dtype=torch.uint8).reshape(len(self), 32) if digests
+                       else torch.empty(0, 32, dtype=torch.uint8)),
+            "added": self.added.contiguous(), "sizes": self.sizes.contiguous(), "names": "\n".join(self.names),
+            "next_id": int(self.next_id), "saved_at": time.time(),
+        }
+
+
+def clean_name(name: str) -> str:
+    """A display name fit for the newline-separated `names` column."""
+    return " ".join(str(name).splitlines()) or "image"
+
+
+def sorted_member(values: torch.Tensor, sorted_set: torch.Tensor) -> torch.Tensor:
+    """Bool [N]: which values [N] occur in an ascending int64 tensor [M] (binary search; torch.isin is slow here)."""
+    if len(sorted_set) == 0 or len(values) == 0:
+        return torch.zeros(len(values), dtype=torch.bool)
+    at = torch.searchsorted(sorted_set, values).clamp_max(len(sorted_set) - 1)
+    return sorted_set[at] == values
+
+
+def _ascending(ids: torch.Tensor) -> bool:
+    return bool(len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()))
