@@ -107,8 +107,10 @@ def load_or_export(model: torch.nn.Module, identity: str, model_dir: Path, preci
         refused = manifest.get("refused", {}).get(precision)
         if refused:
             raise OnnxExportError(f"this export was refused before ({refused}); delete {folder} to try again")
-        problem = damage(folder, manifest, names.values())
+        problem, refreshed = check_files(folder, manifest, names.values())
         if problem is None:
+            if refreshed:
+                _write_manifest(folder, manifest)
             return ExportedTowers(folder, folder / names["image"], folder / names["text"], manifest)
         if problem != "missing":
             log.warning("the cached ONNX export in %s is damaged (%s): exporting again", folder, problem)
@@ -130,8 +132,11 @@ def find_cached(model_dir: Path, identity: str, precision: str) -> ExportedTower
         manifest = read_manifest(folder)
         if "model" not in manifest or manifest.get("refused", {}).get(precision):
             return None
-        if damage(folder, manifest, names.values()) is not None:
+        problem, refreshed = check_files(folder, manifest, names.values())
+        if problem is not None:
             return None
+        if refreshed:
+            _write_manifest(folder, manifest)
     return ExportedTowers(folder, folder / names["image"], folder / names["text"], manifest)
 
 
@@ -145,27 +150,47 @@ def read_manifest(folder: Path) -> dict:
 
 
 def damage(folder: Path, manifest: dict, names) -> str | None:
-    """None when every named file exists with the manifest's size and sha256, 'missing' when the manifest does
-    not list them (never exported), else what is wrong."""
+    """None when every named file is intact (see check_files), 'missing' when the manifest does not list them
+    (never exported), else what is wrong."""
+    return check_files(folder, manifest, names)[0]
+
+
+def check_files(folder: Path, manifest: dict, names) -> tuple[str | None, bool]:
+    """(problem, refreshed): each file must have the manifest's size and sha256. A file whose (inode, mtime, size)
+    signature is the one recorded when its sha256 was last checked is not hashed again (a start then costs a stat,
+    not reading 600 MB); any rewrite, copy or truncation changes the signature, and the file is hashed. refreshed:
+    signatures of files whose hash matched were updated in `manifest` (the caller saves it)."""
     from concurrent.futures import ThreadPoolExecutor
 
     files = manifest.get("files", {})
     names = list(names)
     if not all(name in files for name in names):
-        return "missing"
+        return "missing", False
+    signatures = {}
     for name in names:
         try:
-            size = (folder / name).stat().st_size
+            signatures[name] = _signature(folder / name)
         except OSError:
-            return f"{name} is missing"
-        if size != files[name]["size"]:
-            return f"{name} has {size} bytes, the manifest says {files[name]['size']}"
-    with ThreadPoolExecutor(len(names)) as pool:  # hashlib releases the GIL: the files are hashed side by side
-        digests = list(pool.map(lambda name: _sha256(folder / name), names))
-    for name, digest in zip(names, digests):
+            return f"{name} is missing", False
+        if signatures[name][2] != files[name]["size"]:
+            return f"{name} has {signatures[name][2]} bytes, the manifest says {files[name]['size']}", False
+    unchecked = [name for name in names if files[name].get("signature") != signatures[name]]
+    if not unchecked:
+        return None, False
+    with ThreadPoolExecutor(len(unchecked)) as pool:  # hashlib releases the GIL: the files are hashed side by side
+        digests = list(pool.map(lambda name: _sha256(folder / name), unchecked))
+    for name, digest in zip(unchecked, digests):
         if digest != files[name]["sha256"]:
-            return f"{name} does not match its sha256"
-    return None
+            return f"{name} does not match its sha256", False
+    for name in unchecked:
+        files[name]["signature"] = signatures[name]
+    return None, True
+
+
+def _signature(path: Path) -> list[int]:
+    """[inode, mtime in ns, size] of a file."""
+    st = path.stat()
+    return [st.st_ino, st.st_mtime_ns, st.st_size]
 
 
 def _sha256(path: Path) -> str:
@@ -213,7 +238,8 @@ def _export_all(model: torch.nn.Module, identity: str, folder: Path, manifest: d
         for path in written.values():
             _move_in(path, folder / path.name)
             manifest["files"][path.name] = {"sha256": _sha256(folder / path.name),
-                                            "size": (folder / path.name).stat().st_size}
+                                            "size": (folder / path.name).stat().st_size,
+                                            "signature": _signature(folder / path.name)}
     manifest["cosine"][precision] = cosine
     manifest["model"] = {"input_resolution": int(resolution), "dim": int(dim),
                          "causal": has_causal_text_tower(model)}

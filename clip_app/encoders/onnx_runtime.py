@@ -99,8 +99,11 @@ class OnnxTowers:
         self.exported = exported
         self.precision = precision
         self.threads = threads or default_threads()
-        self.image_session = open_session(exported.image, self.threads)
-        self.text_session = open_session(exported.text, self.threads)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:  # the two towers' graphs are loaded and optimised side by side
+            image, text = pool.map(lambda path: open_session(path, self.threads), (exported.image, exported.text))
+        self.image_session, self.text_session = image, text
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Preprocessed pixels [N, 3, H, W] -> features [N, D] float32 (not normalised)."""

@@ -254,3 +254,23 @@ def test_concurrent_exports_do_not_corrupt_each_other(onnx_exports: dict, tmp_pa
     assert sorted(calls) == ["image", "text"]  # one exported; the others waited for the lock and reused it
     manifest = json.loads((cache_folder(tmp_path / "shared", vit["onnx"].identity) / "manifest.json").read_text())
     assert set(manifest["files"]) == {"image.onnx", "text.onnx"}
+
+
+def test_an_unchanged_cache_is_not_hashed_again(onnx_exports: dict, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    vit = onnx_exports["vit"]
+    folder = cache_folder(tmp_path / "models", vit["onnx"].identity)
+    shutil.copytree(cache_folder(onnx_exports["model_dir"], vit["onnx"].identity), folder)  # new inodes
+    hashed: list[str] = []
+    real = onnx_cache._sha256
+    monkeypatch.setattr(onnx_cache, "_sha256", lambda path: hashed.append(path.name) or real(path))
+    _forbid_export(monkeypatch)
+    for _ in range(2):
+        encoder = ClipEncoder(str(vit["checkpoint"]), device="cpu", backend="onnx", download_root=tmp_path / "models")
+        assert encoder.backend == "onnx"
+    assert sorted(hashed) == ["image.onnx", "text.onnx"]  # the copies once (their signature is new), then never
+    (folder / "text.onnx").write_bytes((folder / "text.onnx").read_bytes())  # same bytes, a new mtime
+    hashed.clear()
+    assert ClipEncoder(str(vit["checkpoint"]), device="cpu", backend="onnx",
+                       download_root=tmp_path / "models").backend == "onnx"
+    assert hashed == ["text.onnx"]
