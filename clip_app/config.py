@@ -110,18 +110,37 @@ def resolve_device(device: str) -> str:
     return device
 
 
+class ModelArgument(argparse.Action):
+    """`--model M` (stored, or appended with append=True); `--model list` prints every model name and exits."""
+
+    def __init__(self, *args: object, append: bool = False, **kwargs: object) -> None:
+        self.append = append
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        if values == "list":
+            from .encoders.families import model_listing
+
+            print(model_listing())
+            parser.exit(0)
+        if self.append:
+            setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
+        else:
+            setattr(namespace, self.dest, values)
+
+
+MODEL_HELP = (f"model: an OpenAI CLIP name (e.g. {DEFAULT_MODEL}) or checkpoint file, open_clip:ARCH/TAG, "
+              "cn_clip:ARCH, FAMILY:ARCH@FILE for local weights; 'list' prints every name [env CLIP_APP_MODEL]")
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = True,
                            many_models: bool = False) -> None:
     """The shared flags: --model, --device, --gallery, --library, --model-dir, --backend, --precision,
-    --onnx-threads (defaults come from Settings). library=False leaves out --gallery and --library (the
-    benchmarks); many_models makes --model repeatable."""
-    if many_models:
-        parser.add_argument("--model", action="append", metavar="NAME_OR_PATH",
-                            help=f"CLIP model name (e.g. {DEFAULT_MODEL}) or path to a local checkpoint; repeat for "
-                            "several [env CLIP_APP_MODEL]")
-    else:
-        parser.add_argument("--model", help=f"CLIP model name (e.g. {DEFAULT_MODEL}) or path to a local checkpoint "
-                            "[env CLIP_APP_MODEL]")
+    --onnx-threads (defaults come from Settings).
+    library=False leaves out --gallery and --library (the benchmarks); many_models makes --model repeatable."""
+    parser.add_argument("--model", action=ModelArgument, append=many_models, metavar="NAME_OR_PATH",
+                        help=MODEL_HELP + ("; repeat for several" if many_models else ""))
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
     if library:
         parser.add_argument("--gallery", help="gallery folder [env CLIP_APP_GALLERY; default gallery/]")

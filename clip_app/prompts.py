@@ -90,3 +90,31 @@ def validate_template(template: str) -> str:
 def fill(template: str, label: str) -> str:
     """Put a label into a '{}' template without interpreting braces inside the label."""
     return template.replace("{}", label, 1)
+
+
+def family_prompts(family: str) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """(ImageNet class names, ImageNet templates with '{}', source) for a model family: the family's own when it
+    ships them (open_clip: open_clip.zero_shot_metadata, the same 80 English templates; Chinese-CLIP:
+    cn_clip.eval.imagenet_zeroshot_templates, Chinese names and templates translated by the Wukong project), else
+    the CLIP authors' (ours, above)."""
+    if family == "open_clip":
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+        return (tuple(IMAGENET_CLASSNAMES), tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES),
+                "open_clip.zero_shot_metadata")
+    if family == "cn_clip":
+        from cn_clip.eval.imagenet_zeroshot_templates import imagenet_classnames as names
+        from cn_clip.eval.imagenet_zeroshot_templates import openai_imagenet_template
+
+        return (tuple(names), tuple(t("{}") for t in openai_imagenet_template),
+                "cn_clip.eval.imagenet_zeroshot_templates")
+    return imagenet_classnames(), imagenet_templates(), "clip_app/data (the CLIP authors')"
+
+
+def family_templates(choice: str, family: str = "clip") -> tuple[str, ...]:
+    """templates_for() in a model family's language: Chinese-CLIP's `single` is '{}的照片。' and its `ensemble` its
+    80 Chinese templates; the other families use the CLIP authors' English ones."""
+    if family == "cn_clip" and choice in ("single", "ensemble"):
+        templates = family_prompts("cn_clip")[1]
+        return templates[:1] if choice == "single" else templates
+    return templates_for(choice)

@@ -19,6 +19,7 @@ from .classify import DEFAULT_TAG_THRESHOLD, ClassifierCache, LabelError, LabelS
 from .config import Settings
 from .encoders import ClipEncoder
 from .images import ImageError, decode_image
+from .label_heads import LabelHead
 from .label_sets import LabelSetError, LabelSetStore, default_label_sets_file
 from .library import (
     AddReport,
@@ -31,7 +32,7 @@ from .library import (
     RepairReport,
     private_paths,
 )
-from .prompts import TEMPLATE_CHOICES, templates_for
+from .prompts import TEMPLATE_CHOICES, family_templates
 
 log = logging.getLogger(__name__)
 
@@ -198,13 +199,27 @@ class App:
         if feature is None:  # JPEGs decode at a reduced scale: see ClipEncoder
             picture = decode_image(data, name, min_side=self.encoder.decode_min_side)
             feature = self.encoder.encode_images([picture])[0]  # [D]
-        weights = self.classifiers.get(self.encoder, label_list, templates)  # [D, C]
-        scores = rank(label_list, feature, weights)
+        trained = self._trained_head(label_list)
+        if trained is not None:  # a fine-tuned label set's own head (clip_app.finetune classify) for this model
+            scores = trained.rank(label_list, feature)
+        else:
+            weights = self.classifiers.get(self.encoder, label_list, templates)  # [D, C]
+            scores = rank(label_list, feature, weights)
         result = ClassifyResult(label_list, templates, scores, saved=saved)
         if tag_threshold is not None:
             result.threshold = float(tag_threshold)
             result.tags = tags(scores, result.threshold)
         return result
+
+    def _trained_head(self, labels: Sequence[str]) -> LabelHead | None:
+        """The head of a saved label set with exactly these labels, trained for the running model; else None
+        (also when the label sets file cannot be read: zero-shot still works)."""
+        try:
+            found = self.label_sets.find_head(labels, self.encoder.identity)
+        except LabelSetError as exc:
+            log.warning("%s", exc)
+            return None
+        return None if found is None else found[1]
 
     # ---- Label sets ---------------------------------------------------------------------------------------
     def label_set_names(self) -> list[str]:
@@ -355,10 +370,9 @@ class App:
             raise FileTooLargeError(f"{name}: {format_size(size)} is over the size limit of "
                                     f"{format_size(self.max_file_size)}; nothing was changed")
 
-    @staticmethod
-    def _templates(template: str | None) -> tuple[str, ...]:
+    def _templates(self, template: str | None) -> tuple[str, ...]:
         try:
-            return templates_for((template or "single").strip())
+            return family_templates((template or "single").strip(), self.encoder.family)
         except ValueError as exc:
             raise InputError(str(exc)) from None
 

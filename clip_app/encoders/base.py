@@ -56,6 +56,7 @@ class ImageEncoder(Protocol):
 class Encoder(ImageEncoder, TextEncoder, Protocol):
     """Both towers of one embedding space, plus how the model was named (for advice in messages)."""
 
+    family: str  #: the model family (clip, open_clip, cn_clip): chooses the family's own prompts
     source: str  #: the model as given on a command line (--model)
     model_dir: str | None  #: the weights folder (--model-dir), or None for the default
     loaded: bool  #: True once the weights are in memory (a lazy encoder knows its identity before that)

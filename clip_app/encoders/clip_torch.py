@@ -37,6 +37,12 @@ def model_identity(model: str) -> tuple[str, str]:
     ModelLoadError when it is neither a known name nor an existing file."""
     import clip
 
+    from .families import family_identity, parse_model_spec
+
+    spec = parse_model_spec(model)
+    if spec.family != "clip":
+        return family_identity(spec)
+    model = str(spec.file) if spec.file is not None else spec.arch
     path = Path(model).expanduser()
     if path.is_file():
         digest = file_sha256(path)
@@ -65,18 +71,33 @@ class ClipEncoder:
         intra-op threads (default CLIP_APP_ONNX_THREADS, else the physical cores)."""
         import clip
 
+        from .families import load_family_model, parse_model_spec
         from .onnx_runtime import resolve_backend
 
         if precision not in ("fp32", "int8"):
             raise ValueError(f"unknown precision {precision!r}: use fp32 or int8")
 
         self.device = resolve_device(device)
+        self.model_dir = str(download_root) if download_root else None
+        spec = parse_model_spec(model)
+        if spec.family != "clip":  # open_clip, Chinese-CLIP: their own loader, tokenizer and preprocessing
+            identity, name = model_identity(model)
+            self.source = model
+            loaded = load_family_model(spec, self.device, download_root)
+            self._setup(loaded.model, loaded.preprocess, name=name, identity=identity, batch_size=batch_size,
+                        text_cache_size=text_cache_size, tokenizer=loaded.tokenize,
+                        input_resolution=loaded.input_resolution, family=spec.family)
+            if (backend or os.environ.get("CLIP_APP_BACKEND", "")).strip().lower() == "onnx":
+                log.warning("the ONNX Runtime backend exports OpenAI CLIP models: %s runs on PyTorch", name)
+            log.info("loaded %s on %s, backend %s (dim %d, input %d px)", name, self.device, self.backend_name,
+                     self.dim, self.input_resolution)
+            return
+        model = str(spec.file) if spec.file is not None else spec.arch
         path = Path(model).expanduser()
         is_file = path.is_file()
         identity, name = model_identity(model)  # ModelLoadError for an unknown name or a missing file
         #: the model as it is given on a command line (`--model`), and --model-dir: for the advice in messages
         self.source = str(path.absolute()) if is_file else model
-        self.model_dir = str(download_root) if download_root else None
         self._loader = (model, is_file, download_root)
         wanted = backend if backend is not None else os.environ.get("CLIP_APP_BACKEND", "").strip() or "auto"
         chosen = resolve_backend(wanted, self.device)
@@ -142,7 +163,8 @@ class ClipEncoder:
 
     def _setup(self, model: Any, preprocess: Callable[[Image.Image], torch.Tensor] | None, *, name: str,
                identity: str, batch_size: int, text_cache_size: int,
-               tokenizer: Callable[..., torch.Tensor] | None = None, info: dict | None = None) -> None:
+               tokenizer: Callable[..., torch.Tensor] | None = None, input_resolution: int | None = None,
+               family: str = "clip", info: dict | None = None) -> None:
         """model: a module, a (module, preprocess) pair from clip.load, or None with `info` (input_resolution,
         dim, causal: from an ONNX export's manifest) when the PyTorch weights are not loaded."""
         import clip
@@ -153,6 +175,7 @@ class ClipEncoder:
         self.preprocess = preprocess
         self.name = name
         self.identity = identity
+        self.family = family  #: clip, open_clip or cn_clip: picks the family's own prompts (prompts.family_prompts)
         self.batch_size = max(1, int(batch_size))
         self._tokenize = tokenizer or clip.tokenize
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -161,11 +184,13 @@ class ClipEncoder:
         self.cache_hits = 0
         self.cache_misses = 0
         visual = getattr(model, "visual", None)
-        self.input_resolution = int(info["input_resolution"] if info else getattr(visual, "input_resolution", 224))
+        resolution = info["input_resolution"] if info else input_resolution
+        self.input_resolution = int(resolution or getattr(visual, "input_resolution", 224))
         #: encoding paths decode JPEGs at a reduced scale down to this shorter side (images.decode_image min_side):
         #: twice the input size keeps the preprocessing's own bicubic downscale, so features barely change
         self.decode_min_side = 2 * self.input_resolution
-        self.dtype = getattr(model, "dtype", torch.float32)
+        first = next(iter(model.parameters()), None) if model is not None else None
+        self.dtype = getattr(model, "dtype", None) or (first.dtype if first is not None else torch.float32)
         #: 'torch' or 'onnx' (what runs the towers); the identity never depends on it
         self.backend = "torch"
         self.precision = "fp16" if self.dtype == torch.float16 else "fp32"

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ...encoders import ClipEncoder
 from ...images import ImageError
-from ...prompts import imagenet_classnames, imagenet_templates
+from ...prompts import family_prompts
 from ..common import ModelUnavailable, add_model_arguments, each_model
 from ..features import MAX_DEFAULT_WORKERS, FeatureCache, default_workers
 from ..output import append_csv, write_text
@@ -108,13 +108,14 @@ def _evaluate_one(encoder: ClipEncoder, dataset: ImagenetSet, modes: Sequence[st
     write_text(out / f"{stem}.log", text)
     print(text, end="")
     if args.errors > 0:
-        write_error_grid(out / f"{stem}-errors.png", result, dataset, modes, args.errors)
+        write_error_grid(out / f"{stem}-errors.png", result, dataset, modes, args.errors, encoder.family)
     return True
 
 
 def write_error_grid(path: Path, result: ModelResult, dataset: ImagenetSet, modes: Sequence[str],
-                     count: int) -> Path:
+                     count: int, family: str = "clip") -> Path:
     """The misclassified grid for the best prompt mode run (ensemble > single > raw)."""
     mode = modes[-1]
-    names, _ = mode_prompts(mode, imagenet_classnames(), dataset.raw_names, imagenet_templates())
+    curated, templates, _ = family_prompts(family)
+    names, _ = mode_prompts(mode, curated, dataset.raw_names, templates)
     return misclassified_grid(path, result, dataset, mode, names, count)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ...classify import build_classifier, cosines, probabilities
 from ...encoders import ClipEncoder
-from ...prompts import SINGLE_TEMPLATE, imagenet_classnames, imagenet_templates
+from ...prompts import SINGLE_TEMPLATE, family_prompts, family_templates
 from ..features import FeatureCache, cached_image_features, text_features_key
 from .data import ImagenetSet
 from .metrics import classification_metrics
@@ -88,13 +88,13 @@ def parse_modes(text: str) -> tuple[str, ...]:
     return tuple(m for m in MODES if m in wanted)
 
 
-def mode_prompts(mode: str, curated: Sequence[str], raw: Sequence[str],
-                 templates: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
+def mode_prompts(mode: str, curated: Sequence[str], raw: Sequence[str], templates: Sequence[str],
+                 single: str = SINGLE_TEMPLATE) -> tuple[list[str], tuple[str, ...]]:
     """(class texts, templates with '{}') for a prompt mode."""
     if mode == "raw":
         return list(raw), ("{}",)
     if mode == "single":
-        return list(curated), (SINGLE_TEMPLATE,)
+        return list(curated), (single,)
     if mode == "ensemble":
         return list(curated), tuple(templates)
     raise ValueError(f"unknown prompt mode {mode!r}")
@@ -154,9 +154,13 @@ def evaluate_model(encoder: ClipEncoder, dataset: ImagenetSet, modes: Sequence[s
 
     curated_names / raw_names / templates default to the package's curated names, the data set's WordNet words
     and the 80 CLIP templates (tests inject their own)."""
-    curated = list(curated_names or imagenet_classnames())
+    family_names, family_ensemble, source = family_prompts(encoder.family)
+    curated = list(curated_names or family_names)
     raw = list(raw_names or dataset.raw_names)
-    templates = tuple(templates or imagenet_templates())
+    templates = tuple(templates or family_ensemble)
+    single = family_templates("single", encoder.family)[0]
+    if encoder.family != "clip" and not curated_names:
+        log.info("%s: class names and templates of the %s family (%s)", encoder.name, encoder.family, source)
     if len(curated) != len(raw):
         raise ValueError(f"{len(curated)} curated names but {len(raw)} raw names")
     features, seconds, cached = image_features(encoder, dataset, cache, batch_size=batch_size, workers=workers,
@@ -167,7 +171,7 @@ def evaluate_model(encoder: ClipEncoder, dataset: ImagenetSet, modes: Sequence[s
                          n_images=len(dataset), data_loading=seconds["data_loading"],
                          image_encoding=seconds["image_encoding"], image_features_cached=cached)
     for mode in modes:
-        names, mode_templates = mode_prompts(mode, curated, raw, templates)
+        names, mode_templates = mode_prompts(mode, curated, raw, templates, single)
         weights, text_seconds, text_cached = text_classifier(encoder, names, mode_templates, cache,
                                                              progress=progress, desc=f"{encoder.name}: {mode} texts")
         start = time.perf_counter()

@@ -35,7 +35,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cold_start(checkpoint: Path, photo: Path, folder: Path, timeout: float = 300.0,
+def cold_start(checkpoint: str | Path, photo: Path, folder: Path, timeout: float = 300.0,
                extra_args: Sequence[str] = ()) -> dict[str, float]:
     """Seconds from process start to: the 'ready' log line, the server's first answer, the first /classify
     (extra_args: more app.py flags, e.g. --backend onnx)."""
@@ -93,7 +93,7 @@ def cold_start(checkpoint: Path, photo: Path, folder: Path, timeout: float = 300
     return marks
 
 
-def measure_cold_start(checkpoint: Path, photo: Path, repeats: int, results: Results, workdir: Path) -> None:
+def measure_cold_start(checkpoint: str | Path, photo: Path, repeats: int, results: Results, workdir: Path) -> None:
     """app.cold_start.* figures (each repeat a fresh process and a fresh, empty library)."""
     if app_script() is None:
         results.pending["app"] = "app.py (a checkout's launcher) is not here: cold start not timed"

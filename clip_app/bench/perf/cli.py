@@ -45,8 +45,9 @@ LIBRARY_SIZE = 100_000
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The perf sub-command's flags."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"architecture to time with random weights ({', '.join(ARCHITECTURES)}) or the path of "
-                        f"a checkpoint file (default {DEFAULT_MODEL})")
+                        help=f"architecture to time with random weights ({', '.join(ARCHITECTURES)}, or "
+                        "open_clip:ARCH, cn_clip:ARCH), a checkpoint file, or FAMILY:ARCH@FILE "
+                        f"(default {DEFAULT_MODEL})")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N [env CLIP_APP_DEVICE; default auto]")
     parser.add_argument("--sizes", default=None,
                         help=f"library sizes (rows) for search, comma-separated (default {DEFAULT_SIZES}; "
@@ -116,7 +117,7 @@ def targets(sizes: list[int], library_size: int, pipeline: str) -> list[Target]:
     ]
 
 
-def environment(device: str, checkpoint: Path, random_weights: bool, model: str) -> dict:
+def environment(device: str, checkpoint: str | Path, random_weights: bool, model: str) -> dict:
     """What the figures depend on: machine, threads, library versions, GPU."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {

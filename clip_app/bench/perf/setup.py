@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ...encoders import ClipEncoder
+from ...encoders.families import parse_model_spec
 from ...label_sets import LabelSetStore
 from ...library import FeatureLibrary
 from ...service import App
@@ -52,21 +53,52 @@ def random_checkpoint(model: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
+def random_family_weights(family: str, arch: str, path: Path, seed: int = 0) -> Path:
+    """Save an open_clip or Chinese-CLIP model of `arch` with seeded random weights in the family's file format
+    (open_clip: a state dict; Chinese-CLIP: {"state_dict": ...}), for `FAMILY:ARCH@path`."""
+    import contextlib
+    import io
+
+    torch.manual_seed(seed)
+    if family == "open_clip":
+        import open_clip
+
+        state = open_clip.create_model(arch, pretrained=None, pretrained_text=False).state_dict()
+    else:
+        from cn_clip.clip.utils import _MODEL_INFO, create_model
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            state = {"state_dict": create_model(_MODEL_INFO[arch]["struct"]).state_dict()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
 def load_encoder(model: str, device: str, workdir: Path, batch_size: int, backend: str = "torch",
-                 precision: str = "fp32") -> tuple[ClipEncoder, Path, bool]:
-    """(encoder, checkpoint path, random_weights): a checkpoint file is loaded as it is; a model name from
-    ARCHITECTURES gets random weights saved under workdir and loaded by path, the product's own loading path.
-    ONNX exports are cached in workdir/models."""
+                 precision: str = "fp32") -> tuple[ClipEncoder, str, bool]:
+    """(encoder, the --model value that loads the same weights, random_weights): a checkpoint file is loaded as it
+    is; a model name from ARCHITECTURES (or FAMILY:ARCH of open_clip / Chinese-CLIP) gets random weights saved under
+    workdir and loaded by path, the product's own loading path. ONNX exports are cached in workdir/models."""
+    spec = parse_model_spec(model)
+    if spec.family != "clip":
+        if spec.file is not None:
+            return ClipEncoder(model, device=device, batch_size=batch_size), model, False
+        path = workdir / f"random-{spec.family}-{spec.arch}.pt"
+        if not path.is_file():
+            log.info("building %s:%s with random weights at %s", spec.family, spec.arch, path)
+            random_family_weights(spec.family, spec.arch, path)
+        local = f"{spec.family}:{spec.arch}@{path}"
+        return ClipEncoder(local, device=device, batch_size=batch_size), local, True
     given = Path(model).expanduser()
     options = {"device": device, "batch_size": batch_size, "backend": backend, "precision": precision,
                "download_root": workdir / "models"}
     if given.is_file():
-        return ClipEncoder(str(given), **options), given, False
+        return ClipEncoder(str(given), **options), str(given), False
     path = workdir / f"random-{model.replace('/', '-')}.pt"
     if not path.is_file():
         log.info("building %s with random weights at %s", model, path)
         random_checkpoint(model, path)
-    return ClipEncoder(str(path), **options), path, True
+    return ClipEncoder(str(path), **options), str(path), True
 
 
 def photo_like(width: int, height: int, seed: int) -> Image.Image:
