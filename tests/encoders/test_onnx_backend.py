@@ -48,7 +48,7 @@ def test_export_loads_and_agrees_with_torch(onnx_exports: dict, variant: str) ->
     assert torch.allclose(got.norm(dim=1), torch.ones(len(TEXTS)), atol=1e-5)
     folder = cache_folder(onnx_exports["model_dir"], onnx_encoder.identity)
     manifest = read_manifest(folder)
-    assert set(manifest["files"]) == {"image.onnx", "text.onnx"}
+    assert {"image.onnx", "text.onnx"} <= set(manifest["files"])  # (int8 files too when a test asked for them)
     assert manifest["cosine"]["fp32"]["image"] >= 0.9999 and manifest["key"]["identity"] == onnx_encoder.identity
     for name, entry in manifest["files"].items():
         assert (folder / name).stat().st_size == entry["size"]
@@ -253,7 +253,7 @@ def test_concurrent_exports_do_not_corrupt_each_other(onnx_exports: dict, tmp_pa
     assert [e.backend for e in encoders] == ["onnx"] * 3
     assert sorted(calls) == ["image", "text"]  # one exported; the others waited for the lock and reused it
     manifest = json.loads((cache_folder(tmp_path / "shared", vit["onnx"].identity) / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"image.onnx", "text.onnx"}
+    assert {"image.onnx", "text.onnx"} <= set(manifest["files"])  # (int8 files too when a test asked for them)
 
 
 def test_an_unchanged_cache_is_not_hashed_again(onnx_exports: dict, tmp_path: Path,
