@@ -20,12 +20,24 @@ ENV_VARS: dict[str, str] = {
     "CLIP_APP_BACKEND": "backend",
     "CLIP_APP_PRECISION": "precision",
     "CLIP_APP_ONNX_THREADS": "onnx_threads",
+    "CLIP_APP_MAX_FILE_SIZE": "max_file_size",
+    "CLIP_APP_MAX_REQUEST_SIZE": "max_request_size",
+    "CLIP_APP_MAX_LABELS": "max_labels",
+    "CLIP_APP_MAX_PROMPTS": "max_prompts",
 }
 
 BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("fp32", "int8")
 
 PATH_FIELDS = frozenset({"gallery_dir", "library_file", "model_dir"})
+#: fields given as sizes ('20MB', '500KB', bytes) and as whole numbers
+SIZE_FIELDS = frozenset({"max_file_size", "max_request_size"})
+COUNT_FIELDS = frozenset({"max_labels", "max_prompts"})
+
+DEFAULT_MAX_FILE_SIZE = 20 * 1024 * 1024  # one uploaded or indexed image file
+DEFAULT_MAX_REQUEST_SIZE = 1024 * 1024  # one API request body other than a file upload (JSON: labels, queries)
+DEFAULT_MAX_LABELS = 1000  # labels in one classify request
+DEFAULT_MAX_PROMPTS = 8000  # labels x templates of one classifier (100 labels with the 80-template ensemble)
 
 
 def default_model_dir() -> Path:
@@ -42,6 +54,10 @@ class Settings:
     gallery_dir: Path = Path("gallery")
     library_file: Path = Path("features_library.pth")
     model_dir: Path = default_model_dir()
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
+    max_labels: int = DEFAULT_MAX_LABELS
+    max_prompts: int = DEFAULT_MAX_PROMPTS
     backend: str = "auto"  #: auto (ONNX Runtime on a CPU when installed, PyTorch on CUDA), torch or onnx
     precision: str = "fp32"  #: fp32, or int8 (ONNX Runtime dynamic quantisation; never the default)
     onnx_threads: int | None = None  #: ONNX Runtime intra-op threads (None: the physical cores)
@@ -71,15 +87,7 @@ class Settings:
         for var, name in ENV_VARS.items():
             raw = env.get(var, "").strip()
             if raw:
-                values[name] = Path(raw).expanduser() if name in PATH_FIELDS else raw
-        if "onnx_threads" in values:
-            try:
-                values["onnx_threads"] = int(str(values["onnx_threads"]))
-            except ValueError:
-                raise ValueError(f"CLIP_APP_ONNX_THREADS={values['onnx_threads']!r} is not a whole number") from None
-        for name in ("backend", "precision"):
-            if name in values:
-                values[name] = str(values[name]).lower()
+                values[name] = _convert(name, raw, var)
         return cls(**values)  # type: ignore[arg-type]
 
     @classmethod
@@ -95,7 +103,52 @@ class Settings:
             value = getattr(args, flag, None)
             if value:
                 changes[name] = Path(value).expanduser()
+        for name in sorted(SIZE_FIELDS | COUNT_FIELDS):
+            value = getattr(args, name, None)
+            if value not in (None, ""):
+                changes[name] = _convert(name, value, "--" + name.replace("_", "-"))
         return replace(base, **changes)
+
+
+def _convert(name: str, raw: object, source: str) -> object:
+    """A setting's value from its text (ValueError naming the flag or variable when it is not valid)."""
+    if name in ("backend", "precision"):
+        return str(raw).strip().lower()
+    if name == "onnx_threads":
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"{source}={raw!r} is not a whole number") from None
+    if name in PATH_FIELDS:
+        return Path(str(raw)).expanduser()
+    if name in SIZE_FIELDS:
+        return parse_size(raw, source)
+    if name in COUNT_FIELDS:
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"{source} must be a whole number, got {raw!r}") from None
+        if value < 1:
+            raise ValueError(f"{source} must be at least 1, got {raw!r}")
+        return value
+    return raw
+
+
+def parse_size(text: object, source: str = "the size") -> int:
+    """Bytes from '20MB', '500kb', '1GB' or a plain number of bytes (units of 1024, as Gradio counts them)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        raw = str(text).strip().upper().replace(" ", "")
+        unit = next((u for u in ("TB", "GB", "MB", "KB", "B") if raw.endswith(u)), "")
+        factor = {"TB": 1024 ** 4, "GB": 1024 ** 3, "MB": 1024 ** 2, "KB": 1024}.get(unit, 1)
+        try:
+            value = int(float(raw[: len(raw) - len(unit)]) * factor)
+        except (ValueError, OverflowError):
+            raise ValueError(f"not a file size: {text!r} (use e.g. 20MB, 500KB or a number of bytes)") from None
+    if value <= 0:
+        raise ValueError(f"the file size limit must be positive, got {text!r}")
+    return value
 
 
 def resolve_device(device: str) -> str:
@@ -149,6 +202,10 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = T
     parser.add_argument("--model-dir", dest="model_dir",
                         help="where model weights are downloaded (and ONNX exports cached) [env CLIP_APP_MODEL_DIR; "
                         "default ~/.cache/clip]")
+    if library:  # the app and the index manager read image files; the benchmarks have their own data
+        parser.add_argument("--max-file-size", dest="max_file_size", default=None,
+                            help="largest image file accepted (uploads and `index add`), e.g. 20MB or 500KB "
+                            "[env CLIP_APP_MAX_FILE_SIZE; default 20MB]")
     add_backend_arguments(parser)
 
 
@@ -163,3 +220,15 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx-threads", dest="onnx_threads", type=int,
                         help="ONNX Runtime threads per forward pass [env CLIP_APP_ONNX_THREADS; default: the "
                         "physical cores]")
+
+
+def add_request_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The per-request caps of the app: --max-request-size, --max-labels, --max-prompts."""
+    parser.add_argument("--max-request-size", dest="max_request_size", default=None,
+                        help="largest API request body other than a file upload, e.g. 1MB "
+                        "[env CLIP_APP_MAX_REQUEST_SIZE; default 1MB]")
+    parser.add_argument("--max-labels", dest="max_labels", default=None,
+                        help="most labels in one classify request [env CLIP_APP_MAX_LABELS; default 1000]")
+    parser.add_argument("--max-prompts", dest="max_prompts", default=None,
+                        help="most prompts (labels x templates) in one classifier [env CLIP_APP_MAX_PROMPTS; "
+                        "default 8000: 100 labels with the 80-template ensemble]")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import stat
 import sys
 import warnings
 from contextlib import contextmanager
@@ -22,8 +24,10 @@ from tqdm import tqdm
 from .config import Settings, add_settings_arguments
 from .encoders import ClipEncoder, ModelLoadError, model_identity
 from .files import describe_os_error
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, special_kind
 from .library import AddReport, AddResult, FeatureLibrary, LibraryError, UnknownImageError
+from .service import format_size
+from .thumbnails import Thumbnails
 
 if TYPE_CHECKING:
     import torch
@@ -173,28 +177,48 @@ def progress_bar(desc: str, unit: str = "img") -> Iterator[Callable[[int, int], 
         bar.close()
 
 
-def collect_paths(paths: Sequence[str]) -> tuple[list[Path], list[AddResult]]:
-    """Files to add (folders searched recursively for image extensions, sorted) and failures for bad paths."""
+def collect_paths(paths: Sequence[str], max_file_size: int | None = None) -> tuple[list[Path], list[AddResult]]:
+    """Files to add (folders searched recursively for image extensions, sorted) and failures for what is skipped:
+    missing paths, entries that are not regular files (FIFOs, devices, sockets: never opened) and files over
+    max_file_size bytes."""
     files: list[Path] = []
     failures: list[AddResult] = []
+
+    def skip(label: str, reason: str) -> None:
+        failures.append(AddResult(name=label, status="failed", id=None, error=f"{label}: {reason}"))
+
+    def consider(path: Path, label: str) -> None:
+        try:
+            info = path.stat()
+        except OSError as exc:
+            skip(label, f"cannot be read ({exc.strerror or exc})")
+            return
+        if not stat.S_ISREG(info.st_mode):
+            skip(label, f"skipped: {special_kind(info.st_mode)}, not a regular file")
+        elif max_file_size is not None and info.st_size > max_file_size:
+            skip(label, f"skipped: {format_size(info.st_size)} is over the size limit of {format_size(max_file_size)} "
+                 "(--max-file-size / CLIP_APP_MAX_FILE_SIZE)")
+        else:
+            files.append(path)
+
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
-                failures.append(AddResult(name=raw, status="failed", id=None, error=f"{raw}: no image files in "
-                                          "this folder"))
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
+                skip(raw, "no image files in this folder")
+            for file in found:
+                consider(file, str(file))
+        elif os.path.lexists(path):
+            consider(path, raw)
         else:
-            failures.append(AddResult(name=raw, status="failed", id=None, error=f"{raw}: no such file or folder"))
+            skip(raw, "no such file or folder")
     return files, failures
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
-    files, failures = collect_paths(args.paths)
+    files, failures = collect_paths(args.paths, settings.max_file_size)
     library = open_library(args, settings, encoder)
     results: list[AddResult] = []
     with progress_bar("adding") as update:
@@ -216,7 +240,17 @@ def cmd_add(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) 
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
-    removed = open_library(args, settings, encoder, strict=False).remove(args.ids)
+    library = open_library(args, settings, encoder, strict=False)
+    hashes = {}
+    for image_id in args.ids:
+        try:
+            hashes[image_id] = library.get(image_id).sha256
+        except UnknownImageError:
+            pass  # remove() names every unknown ID and removes nothing
+    removed = library.remove(args.ids)
+    thumbnails = Thumbnails(settings.gallery_dir)
+    for image_id in removed:  # the thumbnails go with their images
+        thumbnails.remove(hashes.get(image_id, ""))
     print(f"removed {len(removed)} image{'' if len(removed) == 1 else 's'}: {', '.join(map(str, removed))}")
     return 0
 
@@ -252,6 +286,12 @@ def cmd_stats(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder
 
 def cmd_check(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
     library = open_library(args, settings, encoder, strict=False)
+    stats = library.stats()
+    if not args.quick and stats["count"] and stats["model"] == encoder.identity and hasattr(encoder, "load"):
+        try:  # the feature width of the model is known once it is loaded: then check reports a wrong width
+            encoder.load()  # type: ignore[attr-defined]
+        except ModelLoadError as exc:
+            print(f"note: the feature width was not checked: {exc}", file=sys.stderr)
     with progress_bar("checking") as update:
         report = library.check(hashes=not args.quick, progress=update)
     if args.json:
@@ -271,6 +311,9 @@ def cmd_repair(args: argparse.Namespace, settings: Settings, encoder: ClipEncode
     library = open_library(args, settings, encoder)
     with progress_bar("reading files", unit="file") as update:
         report = library.repair(progress=update)
+    pruned = Thumbnails(settings.gallery_dir).prune(e.sha256 for e in library)
+    if pruned:
+        report.actions.append(f"removed {len(pruned)} thumbnails of images no longer in the library")
     for action in report.actions:
         print(action)
     left = library.check(hashes=False)

@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from .config import Settings, add_settings_arguments
+from .config import Settings, add_request_limit_arguments, add_settings_arguments
 
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
@@ -45,20 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth", default=None,
                         help=f"require a login, USER:PASSWORD [env {AUTH_ENV}; default: no login]")
     parser.add_argument("--share", action="store_true", help="also open a public *.gradio.live link (off by default)")
-    parser.add_argument("--max-file-size", dest="max_file_size", default="20MB",
-                        help="largest upload accepted, e.g. 20MB or 500KB (default 20MB)")
+    add_request_limit_arguments(parser)
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the flags (bad --auth / --max-file-size stop with a usage error)."""
-    from clip_app.service import parse_size
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV, ""))
-        args.max_file_size = parse_size(args.max_file_size)
+        settings = Settings.from_args(args)  # flags over CLIP_APP_* variables; bad sizes and counts stop here
+        for name in ("max_file_size", "max_request_size", "max_labels", "max_prompts"):
+            setattr(args, name, getattr(settings, name))
     except ValueError as exc:
         parser.error(str(exc))
     return args
@@ -84,7 +83,7 @@ def launch(demo: "gr.Blocks", args: argparse.Namespace, settings: Settings, prev
 
     return launch_ui(demo, gallery_dir=settings.gallery_dir, library_file=settings.library_file, host=args.host,
                      port=args.port, auth=args.auth, share=args.share, max_file_size=args.max_file_size,
-                     prevent_thread_lock=prevent_thread_lock)
+                     max_request_size=settings.max_request_size, prevent_thread_lock=prevent_thread_lock)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ before anything is changed.
 from __future__ import annotations
 
 import logging
+import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,14 @@ import torch
 from PIL import Image
 
 from .classify import DEFAULT_TAG_THRESHOLD, ClassifierCache, LabelError, LabelScore, parse_labels, rank, tags
-from .config import Settings
+from .config import (
+    DEFAULT_MAX_FILE_SIZE,
+    DEFAULT_MAX_LABELS,
+    DEFAULT_MAX_PROMPTS,
+    DEFAULT_MAX_REQUEST_SIZE,
+    Settings,
+    parse_size,
+)
 from .encoders import ClipEncoder
 from .images import ImageError, decode_image
 from .label_heads import LabelHead
@@ -33,10 +41,12 @@ from .library import (
     private_paths,
 )
 from .prompts import TEMPLATE_CHOICES, family_templates
+from .request_limits import BodyLimit
+from .served_copies import forget_on_delete
+from .thumbnails import Thumbnails, thumbs_dir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_FILE_SIZE = 20 * 1024 * 1024  # bytes: the --max-file-size default, "20MB"
 PER_PAGE = 48
 MAX_K = 50
 DEFAULT_K = 12
@@ -45,6 +55,8 @@ MAX_QUERY_CHARS = 1000
 #: An image as the front ends hand it over: a file path (Gradio's upload cache) or raw bytes.
 ImageInput = Union[str, Path, bytes, None]
 Progress = Callable[[int, int], None]
+#: called with an entry and its files (image, thumbnail) before they are deleted; returns what to run after
+DeleteListener = Callable[[Entry, list[Path]], Callable[[], None]]
 
 
 class AppError(Exception):
@@ -67,6 +79,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (AppError, ImageError, LabelError, La
 class Hit:
     entry: Entry
     score: float
+    thumbnail: Path | None = None             # what to show (None: thumbnails off, or the entry cannot be shown)
+    problem: str | None = None                # why the entry cannot be shown (a folder, a link out of the gallery)
 
 
 @dataclass
@@ -95,6 +109,8 @@ class GalleryPage:
     pages: int
     total: int
     per_page: int = PER_PAGE
+    thumbnails: list[Path | None] = field(default_factory=list)  # per entry: what to show
+    problems: dict[int, str] = field(default_factory=dict)       # ID -> why that entry cannot be shown
 
 
 @dataclass
@@ -106,23 +122,6 @@ class LibraryStats:
     gallery_dir: str
     library_file: str
     extra: dict = field(default_factory=dict)
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from '20MB', '500kb', '1GB' or a plain number of bytes (units of 1024, as Gradio counts them)."""
-    if isinstance(text, int):
-        value = text
-    else:
-        raw = str(text).strip().upper().replace(" ", "")
-        unit = next((u for u in ("TB", "GB", "MB", "KB", "B") if raw.endswith(u)), "")
-        factor = {"TB": 1024 ** 4, "GB": 1024 ** 3, "MB": 1024 ** 2, "KB": 1024}.get(unit, 1)
-        try:
-            value = int(float(raw[: len(raw) - len(unit)]) * factor)
-        except ValueError:
-            raise ValueError(f"not a file size: {text!r} (use e.g. 20MB, 500KB or a number of bytes)") from None
-    if value <= 0:
-        raise ValueError(f"the file size limit must be positive, got {text!r}")
-    return value
 
 
 def format_size(size: int) -> str:
@@ -156,15 +155,29 @@ def english_note(query: str) -> str | None:
             "languages are usually weak: try the query in English.")
 
 
+def clean_query(text: str | None) -> str:
+    """A query without control and invisible format characters (NUL, zero-width spaces and joiners, BOM), its
+    whitespace collapsed: a query of only such characters is empty."""
+    kept = "".join(ch for ch in (text or "") if unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+                   or ch in "\t\n\r")
+    return " ".join(kept.split())
+
+
 class App:
     """clip-app's actions over one encoder and one library; safe to share between threads (Gradio's workers)."""
 
     def __init__(self, encoder: ClipEncoder, library: FeatureLibrary, label_sets: LabelSetStore | None = None,
-                 max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> None:
+                 max_file_size: int = DEFAULT_MAX_FILE_SIZE, *, max_labels: int = DEFAULT_MAX_LABELS,
+                 max_prompts: int = DEFAULT_MAX_PROMPTS, thumbnails: bool = True) -> None:
         self.encoder = encoder
         self.library = library
         self.label_sets = label_sets or LabelSetStore(default_label_sets_file(library.stats()["library_file"]))
         self.max_file_size = int(max_file_size)
+        self.max_labels = int(max_labels)
+        self.max_prompts = int(max_prompts)
+        #: gallery pages and search results show thumbnails (False: the full files, as before; for benchmarks)
+        self.thumbnails = Thumbnails(library.gallery_dir) if thumbnails else None
+        self.delete_listeners: list[DeleteListener] = []
         self.classifiers = ClassifierCache()
         # no App-level write lock: the library serialises its saves (threads and processes) and checks for
         # duplicates again under its own lock, while it encodes outside any lock, so a photo saved from Classify
@@ -175,7 +188,8 @@ class App:
         """Load the model and the library once (ModelLoadError / LibraryError when they cannot be used)."""
         encoder = ClipEncoder(settings.model, **settings.encoder_options())  # type: ignore[arg-type]
         library = FeatureLibrary(settings.gallery_dir, settings.library_file, encoder)
-        app = cls(encoder, library, LabelSetStore(default_label_sets_file(settings.library_file)), max_file_size)
+        app = cls(encoder, library, LabelSetStore(default_label_sets_file(settings.library_file)), max_file_size,
+                  max_labels=settings.max_labels, max_prompts=settings.max_prompts)
         log.info("clip-app ready: model %s on %s, backend %s, %d images in %s (library %s)", encoder.name,
                  encoder.device, encoder.backend_name, len(library), settings.gallery_dir, settings.library_file)
         return app
@@ -185,9 +199,11 @@ class App:
                  save: bool = True, tag_threshold: float | None = None) -> ClassifyResult:
         """Zero-shot classify one photo against labels; optionally save it to the gallery (known photos keep
         their ID). Every input is checked before anything is stored."""
+        threshold = self._score(tag_threshold, "tag threshold")
         data, name = self._read(image)
         label_list = parse_labels(labels if labels is not None else "")
         templates = self._templates(template)
+        self._check_work(label_list, templates)
         feature: torch.Tensor | None = None
         saved: AddResult | None = None
         if save:  # the library decodes and encodes the photo once (or knows it) and returns its stored row
@@ -196,6 +212,8 @@ class App:
                 decode_image(data, name, min_side=self.encoder.decode_min_side)
                 raise ImageError(name, saved.error or "cannot be read")
             feature = saved.feature
+            if saved.status == "added":
+                self._make_thumbnails([saved.id])
         if feature is None:  # JPEGs decode at a reduced scale: see ClipEncoder
             picture = decode_image(data, name, min_side=self.encoder.decode_min_side)
             feature = self.encoder.encode_images([picture])[0]  # [D]
@@ -207,7 +225,7 @@ class App:
             scores = rank(label_list, feature, weights)
         result = ClassifyResult(label_list, templates, scores, saved=saved)
         if tag_threshold is not None:
-            result.threshold = float(tag_threshold)
+            result.threshold = threshold
             result.tags = tags(scores, result.threshold)
         return result
 
@@ -242,7 +260,15 @@ class App:
         return self.label_sets.get(name)
 
     def save_label_set(self, name: str, labels: str | Sequence[str]) -> list[str]:
-        """Save the labels under a name (replacing a saved set of that name)."""
+        """Save the labels under a name (replacing a saved set of that name); at most max_labels labels, as a
+        classify request may use."""
+        try:
+            parsed = parse_labels(labels if labels is not None else "")
+        except LabelError:
+            parsed = []  # the store says what is wrong, after checking the name
+        if len(parsed) > self.max_labels:
+            raise InputError(f"too many labels: {len(parsed)}, at most {self.max_labels} in one set "
+                             "(--max-labels / CLIP_APP_MAX_LABELS); nothing was saved")
         return self.label_sets.save(name, labels if labels is not None else "")
 
     def rename_label_set(self, old: str, new: str) -> None:
@@ -260,12 +286,13 @@ class App:
     # ---- Search -------------------------------------------------------------------------------------------
     def search_text(self, query: str, k: int = DEFAULT_K, min_score: float | None = None) -> SearchResult:
         """The k gallery images closest to a text query (those under min_score are left out and counted)."""
-        query = " ".join((query or "").split())
+        query = clean_query(query)
         if not query:
             raise InputError("empty query: describe what you are looking for, e.g. 'a dog on a beach'")
         if len(query) > MAX_QUERY_CHARS:
             raise InputError(f"the query is too long ({len(query)} characters, at most {MAX_QUERY_CHARS})")
         k = self._k(k)
+        min_score = self._score(min_score, "minimum score")
         feature = self.encoder.encode_texts([query])[0]  # [D]
         result = self._search(feature, k, min_score)
         result.note = english_note(query)
@@ -273,16 +300,21 @@ class App:
 
     def search_image(self, image: ImageInput, k: int = DEFAULT_K, min_score: float | None = None) -> SearchResult:
         """The k gallery images closest to an example image (the example is not stored)."""
-        data, name = self._read(image)
         k = self._k(k)
+        min_score = self._score(min_score, "minimum score")
+        data, name = self._read(image)
         feature = self.encoder.encode_images([decode_image(data, name, min_side=self.encoder.decode_min_side)])[0]
         return self._search(feature, k, min_score)
 
     def _search(self, feature: torch.Tensor, k: int, min_score: float | None) -> SearchResult:
-        found = [Hit(entry, float(score)) for entry, score in self.library.search(feature, k)]
+        found = [self._hit(entry, float(score)) for entry, score in self.library.search(feature, k)]
         shown = found if min_score is None else [h for h in found if h.score >= float(min_score)]
         return SearchResult(shown, hidden=len(found) - len(shown), library_size=len(self.library),
                             min_score=None if min_score is None else float(min_score))
+
+    def _hit(self, entry: Entry, score: float) -> Hit:
+        thumbnail, problem = self.shown_file(entry)
+        return Hit(entry, score, thumbnail, problem)
 
     # ---- Gallery ------------------------------------------------------------------------------------------
     def gallery_page(self, page: int | float | None = 1, per_page: int = PER_PAGE) -> GalleryPage:
@@ -291,7 +323,37 @@ class App:
         total = len(self.library)
         pages = max(1, -(-total // per_page))
         number = min(max(1, number), pages)
-        return GalleryPage(self.library.page(number, per_page), number, pages, total, per_page)
+        result = GalleryPage(self.library.page(number, per_page), number, pages, total, per_page)
+        for entry in result.entries:
+            shown, problem = self.shown_file(entry)
+            result.thumbnails.append(shown)
+            if problem:
+                result.problems[entry.id] = problem
+        return result
+
+    def shown_file(self, entry: Entry) -> tuple[Path | None, str | None]:
+        """(the file to show for an entry, None) or (None, why it cannot be shown): its thumbnail (made on first
+        view), or with thumbnails off the gallery file itself."""
+        if self.thumbnails is None:
+            return entry.path, None
+        try:
+            return self.thumbnails.ensure(entry.sha256, entry.path, entry.file), None
+        except (ImageError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, ImageError) else (exc.strerror or str(exc))
+            log.warning("gallery entry #%d (%s) cannot be shown: %s", entry.id, entry.file, reason)
+            return None, reason
+
+    def _make_thumbnails(self, ids: Sequence[int | None]) -> None:
+        """Make the thumbnails of newly added images (a failure only means it is made on first view)."""
+        if self.thumbnails is None:
+            return
+        for image_id in ids:
+            if image_id is not None:
+                try:
+                    entry = self.library.get(image_id)
+                    self.thumbnails.ensure(entry.sha256, entry.path, entry.file)
+                except (AppError, ImageError, LibraryError, OSError) as exc:
+                    log.warning("no thumbnail for #%s yet: %s", image_id, exc)
 
     def image_info(self, image_id: int | float | str | None) -> Entry:
         """The library entry of one image (UnknownImageError when there is none)."""
@@ -301,7 +363,13 @@ class App:
         """Remove one image (its feature row, then its gallery file); returns what was removed."""
         image_id = self._id(image_id)
         entry = self.library.get(image_id)
+        files = [entry.path] + ([self.thumbnails.path_of(entry.sha256)] if self.thumbnails else [])
+        after = [listener(entry, files) for listener in self.delete_listeners]  # e.g. find the served copies
         self.library.remove([image_id])  # UnknownImageError when another request removed it meanwhile
+        if self.thumbnails is not None:
+            self.thumbnails.remove(entry.sha256)
+        for step in after:
+            step()
         log.info("deleted image #%d (%s)", entry.id, entry.file)
         return entry
 
@@ -315,6 +383,7 @@ class App:
         for path in paths:
             self._check_size(path.stat().st_size if path.exists() else 0, path.name)
         report = self.library.add(paths, progress=progress)
+        self._make_thumbnails([r.id for r in report.added])
         for path, result in zip(paths, report.results):  # results come in input order: show file names only
             if result.error and str(path) in result.error:
                 result.error = result.error.replace(str(path), path.name)
@@ -335,8 +404,16 @@ class App:
         return self.library.check(progress=progress)
 
     def repair(self, progress: Progress | None = None) -> RepairReport:
-        """Fix what check finds; progress(files read, files)."""
-        return self.library.repair(progress=progress)
+        """Fix what check finds; progress(files read, files). Thumbnails: those no image owns are removed, missing
+        ones are made."""
+        report = self.library.repair(progress=progress)
+        if self.thumbnails is not None:
+            entries = list(self.library)
+            removed = self.thumbnails.prune(e.sha256 for e in entries)
+            if removed:
+                report.actions.append(f"removed {len(removed)} thumbnails of images no longer in the library")
+            self._make_thumbnails([e.id for e in entries])
+        return report
 
     def rebuild(self, progress: Progress | None = None) -> RebuildReport:
         """Re-encode every gallery image with the running model."""
@@ -365,6 +442,17 @@ class App:
         self._check_size(len(data), name)
         return data, name
 
+    def _check_work(self, labels: Sequence[str], templates: Sequence[str]) -> None:
+        """The caps on one classify request: labels, and prompts (labels x templates) of its classifier."""
+        if len(labels) > self.max_labels:
+            raise InputError(f"too many labels: {len(labels)}, at most {self.max_labels} in one request "
+                             "(--max-labels / CLIP_APP_MAX_LABELS); nothing was changed")
+        prompts = len(labels) * len(templates)
+        if prompts > self.max_prompts:
+            raise InputError(f"too much work: {len(labels)} labels x {len(templates)} templates = {prompts:,} "
+                             f"prompts, at most {self.max_prompts:,} (--max-prompts / CLIP_APP_MAX_PROMPTS): use "
+                             "fewer labels or the single template; nothing was changed")
+
     def _check_size(self, size: int, name: str) -> None:
         if size > self.max_file_size:
             raise FileTooLargeError(f"{name}: {format_size(size)} is over the size limit of "
@@ -378,15 +466,34 @@ class App:
 
     @staticmethod
     def _integer(value: object, what: str) -> int:
+        """A whole number from an int, a float with no fraction or such a text ('7', '#7', '7.0'); NaN, infinities,
+        fractions (6.6 is not rounded to 7), booleans and anything else are an InputError."""
         if isinstance(value, bool):
             raise InputError(f"the {what} must be a whole number, got {value!r}")
+        if isinstance(value, int):
+            return value
         try:
             number = float(str(value).strip().lstrip("#"))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise InputError(f"the {what} must be a whole number, got {value!r}") from None
-        if not number.is_integer():
+        if not math.isfinite(number) or not number.is_integer():
             raise InputError(f"the {what} must be a whole number, got {value!r}")
         return int(number)
+
+    @staticmethod
+    def _score(value: object, what: str) -> float | None:
+        """A cosine threshold in [-1, 1], or None when not given; NaN, infinities and text are an InputError."""
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool):
+            raise InputError(f"the {what} must be a number between -1 and 1, got {value!r}")
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise InputError(f"the {what} must be a number between -1 and 1, got {value!r}") from None
+        if not math.isfinite(number) or not -1.0 <= number <= 1.0:
+            raise InputError(f"the {what} must be a number between -1 and 1 (a cosine), got {value!r}")
+        return number
 
     def _id(self, image_id: object) -> int:
         if image_id is None or image_id == "":
@@ -401,5 +508,6 @@ class App:
 
 
 __all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
-           "GalleryPage", "LibraryStats", "Hit", "english_note", "parse_size", "format_size",
+           "GalleryPage", "LibraryStats", "Hit", "clean_query", "thumbs_dir", "BodyLimit", "forget_on_delete",
+           "DEFAULT_MAX_REQUEST_SIZE", "english_note", "parse_size", "format_size",
            "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "TEMPLATE_CHOICES", "private_paths"]

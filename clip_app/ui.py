@@ -17,17 +17,21 @@ import gradio as gr
 
 from .service import (
     DEFAULT_K,
+    DEFAULT_MAX_REQUEST_SIZE,
     DEFAULT_TAG_THRESHOLD,
     MAX_K,
     PER_PAGE,
     TEMPLATE_CHOICES,
     USER_ERRORS,
     App,
+    BodyLimit,
     ClassifyResult,
     GalleryPage,
     SearchResult,
+    forget_on_delete,
     format_size,
     private_paths,
+    thumbs_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,23 @@ READ_CONCURRENCY = 4
 WRITE_CONCURRENCY_ID = "library-writes"
 TEMPLATE_OPTIONS = [(f"{name}: {meaning}", name) for name, meaning in TEMPLATE_CHOICES.items()]
 PRIVATE = "private"  # internal helper events: not in the API docs, not callable by clients
+#: browser/API sessions whose state Gradio keeps (oldest dropped first); each holds about 110-170 KB, so at most
+#: about 170 MB instead of 1.7 GB at Gradio's default of 10,000. A dropped session only forgets its page's IDs.
+SESSION_CAPACITY = 1000
+#: the demo gallery shipped with the repository (gallery/CREDITS.md says what each photo shows)
+DEMO_GALLERY = Path(__file__).resolve().parent.parent / "gallery"
+#: Classify tab examples: (demo photo, labels that fit it, template); saving is off for examples
+CLASSIFY_EXAMPLES: list[tuple[str, str, str]] = [
+    ("000002.png", "cat, dog, coffee, rocket", "single"),
+    ("000003.png", "a cup of coffee, a glass of beer, a bowl of soup, a slice of cake", "single"),
+    ("000004.jpg", "a rocket launch, an airplane, a lighthouse, fireworks", "single"),
+    ("000001.png", "astronaut, pilot, doctor, chef, firefighter", "ensemble"),
+    ("000007.png", "coins, buttons, cookies, medals", "single"),
+    ("000008.png", "clock, compass, plate, steering wheel", "single"),
+]
+#: Search tab examples: queries that match photos of the demo gallery
+SEARCH_EXAMPLES: list[str] = ["a cat", "a cup of coffee", "a rocket launch", "an astronaut in a space suit",
+                              "ancient coins", "a brick wall", "galaxies in deep space", "a person with a camera"]
 
 
 def uploaded_image(**kwargs: Any) -> gr.Image:
@@ -117,9 +138,19 @@ def saved_text(result: ClassifyResult) -> str:
     return f"Not saved to the gallery: {md_escape(saved.error or saved.status)}"
 
 
+#: shown in place of a gallery entry that cannot be shown (a folder, a link out of the gallery, damaged data)
+UNAVAILABLE_IMAGE = Path(__file__).resolve().parent / "data" / "unavailable.png"
+
+
+def shown(path: Path | None) -> str:
+    """The file a gallery item shows: the thumbnail (or file), else the 'cannot be shown' picture."""
+    return str(path) if path is not None else str(UNAVAILABLE_IMAGE)
+
+
 def search_items(result: SearchResult) -> list[tuple[str, str]]:
-    """gr.Gallery value: (gallery file, '#ID · score') for each hit."""
-    return [(str(h.entry.path), f"#{h.entry.id} · {h.score:.3f}") for h in result.hits]
+    """gr.Gallery value: (thumbnail, '#ID · score') for each hit; an entry that cannot be shown is marked."""
+    return [(shown(h.thumbnail), f"#{h.entry.id} · {h.score:.3f}" + (f" · cannot be shown: {h.problem}"
+                                                                     if h.problem else "")) for h in result.hits]
 
 
 def search_text(result: SearchResult) -> str:
@@ -138,8 +169,10 @@ def search_text(result: SearchResult) -> str:
 
 
 def page_items(page: GalleryPage) -> list[tuple[str, str]]:
-    """gr.Gallery value for one gallery page."""
-    return [(str(e.path), f"#{e.id}") for e in page.entries]
+    """gr.Gallery value for one gallery page: thumbnails; an entry that cannot be shown is marked."""
+    thumbs = page.thumbnails or [e.path for e in page.entries]
+    return [(shown(t), f"#{e.id}" + (f" · cannot be shown: {page.problems[e.id]}" if e.id in page.problems else ""))
+            for e, t in zip(page.entries, thumbs)]
 
 
 def page_text(page: GalleryPage) -> str:
@@ -187,6 +220,8 @@ def report_text(title: str, lines: Sequence[str], ok_line: str) -> str:
 # ---- the interface ----------------------------------------------------------------------------------------------
 def build_demo(app: App) -> gr.Blocks:
     """The whole interface for one App (built once; every browser tab shares the App)."""
+    if forget_on_delete not in app.delete_listeners:  # a deleted image's served copies go with it
+        app.delete_listeners.append(forget_on_delete)
     with gr.Blocks(title="clip-app", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown(f"# clip-app\nZero-shot classification and image search with CLIP · model "
                     f"{md_escape(app.encoder.name)} on {app.encoder.device}")
@@ -204,6 +239,33 @@ def build_demo(app: App) -> gr.Blocks:
         library_tab.select(refresh_stats.fn, None, refresh_stats.outputs, api_visibility=PRIVATE)
     demo.queue(default_concurrency_limit=READ_CONCURRENCY)
     return demo
+
+
+def example_files() -> list[Path]:
+    """The demo gallery photos the Classify examples use (those present)."""
+    return [DEMO_GALLERY / name for name, _, _ in CLASSIFY_EXAMPLES if (DEMO_GALLERY / name).is_file()]
+
+
+def classify_examples() -> list[list[Any]]:
+    """gr.Examples rows [photo, labels, template, save=False] for the demo photos that are present."""
+    return [[str(DEMO_GALLERY / name), labels, template, False] for name, labels, template in CLASSIFY_EXAMPLES
+            if (DEMO_GALLERY / name).is_file()]
+
+
+def full_image(app: App) -> Callable[..., Any]:
+    """A select handler over a list of IDs: (the full gallery file, or hidden when it cannot be shown; details)."""
+
+    @user_errors
+    def pick(shown_ids: list[int], evt: gr.SelectData):
+        if evt.index is None or not 0 <= int(evt.index) < len(shown_ids):
+            return gr.skip(), gr.skip()
+        entry = app.image_info(shown_ids[int(evt.index)])
+        _, problem = app.shown_file(entry)
+        if problem:
+            return gr.Image(value=None, visible=False), entry_text(entry) + f" · cannot be shown: {md_escape(problem)}"
+        return gr.Image(value=str(entry.path), visible=True), entry_text(entry)
+
+    return pick
 
 
 class _Wiring:
@@ -251,11 +313,14 @@ def _classify_tab(app: App) -> None:
     def classify(image: str | None, labels: str, template: str, tag_mode: bool = False,
                  threshold: float = DEFAULT_TAG_THRESHOLD, save: bool = True):
         result = app.classify(image, labels, template, save=bool(save),
-                              tag_threshold=float(threshold) if tag_mode else None)
+                              tag_threshold=threshold if tag_mode else None)  # the App checks the number
         return label_value(result), cosine_rows(result), tags_text(result), saved_text(result)
 
     run.click(classify, [image, labels, template, tag_mode, threshold, save], [top, table, tag_list, saved],
               api_name="classify", concurrency_limit=READ_CONCURRENCY)
+    rows = classify_examples()
+    if rows:
+        gr.Examples(rows, [image, labels, template, save], label="Examples (demo gallery photos; not saved)")
 
     @user_errors
     def pick_set(name: str | None):
@@ -300,32 +365,39 @@ def _search_tab(app: App) -> None:
     with gr.Row():
         k = gr.Slider(1, MAX_K, DEFAULT_K, step=1, label="Top K")
         min_score = gr.Slider(0.0, 1.0, 0.0, step=0.01, label="Minimum score (cosine): hide weaker matches")
-    results = gr.Gallery(label="Results", columns=6, height="auto", interactive=False, object_fit="cover",
-                         elem_id="search-results")
+    results = gr.Gallery(label="Results (thumbnails: click one for the full image)", columns=6, height="auto",
+                         interactive=False, allow_preview=False, object_fit="cover", elem_id="search-results")
     message = gr.Markdown(label="message", elem_id="search-message")
+    hit_ids = gr.State([])
+    with gr.Row():
+        full = gr.Image(type="filepath", label="Full image", interactive=False, height=420, visible=False,
+                        elem_id="search-full")
+        details = gr.Markdown(elem_id="search-details")
+    gr.Examples([[q] for q in SEARCH_EXAMPLES], [query], label="Example queries (they match the demo gallery)")
 
     @user_errors
     def by_text(query: str, k: int = DEFAULT_K, min_score: float = 0.0):
-        result = app.search_text(query, int(k), min_score)
-        return search_items(result), search_text(result)
+        result = app.search_text(query, k, min_score)  # k as sent: the App refuses 2.5, NaN
+        return search_items(result), search_text(result), [h.entry.id for h in result.hits]
 
     @user_errors
     def by_image(image: str | None, k: int = DEFAULT_K, min_score: float = 0.0):
-        result = app.search_image(image, int(k), min_score)
-        return search_items(result), search_text(result)
+        result = app.search_image(image, k, min_score)
+        return search_items(result), search_text(result), [h.entry.id for h in result.hits]
 
-    run.click(by_text, [query, k, min_score], [results, message], api_name="search",
-              concurrency_limit=READ_CONCURRENCY)
-    query.submit(by_text, [query, k, min_score], [results, message], api_visibility=PRIVATE,
-                 concurrency_limit=READ_CONCURRENCY)
-    run_image.click(by_image, [example, k, min_score], [results, message], api_name="search_by_image",
+    outputs = [results, message, hit_ids]
+    run.click(by_text, [query, k, min_score], outputs, api_name="search", concurrency_limit=READ_CONCURRENCY)
+    query.submit(by_text, [query, k, min_score], outputs, api_visibility=PRIVATE, concurrency_limit=READ_CONCURRENCY)
+    run_image.click(by_image, [example, k, min_score], outputs, api_name="search_by_image",
                     concurrency_limit=READ_CONCURRENCY)
+    results.select(full_image(app), [hit_ids], [full, details], api_visibility=PRIVATE)
 
 
 def _gallery_tab(app: App) -> _Wiring:
     with gr.Row():
         previous = gr.Button("◀ Previous", size="sm", scale=0)
-        page = gr.Number(1, precision=0, minimum=1, label="Page", scale=0, min_width=100)
+        # precision=None: the number reaches the App as sent (precision=0 rounded 6.6 to 7 and failed on NaN)
+        page = gr.Number(1, precision=None, label="Page", scale=0, min_width=100)
         show = gr.Button("Show page", size="sm", scale=0)
         following = gr.Button("Next ▶", size="sm", scale=0)
         info = gr.Markdown(label="page_info", elem_id="gallery-info")
@@ -333,9 +405,11 @@ def _gallery_tab(app: App) -> _Wiring:
                         allow_preview=False, object_fit="cover", elem_id="gallery-images")
     ids = gr.State([])
     with gr.Row():
-        selected = gr.Number(None, precision=0, label="Selected image ID", scale=0, min_width=160)
+        selected = gr.Number(None, precision=None, label="Selected image ID", scale=0, min_width=160)
         details = gr.Markdown("Select an image to see its details.", label="details", elem_id="gallery-details")
         delete = gr.Button("Delete this image…", variant="stop", scale=0, elem_id="gallery-delete")
+    full = gr.Image(type="filepath", label="Full image", interactive=False, height=480, visible=False,
+                    elem_id="gallery-full")
     with gr.Row(visible=False) as confirm:
         question = gr.Markdown()
         yes = gr.Button("Yes, delete it", variant="stop", scale=0, elem_id="gallery-confirm")
@@ -353,14 +427,16 @@ def _gallery_tab(app: App) -> _Wiring:
     previous.click(lambda n: show_page((n or 1) - 1), [page], outputs, api_visibility=PRIVATE)
     following.click(lambda n: show_page((n or 1) + 1), [page], outputs, api_visibility=PRIVATE)
 
+    show_full = full_image(app)
+
     @user_errors
     def pick(page_ids: list[int], evt: gr.SelectData):
         if evt.index is None or not 0 <= int(evt.index) < len(page_ids):
-            return gr.skip(), gr.skip(), gr.Row(visible=False)
-        entry = app.image_info(page_ids[int(evt.index)])
-        return entry.id, entry_text(entry), gr.Row(visible=False)
+            return gr.skip(), gr.skip(), gr.Row(visible=False), gr.skip()
+        image, text = show_full(page_ids, evt)
+        return page_ids[int(evt.index)], text, gr.Row(visible=False), image
 
-    images.select(pick, [ids], [selected, details, confirm], api_visibility=PRIVATE)
+    images.select(pick, [ids], [selected, details, confirm, full], api_visibility=PRIVATE)
 
     @user_errors
     def ask(image_id: float | None):
@@ -377,7 +453,8 @@ def _gallery_tab(app: App) -> _Wiring:
 
     yes.click(delete_image, [selected], [message, selected, details, confirm], api_name="delete_image",
               concurrency_limit=1, concurrency_id=WRITE_CONCURRENCY_ID
-              ).success(show_page, [page], outputs, api_visibility=PRIVATE)
+              ).success(show_page, [page], outputs, api_visibility=PRIVATE
+                        ).then(lambda: gr.Image(value=None, visible=False), None, [full], api_visibility=PRIVATE)
     return _Wiring(show_page, [page], outputs)
 
 
@@ -433,11 +510,20 @@ def _library_tab(app: App) -> _Wiring:
 # ---- launching --------------------------------------------------------------------------------------------------
 def launch(demo: gr.Blocks, *, gallery_dir: Path, library_file: Path | None = None, host: str = "127.0.0.1",
            port: int | None = 7860, auth: tuple[str, str] | None = None, share: bool = False,
-           max_file_size: int | str | None = None, prevent_thread_lock: bool = False, quiet: bool = False) -> Any:
-    """Start the server: files are served only from the gallery and Gradio's own cache, never the library file,
-    its lock, journal or label sets (when they lie in the gallery folder) nor the gallery's quarantine folder."""
+           max_file_size: int | str | None = None, prevent_thread_lock: bool = False, quiet: bool = False,
+           max_request_size: int = DEFAULT_MAX_REQUEST_SIZE) -> Any:
+    """Start the server: files are served only from the gallery, its thumbnails folder and Gradio's own cache, never
+    the library file, its lock, journal or label sets (when they lie in the gallery folder) nor the gallery's
+    quarantine folder; request bodies other than uploads are capped at max_request_size bytes (413 above)."""
+    from starlette.middleware import Middleware
+
+
+    allowed = [str(Path(gallery_dir).resolve()), str(thumbs_dir(Path(gallery_dir)).resolve()),
+               str(UNAVAILABLE_IMAGE)] + [str(p) for p in example_files()]
     return demo.launch(server_name=host, server_port=port, auth=auth, share=share, max_file_size=max_file_size,
-                       allowed_paths=[str(Path(gallery_dir).resolve())], show_error=True,
+                       allowed_paths=allowed, show_error=True,
+                       app_kwargs={"middleware": [Middleware(BodyLimit, limit=max_request_size)]},
+                       state_session_capacity=SESSION_CAPACITY,
                        blocked_paths=launch_blocked_paths(gallery_dir, library_file),
                        prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssr_mode=False, inbrowser=False,
                        auth_message="clip-app: sign in" if auth else None)

@@ -52,9 +52,10 @@ def test_reduced_decode_keeps_exif_rotation():
     assert image.getpixel((10, 10))[0] > 200 and image.getpixel((10, 10))[1] < 60  # red quadrant top-left
 
 
-def test_other_formats_and_small_jpegs_are_untouched(photo_jpeg):
+def test_other_formats_are_box_reduced_after_decoding_and_small_jpegs_are_untouched(photo_jpeg):
     png = encode(photo_like(600, 400, seed=1), "PNG")
-    assert decode_image(png, min_side=50).size == (600, 400)
+    assert decode_image(png).size == (600, 400)
+    assert decode_image(png, min_side=50).size == (75, 50)  # Image.reduce(8): shorter side in [50, 100)
     small_jpeg = jpeg_bytes(photo_like(500, 375, seed=2))
     assert decode_image(small_jpeg, min_side=224).size == (500, 375)
 

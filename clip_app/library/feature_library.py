@@ -168,7 +168,8 @@ class FeatureLibrary:
         return [self._entry(state, row) for row in range(start, min(start + per_page, len(state)))]
 
     def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids int64 [N], features float32 [N, D]): a consistent pair; never modify them in place."""
+        """(ids int64 [N], features float32 [N, D]): a consistent pair, the float32 rows made on each call (twice the
+        memory of the stored float16 rows); never modify them in place."""
         state = self.store.current()
         self.require_model(state)
         return state.ids, state.features
@@ -295,10 +296,12 @@ class FeatureLibrary:
             block = rows[start:start + chunk]
             best_sim = torch.full((len(block),), -2.0)
             best_id = torch.full((len(block),), -1, dtype=torch.int64)
-            if len(state):
-                sims = block @ state.features.T  # [m, N]
-                best_sim, arg = sims.max(dim=1)
-                best_id = state.ids[arg]
+            for first, stored in state.float_chunks():  # the library in chunks: no float32 copy of it
+                sims = block @ stored.T  # [m, chunk]
+                chunk_best, arg = sims.max(dim=1)
+                better = chunk_best > best_sim
+                best_sim = torch.where(better, chunk_best, best_sim)
+                best_id = torch.where(better, state.ids[first + arg], best_id)
             earlier = rows[:start + len(block)]  # new rows up to this block
             if len(earlier) > 1:
                 sims = block @ earlier.T  # [m, start+m]; only strictly earlier rows count
@@ -324,8 +327,12 @@ class FeatureLibrary:
                 raise UnknownImageError(f"no image with ID {', '.join(map(str, unknown))} in the library; nothing "
                                         "was removed")
             files = [state.files[state.row_of[i]] for i in wanted]
-            self.store.remove(wanted)
+            kept = self.store.remove(wanted)
+            owned = set(kept.files) if len(files) > 16 else {n for n in files if kept.files.count(n)}
             for name in files:
+                if name in owned:  # another row names this file (a damaged library): never delete its image
+                    log.warning("removed the row but kept %s: another row still names it; `check` reports it", name)
+                    continue
                 try:
                     (self.gallery_dir / name).unlink(missing_ok=True)
                 except OSError as exc:

@@ -33,7 +33,7 @@ import torch
 
 from .. import files
 from .errors import LibraryCorruptError, LibraryWriteError
-from .state import FIRST_ID, FORMAT_VERSION, LibraryState, _ascending
+from .state import FIRST_ID, FORMAT_VERSION, LibraryState, _ascending, invariant_problem
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,9 @@ def state_from_dict(raw: object) -> LibraryState:
                                files=files, sha256=sha256, added=added, sizes=sizes, names=names, next_id=next_id)
     if not _ascending(state.ids):
         state = state.reordered(torch.argsort(state.ids))
+    problem = invariant_problem(state)
+    if problem:
+        raise ValueError(problem)
     return state
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -84,6 +85,30 @@ def scan_gallery(folder: Path, extra_ignored: Iterable[str] = ()) -> GalleryScan
         else:
             scan.foreign.append(entry.name)
     return scan
+
+
+#: the rule for symbolic links in the gallery (repair and first-run indexing never follow one)
+LINK_RULE = ("the gallery keeps its own copies of the images, so a link is never indexed: add the photo with "
+             "`python -m clip_app.index add PATH` (it is copied in)")
+
+
+def not_a_file_reason(folder: Path, name: str) -> str | None:
+    """Why folder/name is not a regular file of the gallery ('a folder', 'a symbolic link to a file outside the
+    gallery', ...), or None when it is one (or does not exist)."""
+    path = folder / name
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        target = os.path.realpath(path)
+        inside = Path(target).is_relative_to(Path(folder).resolve())
+        return f"a symbolic link to {'another file in' if inside else 'a file outside'} the gallery ({LINK_RULE})"
+    if stat.S_ISDIR(info.st_mode):
+        return "a folder, not an image file"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a FIFO, device or socket)"
+    return None
 
 
 def id_taken_on_disk(folder: Path, image_id: int) -> bool:

@@ -91,11 +91,11 @@ class GalleryReader:
         self._batcher.on_done = None
 
     def read(self, name: str, decode: bool | Callable[[FileRead], bool] = False) -> FileRead | None:
-        """The file's hash and size; None when it is not a regular file (missing, a folder); ImageError when it
+        """The file's hash and size; None when it is not a regular file (missing, a folder, a link); ImageError when it
         cannot be read. decode (or decode(read) returning True): also decode it and queue it for encoding (see
         flush); a decoding failure is kept in .error."""
         path = self.folder / name
-        signature = regular_file_signature(path)
+        signature = None if path.is_symlink() else regular_file_signature(path)  # a link is never followed
         if signature is None:
             return None
         known = self._known.get(name)

@@ -34,11 +34,16 @@ _PARTIAL = re.compile(r"^\.\d{%d,}\.[A-Za-z0-9]{1,8}\.[0-9a-f]{8}\.partial$" % g
 UNIT_TOLERANCE = 1e-2  # stored rows are float16: their norms are within ~1e-3 of 1
 
 
-def bad_rows(features: torch.Tensor) -> torch.Tensor:
-    """Bool [N]: rows [N, D] that are not unit length (or hold NaN/inf)."""
-    if not len(features):
-        return torch.zeros(0, dtype=torch.bool)
-    norms = features.norm(dim=1)
+def row_norms(state: LibraryState) -> torch.Tensor:
+    """Float32 [N]: the length of every stored row, computed in chunks (no float32 copy of the library)."""
+    norms = torch.empty(len(state))
+    for start, block in state.float_chunks():
+        norms[start:start + len(block)] = block.norm(dim=1)
+    return norms
+
+
+def bad_rows(norms: torch.Tensor) -> torch.Tensor:
+    """Bool [N]: rows whose lengths [N] are not 1 (or NaN/inf)."""
     return ~torch.isfinite(norms) | ((norms - 1).abs() > UNIT_TOLERANCE)
 
 
@@ -50,12 +55,20 @@ def check(lib: FeatureLibrary, hashes: bool = True, progress: Progress | None = 
         problems.append(Problem("model_mismatch", None, None, f"the library was made with {state.model_name} "
                                 f"({state.model}), the running model is {lib.encoder.name} "
                                 f"({lib.encoder.identity}): run `{lib.index_command('rebuild')}`"))
-    norms = state.features.norm(dim=1) if len(state) else torch.empty(0)
-    bad_norm = bad_rows(state.features).tolist()
+    elif getattr(lib.encoder, "loaded", True) and int(state.dim) != int(lib.encoder.dim):
+        problems.append(Problem("width_mismatch", None, None, f"the library says model {state.model_name} with "
+                                f"{state.dim}-d features, but that model gives {lib.encoder.dim}-d features: the "
+                                f"file is damaged; run `{lib.index_command('rebuild')}`"))
+    norms = row_norms(state)
+    bad_norm = bad_rows(norms).tolist()
     for row in range(len(state)):
         image_id, name = int(state.ids[row]), state.files[row]
         path = lib.gallery_dir / name
-        if not path.is_file():
+        odd = gal.not_a_file_reason(lib.gallery_dir, name)
+        if odd is not None:
+            kind = "link" if path.is_symlink() else "not_a_file"
+            problems.append(Problem(kind, image_id, name, f"the file {name} of ID {image_id} is {odd}"))
+        elif not path.is_file():
             problems.append(Problem("missing_file", image_id, name, f"ID {image_id} has a row but its file "
                                     f"{name} is missing"))
         elif hashes:
@@ -72,10 +85,15 @@ def check(lib: FeatureLibrary, hashes: bool = True, progress: Progress | None = 
     expected = set(state.files)
     for image_id, names in sorted(scan.id_files.items()):
         for name in names:
-            if name not in expected:
+            if name not in expected and (lib.gallery_dir / name).is_symlink():
+                problems.append(Problem("link", image_id, name, f"{name} is "
+                                        f"{gal.not_a_file_reason(lib.gallery_dir, name)}; it has no row"))
+            elif name not in expected:
                 problems.append(Problem("orphan_file", image_id, name, f"{name} lies in the gallery but has no "
                                         "row in the library"))
     for name in scan.foreign:
+        if name in expected:
+            continue  # a row's file that is a folder: reported above
         kind = "folder" if (lib.gallery_dir / name).is_dir() else "file"
         problems.append(Problem("foreign_file", None, name, f"the {kind} {name} is not named by an image ID"))
     checked_files = sum(len(v) for v in scan.id_files.values()) + len(scan.foreign)
@@ -108,12 +126,13 @@ def _repair_state(lib: FeatureLibrary, state: LibraryState, reader: GalleryReade
                   progress: Progress | None = None) -> LibraryState:
     """The repaired state (dry: only read and encode what the repair needs, change nothing; progress(files
     read, files in all) is reported then)."""
-    bad_norm = bad_rows(state.features).tolist()
+    bad_norm = bad_rows(row_norms(state)).tolist()
     entries = candidates_from_scan(lib, state.files, lib.scan()) if dry else []
     tick = Counter(progress, len(state) + len(entries))
 
     drop: list[int] = []
     redo: list[tuple[int, FileRead]] = []
+    hashes = dict(state.id_of_hash)  # content -> ID, as the repaired state will hold it
     for row in range(len(state)):
         image_id, name = int(state.ids[row]), state.files[row]
         stored = state.sha256[row]
@@ -127,10 +146,27 @@ def _repair_state(lib: FeatureLibrary, state: LibraryState, reader: GalleryReade
             raise
         if found is None:
             drop.append(image_id)
-            report.actions.append(f"dropped the row of ID {image_id}: its file {name} is gone")
+            odd = gal.not_a_file_reason(lib.gallery_dir, name)
+            if odd is None:
+                report.actions.append(f"dropped the row of ID {image_id}: its file {name} is gone")
+            elif not dry:
+                moved = gal.quarantine(lib.gallery_dir, name)
+                report.quarantined.append(moved)
+                report.actions.append(f"dropped the row of ID {image_id}: its file {name} is {odd}; moved it to "
+                                      f"{moved}")
             continue
         if found.sha256 == stored and not bad_norm[row]:
             continue
+        owner = hashes.get(found.sha256)
+        if found.sha256 != stored and owner is not None and owner != image_id:
+            drop.append(image_id)  # two rows must never hold the same bytes
+            if not dry:
+                moved = gal.quarantine(lib.gallery_dir, name)
+                report.quarantined.append(moved)
+                report.actions.append(f"dropped ID {image_id}: its file {name} changed and now holds the same bytes "
+                                      f"as ID {owner}; moved the file to {moved}")
+            continue
+        hashes[found.sha256] = image_id
         why = "its file changed" if found.sha256 != stored else "its row was not unit length"
         if found.error is not None:
             drop.append(image_id)
@@ -256,6 +292,10 @@ def index_files(lib: FeatureLibrary, state: LibraryState, entries: list[tuple[st
     for name, id_hint in entries:
         if tick:
             tick()
+        odd = gal.not_a_file_reason(lib.gallery_dir, name)
+        if odd is not None:
+            set_aside(name, odd)
+            continue
         if id_hint is None and not gal.has_image_extension(name):
             set_aside(name, "not a regular file" if regular_file_signature(lib.gallery_dir / name) is None
                       else "not an image file name")

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-PROBLEM_KINDS = ("model_mismatch", "missing_file", "hash_mismatch", "not_unit", "orphan_file", "foreign_file")
+PROBLEM_KINDS = ("model_mismatch", "width_mismatch", "missing_file", "not_a_file", "link", "hash_mismatch",
+                 "not_unit", "orphan_file", "foreign_file")
 
 
 def index_command(command: str, model: str, gallery_dir: Path | str, library_file: Path | str,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from itertools import compress
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -22,6 +22,11 @@ class _Column:
     def __init__(self, data: torch.Tensor, filled: int) -> None:
         self.data = data
         self.filled = filled
+
+    @classmethod
+    def adopt(cls, rows: torch.Tensor) -> "_Column":
+        """A column over these rows as they are (no copy, no spare room: the first append copies them)."""
+        return cls(rows, len(rows))
 
     @classmethod
     def of(cls, rows: torch.Tensor, dtype: torch.dtype) -> "_Column":
@@ -66,9 +71,13 @@ class _Column:
 MAX_COPY_RUNS = 256  # Column.take copies up to this many blocks one by one; more are gathered with index_select
 
 
+MAX_SLACK_ROWS = 32_768  # at most 32 MB of spare float16 rows of width 512 (n/8 was 128 MB at a million rows)
+
+
 def _slack(n: int) -> int:
-    """Spare rows kept after n rows: appends copy the buffer only every n/8 rows (amortised O(1) per row)."""
-    return max(256, n // 8)
+    """Spare rows kept after n rows: appends copy the buffer only every n/8 rows (amortised O(1) per row), at most
+    every MAX_SLACK_ROWS rows for big libraries (a copy of 1 GB per 32,768 rows added stays cheap per row)."""
+    return min(max(256, n // 8), MAX_SLACK_ROWS)
 
 
 def _exact(view: torch.Tensor) -> torch.Tensor:
@@ -96,9 +105,7 @@ class LibraryState:
     sizes: torch.Tensor  # int64 [N]
     names: list[str]
     next_id: int = FIRST_ID
-    _f16: _Column | None = field(default=None, repr=False, compare=False)  # rows as stored (float16)
-    _f32: _Column | None = field(default=None, repr=False, compare=False)  # the same rows as float32 (None: not
-    # made yet; `features` makes it on first use, so that removing rows copies only the float16 rows)
+    _f16: _Column | None = field(default=None, repr=False, compare=False)  # the only copy of the rows: float16
     _row_of: dict[int, int] | None = field(default=None, repr=False, compare=False)
     _id_of_hash: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
@@ -113,21 +120,30 @@ class LibraryState:
     def build(cls, model: str, model_name: str, dim: int, *, ids: torch.Tensor, features: torch.Tensor,
               files: list[str], sha256: list[str], added: torch.Tensor, sizes: torch.Tensor, names: list[str],
               next_id: int = FIRST_ID) -> "LibraryState":
-        """A state from whole columns; features [N, D] are rounded to the stored precision."""
-        f16 = _Column.of(features.to(STORED_DTYPE), STORED_DTYPE)
-        f32 = _Column.of(f16.view(len(features)), torch.float32)
+        """A state from whole columns; features [N, D] are rounded to the stored precision (float16 rows, as a
+        loaded file holds them, are kept as they are: no copy)."""
+        if features.dtype == STORED_DTYPE and features.is_contiguous():
+            f16 = _Column.adopt(features)
+        else:
+            f16 = _Column.of(features.to(STORED_DTYPE), STORED_DTYPE)
         return cls(model=model, model_name=model_name, dim=dim, ids=ids, files=files, sha256=sha256, added=added,
-                   sizes=sizes, names=names, next_id=next_id, _f16=f16, _f32=f32)
+                   sizes=sizes, names=names, next_id=next_id, _f16=f16)
 
     def __len__(self) -> int:
         return len(self.files)
 
     @property
     def features(self) -> torch.Tensor:
-        """Float32 unit rows [N, D] (exactly the stored float16 values)."""
-        if self._f32 is None:  # two threads may both make it: the same values, and either result is kept
-            self._f32 = _Column.of(self.features16, torch.float32)
-        return self._f32.view(len(self))
+        """Float32 unit rows [N, D] (exactly the stored float16 values): a new copy on every call, twice the
+        memory of the rows (2 GB at a million rows of width 512), never kept. Library code works on features16,
+        in chunks (float_chunks)."""
+        return self.features16.float()
+
+    def float_chunks(self, rows: int = 65_536) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, float32 rows [<=rows, D]) over the library: bounded memory for norms and similarities."""
+        f16 = self.features16
+        for start in range(0, len(f16), rows):
+            yield start, f16[start:start + rows].float()
 
     @property
     def features16(self) -> torch.Tensor:
@@ -170,8 +186,7 @@ class LibraryState:
             sha256=self.sha256 + list(sha256), added=torch.cat([self.added, times]),
             sizes=torch.cat([self.sizes, torch.tensor(list(sizes), dtype=torch.int64)]),
             names=self.names + [clean_name(x) for x in names], next_id=max(self.next_id, max(ids) + 1),
-            _f16=self._f16.extend(n, rows16), _f32=self._float32_column().extend(n, rows16.float()),  # type: ignore
-            _row_of=None, _id_of_hash=None)
+            _f16=self._f16.extend(n, rows16), _row_of=None, _id_of_hash=None)  # type: ignore[union-attr]
         if (n and int(new_ids.min()) < int(self.ids[-1])) or not _ascending(new_ids):
             state = state.reordered(torch.argsort(state.ids))
         else:  # keep the lookup tables incrementally (cheap for large libraries)
@@ -193,7 +208,7 @@ class LibraryState:
 
     def row_feature(self, image_id: int) -> torch.Tensor:
         """The feature row [D] of an ID as stored (float32 of the float16 row); KeyError when absent."""
-        return self.features[self.row_of[int(image_id)]]
+        return self.features16[self.row_of[int(image_id)]].float()
 
     def without(self, ids: Sequence[int]) -> "LibraryState":
         """A copy without the rows of these IDs (next_id unchanged: IDs are never reused). Vectorised: a keep mask
@@ -202,21 +217,15 @@ class LibraryState:
         keep = ~sorted_member(self.ids, drop)  # [N] bool
         flags = keep.tolist()
         return self._taken(torch.nonzero(keep).flatten(), list(compress(self.files, flags)),
-                           list(compress(self.sha256, flags)), list(compress(self.names, flags)), float32=False)
+                           list(compress(self.sha256, flags)), list(compress(self.names, flags)))
 
-    def _taken(self, rows: torch.Tensor, files: list[str], sha256: list[str], names: list[str],
-               float32: bool = True) -> "LibraryState":
-        """A copy holding these rows [M] (the text columns already picked): the stored float16 rows, and with
-        float32 their float32 copies when made, are taken as they are, never converted again."""
-        f32 = self._f32.take(rows) if float32 and self._f32 is not None else None
+    def _taken(self, rows: torch.Tensor, files: list[str], sha256: list[str], names: list[str]) -> "LibraryState":
+        """A copy holding these rows [M] (the text columns already picked): the stored float16 rows are taken as
+        they are, never converted."""
         return LibraryState(
             model=self.model, model_name=self.model_name, dim=self.dim, ids=self.ids[rows], files=files,
             sha256=sha256, added=self.added[rows], sizes=self.sizes[rows], names=names, next_id=self.next_id,
-            _f16=self._f16.take(rows), _f32=f32)  # type: ignore[union-attr]
-
-    def _float32_column(self) -> _Column:
-        self.features  # noqa: B018 - makes the float32 column when it is not there yet
-        return self._f32  # type: ignore[return-value]
+            _f16=self._f16.take(rows))  # type: ignore[union-attr]
 
     def with_rows(self, ids: Sequence[int], features: torch.Tensor, sha256: Sequence[str],
                   sizes: Sequence[int]) -> "LibraryState":
@@ -244,6 +253,37 @@ class LibraryState:
             "added": self.added.contiguous(), "sizes": self.sizes.contiguous(), "names": "\n".join(self.names),
             "next_id": int(self.next_id), "saved_at": time.time(),
         }
+
+
+def invariant_problem(state: LibraryState) -> str | None:
+    """The first broken invariant of a state, in words (None: sound): every column has one entry per row, the rows
+    have the library's width, and IDs, file names and content hashes are each unique."""
+    n = len(state.ids)
+    counts = {"ids": n, "files": len(state.files), "sha256": len(state.sha256), "names": len(state.names),
+              "added": len(state.added), "sizes": len(state.sizes), "features": int(state.features16.shape[0])}
+    if len(set(counts.values())) != 1:
+        return "its columns have different row counts (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+    if state.features16.dim() != 2 or int(state.features16.shape[1]) != int(state.dim):
+        return f"its feature rows are {tuple(state.features16.shape[1:])} wide, but it says {state.dim}"
+    ids = state.ids.tolist()
+    for column, what in ((ids, "ID"), (state.files, "file name"), (state.sha256, "content hash (sha256)")):
+        clash = _first_repeat(column)
+        if clash is not None:
+            first, second = clash
+            return (f"two rows share one {what} ({column[first]}): IDs {ids[first]} and {ids[second]}")
+    return None
+
+
+def _first_repeat(values: Sequence[object]) -> tuple[int, int] | None:
+    """(first position, repeat position) of the first value that occurs twice, else None."""
+    if len(set(values)) == len(values):  # the usual case: one pass in C
+        return None
+    seen: dict[object, int] = {}
+    for position, value in enumerate(values):
+        if value in seen:
+            return seen[value], position
+        seen[value] = position
+    return None  # pragma: no cover
 
 
 def clean_name(name: str) -> str:

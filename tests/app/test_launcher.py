@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import app as launcher
+from clip_app import ui
 from clip_app.service import App
 from tests.support.app_helpers import write_png
 
@@ -71,7 +72,11 @@ def test_main_launches_with_safe_options(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert launcher.main(["--port", "7999", "--auth", "ada:pw", "--max-file-size", "1MB"]) == 0
     assert seen["server_name"] == "127.0.0.1" and seen["server_port"] == 7999 and seen["share"] is False
     assert seen["auth"] == ("ada", "pw") and seen["max_file_size"] == 1024 * 1024
-    assert seen["allowed_paths"] == [str((tmp_path / "gallery").resolve())]
+    gallery = (tmp_path / "gallery").resolve()
+    thumbs = gallery.parent / "gallery.thumbs"
+    assert seen["allowed_paths"][:3] == [str(gallery), str(thumbs), str(ui.UNAVAILABLE_IMAGE)]
+    assert all(Path(p).parent == ui.DEMO_GALLERY for p in seen["allowed_paths"][3:])  # the example photos only
+    assert seen["state_session_capacity"] == ui.SESSION_CAPACITY
 
 
 def test_main_fails_clearly_when_the_checkpoint_is_missing(capsys: pytest.CaptureFixture[str],

@@ -229,8 +229,11 @@ def test_search_min_score_hides_weak_matches_and_counts_them(app: App) -> None:
     cut = (every.hits[0].score + every.hits[1].score) / 2
     some = app.search_text("green", k=3, min_score=cut)
     assert [h.entry.id for h in some.hits] == [every.hits[0].entry.id] and some.hidden == 2
-    none = app.search_text("green", k=3, min_score=every.hits[0].score + 0.01)
-    assert none.hits == [] and none.hidden == 3
+    above = [h for h in every.hits if h.score >= 1.0]  # a minimum score is a cosine: at most 1
+    none = app.search_text("green", k=3, min_score=1.0)
+    assert len(none.hits) == len(above) and none.hidden == 3 - len(above)
+    with pytest.raises(InputError, match="between -1 and 1"):
+        app.search_text("green", k=3, min_score=1.01)
 
 
 @pytest.mark.parametrize("query, k", [("", 5), ("   ", 5), ("red", 0), ("red", MAX_K + 1), ("red", 2.5), ("red", "x")])

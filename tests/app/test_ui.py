@@ -92,18 +92,23 @@ def test_classify_errors_become_gr_errors(demo: gr.Blocks, app: App, tmp_path: P
 
 
 def test_search_endpoints(demo: gr.Blocks, app: App, tmp_path: Path) -> None:
-    items, message = endpoint(demo, "search").fn("something red", 2)
+    items, message, ids = endpoint(demo, "search").fn("something red", 2)
     assert len(items) == 2 and message == "2 of 3 images shown."
     path, caption = items[0]
     assert re.fullmatch(r"#\d+ · -?\d\.\d{3}", caption)
     red_id = int(caption[1:].split(" ")[0])
-    assert Path(path) == app.image_info(red_id).path and Path(path).parent == Path(app.stats().gallery_dir)
-    items, message = endpoint(demo, "search").fn("a photo of nothing in particular", 3, 0.5)
+    assert ids[0] == red_id  # the thumbnail is shown; the full file opens on click
+    assert Path(path) == app.thumbnails.path_of(app.image_info(red_id).sha256) and Path(path).is_file()
+    items, message, _ = endpoint(demo, "search").fn("a photo of nothing in particular", 3, 0.5)
     assert items == [] and "No image reaches the minimum score of 0.50" in message and "3 weaker" in message
-    _, message = endpoint(demo, "search").fn("ein rotes Auto", 3)
+    _, message, _ = endpoint(demo, "search").fn("ein rotes Auto", 3)
     assert "trained on English" in message
-    items, _ = endpoint(demo, "search_by_image").fn(str(write_png(tmp_path / "ex.png", "green")), 1)
-    assert len(items) == 1 and Path(items[0][0]).read_bytes() == (tmp_path / "inbox" / "green.png").read_bytes()
+    items, _, ids = endpoint(demo, "search_by_image").fn(str(write_png(tmp_path / "ex.png", "green")), 1)
+    assert len(items) == 1 and app.image_info(ids[0]).path.read_bytes() == \
+        (tmp_path / "inbox" / "green.png").read_bytes()
+    full, details = handler(demo, "pick")(ids, gr.SelectData(None, {"index": 0, "value": None}))
+    served = Path(full.value["path"] if isinstance(full.value, dict) else full.value)
+    assert served.read_bytes() == app.image_info(ids[0]).path.read_bytes() and full.visible is True  # full size
     for fn, args, message in ((endpoint(demo, "search").fn, ("  ", 5), "empty query"),
                               (endpoint(demo, "search").fn, ("red", 0), "between 1 and 50"),
                               (endpoint(demo, "search_by_image").fn, (None, 5), "no image")):
@@ -115,9 +120,11 @@ def test_gallery_page_select_and_delete_with_confirmation(demo: gr.Blocks, app: 
     items, info, page, ids = endpoint(demo, "gallery_page").fn(1)
     assert info == "Page 1 of 1 · 3 images" and page == 1 and ids == [e.id for e in app.library]
     assert [caption for _, caption in items] == [f"#{i}" for i in ids]
-    selected, details, row = handler(demo, "pick")(ids, gr.SelectData(None, {"index": 1, "value": None}))
+    pick = next(f.fn for f in demo.fns.values() if f.fn is not None and f.fn.__name__ == "pick"
+                and len(f.outputs) == 4)
+    selected, details, row, full = pick(ids, gr.SelectData(None, {"index": 1, "value": None}))
     assert selected == ids[1] and details.startswith(f"**#{ids[1]}** · file 00000") and "added 20" in details
-    assert row.visible is False
+    assert row.visible is False and full.visible is True
     row, question = handler(demo, "ask")(selected)
     assert row.visible is True and f"#{ids[1]}" in question
     message, cleared, details, row = endpoint(demo, "delete_image").fn(selected)

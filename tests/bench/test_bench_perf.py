@@ -22,7 +22,7 @@ def perf_run(tiny_checkpoint, tmp_path_factory):
     parser, modules = build_parser()
     args = parser.parse_args(["perf", "--quick", "--model", str(tiny_checkpoint), "--sizes",
                               ",".join(map(str, SIZES)), "--workdir", str(folder / "work"), "--json", str(out),
-                              "--only", "forward,index,classify,search,library,app"])  # backends: its own test
+                              "--only", "forward,index,classify,search,library,app,page"])  # backends: its own test
     status = modules["perf"].run(args)
     return status, json.loads(out.read_text())
 
@@ -63,13 +63,15 @@ def test_the_issue_figures_are_there(perf_run):
                 f"search.parts.scan32.{big}", f"search.parts.rescore.{big}", f"search.parts.select.{big}"]
     expected += [f"search.{kind}.{n}" for n in SIZES for kind in ("topk", "topk_float32", "query")]
     expected += [f"search.query.{n}.{kind}" for n in SIZES for kind in ("ratio", "in_run")]
+    expected += [f"app.page.{kind}" for kind in ("bytes.full", "bytes.thumbs", "bytes.ratio", "seconds.full",
+                                                 "seconds.thumbs_first", "seconds.thumbs", "seconds.ratio")]
     assert [key for key in expected if key not in figures] == []
     assert figures[f"library.bulk_add.saves.{big}"]["values"] == [1.0]  # one save for a bulk add
 
 
 def test_targets_are_all_decided(perf_run):
     checks = perf_run[1]["targets"]
-    assert len(checks) == 6
+    assert len(checks) == 8  # the six of the performance issue, and the gallery page's two (thumbnails)
     for check in checks:
         assert check["value"] is not None and isinstance(check["met"], bool), check
 

@@ -87,10 +87,10 @@ def test_a_corrupt_journal_is_reported_and_both_files_kept(tmp_path: Path, colou
 def test_appending_shares_buffers_without_changing_older_states() -> None:
     state = LibraryState.empty("m", "m", 4)
     one = state.appended([1], torch.tensor([[1.0, 0, 0, 0]]), ["000001.png"], ["a" * 64], [10], ["a"])
-    before = one.features.clone()
-    view = one.features
+    before = one.features16.clone()
+    view = one.features16
     two = one.appended([2], torch.tensor([[0, 1.0, 0, 0]]), ["000002.png"], ["b" * 64], [10], ["b"])
-    assert torch.equal(view, before) and len(two) == 2 and two.features.data_ptr() == one.features.data_ptr()
+    assert torch.equal(view, before) and len(two) == 2 and two.features16.data_ptr() == one.features16.data_ptr()
     # a second branch from `one` (as after a failed save of `two`) must not overwrite two's rows
     other = one.appended([3], torch.tensor([[0, 0, 1.0, 0]]), ["000003.png"], ["c" * 64], [10], ["c"])
     assert two.features[1].tolist() == [0, 1.0, 0, 0] and other.features[1].tolist() == [0, 0, 1.0, 0]
