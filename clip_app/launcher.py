@@ -93,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated")  # clip.load tries TorchScript first
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     args = parse_args(argv)
-    try:
-        settings = Settings.from_args(args)
-    except ValueError as exc:  # a bad CLIP_APP_* value
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    settings = Settings.from_args(args)
     from clip_app.encoders import ModelLoadError
     from clip_app.files import describe_os_error
     from clip_app.library import LibraryError

@@ -117,7 +117,9 @@ def test_bench_imagenet_and_flickr8k_accept_backend_and_precision(onnx_exports: 
 def test_a_bad_backend_in_the_environment_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("CLIP_APP_BACKEND", "gpu")
-    assert launcher.main([]) == 1
-    assert "error: unknown backend 'gpu': use one of auto, torch, onnx" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # app.py: a usage error, as for every bad CLIP_APP_* value
+        launcher.main([])
+    assert stopped.value.code == 2
+    assert "unknown backend 'gpu': use one of auto, torch, onnx" in capsys.readouterr().err
     assert index_main(["--gallery", str(tmp_path / "g"), "--library", str(tmp_path / "l.pth"), "list"]) == 2
     assert "unknown backend 'gpu'" in capsys.readouterr().err
