@@ -45,17 +45,33 @@ def parse_labels(text: str | Sequence[str]) -> list[str]:
     return labels
 
 
-def build_classifier(encoder: TextEncoder, labels: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """Classifier weights [D, C]: each label's prompts encoded, normalised, averaged over templates, renormalised."""
+def build_classifier(encoder: TextEncoder, labels: Sequence[str],
+                     templates: Sequence[str] | Sequence[Sequence[str]]) -> torch.Tensor:
+    """Classifier weights [D, C]: each label's prompts encoded, normalised, averaged over templates, renormalised.
+    `templates` is one list for every label, or one list per label (e.g. Chinese templates for Chinese labels)."""
     if not labels:
         raise LabelError("no labels to classify against")
+    per_label_templates = per_label(labels, templates)
+    prompts = [fill(t, label) for label, own in zip(labels, per_label_templates) for t in own]
+    features = encoder.encode_texts(prompts).float()  # [sum of T, D], unit rows
+    rows, start = [], 0
+    for own in per_label_templates:
+        rows.append(features[start:start + len(own)].mean(dim=0))
+        start += len(own)
+    weights = torch.stack(rows)  # [C, D]
+    weights = weights / weights.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return weights.T.contiguous()
+
+
+def per_label(labels: Sequence[str], templates: Sequence[str] | Sequence[Sequence[str]]) -> list[tuple[str, ...]]:
+    """The templates of each label: one shared list repeated, or the per-label lists checked against the labels."""
     if not templates:
         raise ValueError("no prompt templates")
-    prompts = [fill(t, label) for label in labels for t in templates]
-    features = encoder.encode_texts(prompts).float()  # [C*T, D], unit rows
-    per_label = features.view(len(labels), len(templates), -1).mean(dim=1)
-    per_label = per_label / per_label.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return per_label.T.contiguous()
+    if isinstance(templates[0], str):
+        return [tuple(templates)] * len(labels)  # type: ignore[arg-type]
+    if len(templates) != len(labels) or any(not own for own in templates):
+        raise ValueError("per-label templates need one non-empty list of templates per label")
+    return [tuple(own) for own in templates]
 
 
 def cosines(image_features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
@@ -94,14 +110,16 @@ class ClassifierCache:
     same prompts again; the ImageNet set with the 80 templates is 80,000 prompts)."""
 
     def __init__(self, size: int = 32) -> None:
-        self._items: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = OrderedDict()
-        self._building: dict[tuple[tuple[str, ...], tuple[str, ...]], threading.Event] = {}
+        self._items: OrderedDict[tuple[tuple[str, ...], tuple], torch.Tensor] = OrderedDict()
+        self._building: dict[tuple[tuple[str, ...], tuple], threading.Event] = {}
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, encoder: TextEncoder, labels: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """Classifier [D, C] for these labels and templates, built on first use (once, however many ask)."""
-        key = (tuple(labels), tuple(templates))
+    def get(self, encoder: TextEncoder, labels: Sequence[str],
+            templates: Sequence[str] | Sequence[Sequence[str]]) -> torch.Tensor:
+        """Classifier [D, C] for these labels and templates (shared or per label), built on first use (once,
+        however many ask)."""
+        key = (tuple(labels), tuple(t if isinstance(t, str) else tuple(t) for t in templates))
         while True:
             with self._lock:
                 if key in self._items:

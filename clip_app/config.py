@@ -20,6 +20,7 @@ ENV_VARS: dict[str, str] = {
     "CLIP_APP_BACKEND": "backend",
     "CLIP_APP_PRECISION": "precision",
     "CLIP_APP_ONNX_THREADS": "onnx_threads",
+    "CLIP_APP_TEXT_MODEL": "text_model",
     "CLIP_APP_MAX_FILE_SIZE": "max_file_size",
     "CLIP_APP_MAX_REQUEST_SIZE": "max_request_size",
     "CLIP_APP_MAX_LABELS": "max_labels",
@@ -30,6 +31,7 @@ BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("fp32", "int8")
 
 PATH_FIELDS = frozenset({"gallery_dir", "library_file", "model_dir"})
+DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
 #: fields given as sizes ('20MB', '500KB', bytes) and as whole numbers
 SIZE_FIELDS = frozenset({"max_file_size", "max_request_size"})
 COUNT_FIELDS = frozenset({"max_labels", "max_prompts"})
@@ -38,6 +40,12 @@ DEFAULT_MAX_FILE_SIZE = 20 * 1024 * 1024  # one uploaded or indexed image file
 DEFAULT_MAX_REQUEST_SIZE = 1024 * 1024  # one API request body other than a file upload (JSON: labels, queries)
 DEFAULT_MAX_LABELS = 1000  # labels in one classify request
 DEFAULT_MAX_PROMPTS = 8000  # labels x templates of one classifier (100 labels with the 80-template ensemble)
+
+
+def library_location(value: str) -> Path | str:
+    """--library / CLIP_APP_LIBRARY: a file path, or a postgresql:// URL kept as it is (a Path would fold its //)."""
+    value = value.strip()
+    return value if value.lower().startswith(DATABASE_URL_SCHEMES) else Path(value).expanduser()
 
 
 def default_model_dir() -> Path:
@@ -52,8 +60,10 @@ class Settings:
     model: str = DEFAULT_MODEL
     device: str = "auto"
     gallery_dir: Path = Path("gallery")
-    library_file: Path = Path("features_library.pth")
+    library_file: Path | str = Path("features_library.pth")  # or a postgresql:// URL (library/pg_store.py)
     model_dir: Path = default_model_dir()
+    text_model: str | None = None  #: a multilingual text tower (hub name or local folder); None: CLIP's own only
+    text_routing: str = "auto"     #: 'auto' (plain English to CLIP's text tower) or 'multilingual' (every text)
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
     max_labels: int = DEFAULT_MAX_LABELS
@@ -95,14 +105,14 @@ class Settings:
         """Environment first, then any flag given on the command line (flags win)."""
         base = cls.from_env(environ)
         changes: dict[str, object] = {}
-        for name in ("model", "device", "backend", "precision", "onnx_threads"):
+        for name in ("model", "device", "text_model", "text_routing", "backend", "precision", "onnx_threads"):
             value = getattr(args, name, None)
             if value:
                 changes[name] = value
         for flag, name in (("gallery", "gallery_dir"), ("library", "library_file"), ("model_dir", "model_dir")):
             value = getattr(args, flag, None)
             if value:
-                changes[name] = Path(value).expanduser()
+                changes[name] = _convert(name, value, "--" + flag.replace("_", "-"))
         for name in sorted(SIZE_FIELDS | COUNT_FIELDS):
             value = getattr(args, name, None)
             if value not in (None, ""):
@@ -119,6 +129,8 @@ def _convert(name: str, raw: object, source: str) -> object:
             return int(str(raw).strip())
         except ValueError:
             raise ValueError(f"{source}={raw!r} is not a whole number") from None
+    if name == "library_file":
+        return library_location(str(raw))
     if name in PATH_FIELDS:
         return Path(str(raw)).expanduser()
     if name in SIZE_FIELDS:
@@ -198,10 +210,18 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = T
     if library:
         parser.add_argument("--gallery", help="gallery folder [env CLIP_APP_GALLERY; default gallery/]")
         parser.add_argument("--library",
-                            help="feature library file [env CLIP_APP_LIBRARY; default features_library.pth]")
+                            help="feature library file, or postgresql://USER@HOST:PORT/DB[?table=NAME] for a "
+                            "PostgreSQL + pgvector store [env CLIP_APP_LIBRARY; default features_library.pth]")
     parser.add_argument("--model-dir", dest="model_dir",
                         help="where model weights are downloaded (and ONNX exports cached) [env CLIP_APP_MODEL_DIR; "
                         "default ~/.cache/clip]")
+    parser.add_argument("--text-model", dest="text_model",
+                        help="a multilingual text tower aligned to --model: a hub name (e.g. "
+                        "clip-ViT-B-32-multilingual-v1, M-CLIP/XLM-Roberta-Large-Vit-B-32) or a local folder "
+                        "[env CLIP_APP_TEXT_MODEL; default none: English through CLIP's own text tower]")
+    parser.add_argument("--text-routing", dest="text_routing", choices=("auto", "multilingual"),
+                        help="with --text-model: auto sends plain English to CLIP's own text tower and any other "
+                        "text to the multilingual one; multilingual sends every text there [default auto]")
     if library:  # the app and the index manager read image files; the benchmarks have their own data
         parser.add_argument("--max-file-size", dest="max_file_size", default=None,
                             help="largest image file accepted (uploads and `index add`), e.g. 20MB or 500KB "

@@ -1,4 +1,4 @@
-"""The index manager: `python -m clip_app.index [settings flags] <add|remove|list|stats|check|repair|rebuild> ...`.
+"""The index manager: `python -m clip_app.index [settings flags] <add|remove|list|stats|check|repair|rebuild|labels>`.
 
 Exit status: 0 done; 1 the command could not do what was asked (nothing could be added, an unknown ID, `check`
 found a disagreement); 2 an error that stops everything (model cannot load, library of another model, corrupt or
@@ -25,6 +25,7 @@ from .config import Settings, add_settings_arguments
 from .encoders import ClipEncoder, ModelLoadError, model_identity
 from .files import describe_os_error
 from .images import IMAGE_EXTENSIONS, special_kind
+from .index_labels import LabelsCommandError, add_labels_parser, cmd_labels, store_of
 from .library import AddReport, AddResult, FeatureLibrary, LibraryError, UnknownImageError
 from .service import format_size
 from .thumbnails import Thumbnails
@@ -53,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = commands.add_parser("add", help="add image files and folders (recursive)")
     add.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively for "
                      f"files ending in {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    add.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
+                     help="decode and encode on a Ray cluster (auto: the cluster this machine belongs to, or a new "
+                     "local one; or the head's ADDRESS host:port / ray://host:10001); this process writes the library")
+    add.add_argument("--ray-actors", type=int, default=2, metavar="N", help="encoder actors (default 2)")
+    add.add_argument("--ray-gpus-per-actor", type=float, default=0.0, metavar="G",
+                     help="GPUs each actor reserves (default 0: CPU actors; 1 for one GPU each)")
     remove = commands.add_parser("remove", help="remove images by ID (row first, then the file)")
     remove.add_argument("ids", nargs="+", type=int, metavar="ID")
     for name, text in (("list", "list the images: ID, file, sha256"),
@@ -67,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "re-encode changed files, set aside what is not an image)")
     commands.add_parser("rebuild", help="re-encode every gallery image with the running model into a new library "
                         "file, swapped in atomically")
+    add_labels_parser(commands)
+    export = commands.add_parser("export", help="copy the library (IDs, features, names, times, label sets, tags) "
+                                 "into a new library file or PostgreSQL table, verified by counts and checksums")
+    export.add_argument("--to", required=True, metavar="URL_OR_FILE",
+                        help="a new library file, or postgresql://USER@HOST:PORT/DB[?table=NAME]")
     return parser
 
 
@@ -81,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_args(args)
         encoder = LazyEncoder(settings, args.batch_size)
         return COMMANDS[args.command](args, settings, encoder)  # type: ignore[arg-type]
-    except UnknownImageError as exc:
+    except (UnknownImageError, LabelsCommandError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (ModelLoadError, LibraryError, ValueError) as exc:
@@ -151,9 +163,8 @@ class LazyEncoder:
 def open_library(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder,
                  strict: bool = True) -> FeatureLibrary:
     """The library of these settings; strict=False skips the model check (list, stats, check, remove, rebuild)."""
-    opener = FeatureLibrary if strict else FeatureLibrary.open_for_rebuild
-    library = opener(settings.gallery_dir, settings.library_file, encoder,
-                     near_duplicate_threshold=args.near_duplicate_threshold, batch_size=args.batch_size)
+    library = FeatureLibrary(settings.gallery_dir, settings.library_file, encoder, check_model=strict,
+                             near_duplicate_threshold=args.near_duplicate_threshold, batch_size=args.batch_size)
     if library.first_run_report is not None:
         print(f"first run: indexed {len(library.first_run_report.indexed)} gallery images into "
               f"{settings.library_file}", file=sys.stderr)
@@ -221,11 +232,21 @@ def cmd_add(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) 
     files, failures = collect_paths(args.paths, settings.max_file_size)
     library = open_library(args, settings, encoder)
     results: list[AddResult] = []
-    with progress_bar("adding") as update:
-        for start in range(0, len(files), ADD_CHUNK):
-            chunk = files[start:start + ADD_CHUNK]
-            report = library.add(chunk, progress=lambda done, _total, s=start: update(s + done, len(files)))
-            results.extend(report.results)
+    if args.ray is not None:
+        from .library.ray_ingest import RayOptions, ray_add
+
+        options = RayOptions(address=args.ray, actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
+                             batch_size=args.batch_size)
+        with progress_bar("adding (ray)") as update:
+            ray_report = ray_add(library, settings, files, options, progress=update)
+        results = ray_report.results
+        print(ray_report.ray.summary(), file=sys.stderr)  # type: ignore[attr-defined]
+    else:
+        with progress_bar("adding") as update:
+            for start in range(0, len(files), ADD_CHUNK):
+                chunk = files[start:start + ADD_CHUNK]
+                report = library.add(chunk, progress=lambda done, _total, s=start: update(s + done, len(files)))
+                results.extend(report.results)
     report = AddReport(results=results + failures)
     print(report.summary())
     for result in report.duplicates:
@@ -251,6 +272,7 @@ def cmd_remove(args: argparse.Namespace, settings: Settings, encoder: ClipEncode
     thumbnails = Thumbnails(settings.gallery_dir)
     for image_id in removed:  # the thumbnails go with their images
         thumbnails.remove(hashes.get(image_id, ""))
+    store_of(settings).forget_images(removed)  # label-set examples disappear with their images
     print(f"removed {len(removed)} image{'' if len(removed) == 1 else 's'}: {', '.join(map(str, removed))}")
     return 0
 
@@ -270,6 +292,8 @@ def cmd_list(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder)
 def cmd_stats(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
     stats = open_library(args, settings, encoder, strict=False).stats()
     stats["running_model"] = encoder.identity
+    stats["text_model"] = settings.text_model  # None: CLIP's own text tower only (the library does not depend on it)
+    stats["text_routing"] = settings.text_routing if settings.text_model else None
     if args.json:
         print(json.dumps(stats, indent=1))
         return 0
@@ -278,6 +302,8 @@ def cmd_stats(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder
     print(f"model:         {stats['model_name']} ({stats['model']})"
           + ("" if stats["model"] == encoder.identity else f"  [running model: {encoder.identity}: run rebuild]"))
     print(f"feature width: {stats['dim']}")
+    print(f"text model:    {settings.text_model} ({settings.text_routing} routing)" if settings.text_model
+          else "text model:    CLIP's own text tower (English)")
     print(f"library file:  {stats['library_file']} ({stats['file_size']:,} bytes, {per_image:,.0f} per image)")
     print(f"gallery:       {stats['gallery_dir']} ({stats['gallery_bytes']:,} bytes)")
     print(f"next ID:       {stats['next_id']}")
@@ -336,9 +362,21 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings, encoder: ClipEncod
     return 0
 
 
+def cmd_export(args: argparse.Namespace, settings: Settings, encoder: ClipEncoder) -> int:
+    from .library.export import export_library, read_documents
+
+    library = open_library(args, settings, encoder, strict=False)
+    report = export_library(library.store.current(), read_documents(library), args.to)
+    print(f"exported {report.rows} images and {len(report.documents)} companion document(s) "
+          f"({', '.join(report.documents) or 'none'}) to {report.target} in {report.seconds:.1f} s; verified: "
+          f"{report.rows} rows, checksum {report.checksum[:16]}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, ClipEncoder], int]] = {
     "add": cmd_add, "remove": cmd_remove, "list": cmd_list, "stats": cmd_stats, "check": cmd_check,
-    "repair": cmd_repair, "rebuild": cmd_rebuild,
+    "repair": cmd_repair, "rebuild": cmd_rebuild, "export": cmd_export,
+    "labels": lambda args, settings, encoder: cmd_labels(args, settings, encoder, open_library),
 }
 
 

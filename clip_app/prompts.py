@@ -17,6 +17,29 @@ from importlib import resources
 
 SINGLE_TEMPLATE = "a photo of a {}."
 
+#: Chinese prompt templates, used for a Chinese label (Han characters) when a multilingual text tower is loaded and
+#: the template mode is 'single' (the first) or 'ensemble' (all). Ours: written for this project, in the spirit of
+#: the CLIP authors' English ImageNet templates (a photo of / a picture of / a close-up / a drawing / ...).
+CHINESE_SINGLE_TEMPLATE = "一张{}的照片。"
+CHINESE_TEMPLATES: tuple[str, ...] = (
+    CHINESE_SINGLE_TEMPLATE,
+    "{}的照片。",
+    "一张{}的图片。",
+    "一张清晰的{}的照片。",
+    "一张模糊的{}的照片。",
+    "一张{}的特写照片。",
+    "一张大的{}的照片。",
+    "一张小的{}的照片。",
+    "一张很多{}的照片。",
+    "一幅{}的画。",
+    "一张{}的素描。",
+    "一张{}的黑白照片。",
+    "一张明亮的{}的照片。",
+    "一张光线昏暗的{}的照片。",
+    "一个{}的卡通图像。",
+    "这是一张{}的照片。",
+)
+
 
 def _data_text(name: str) -> str:
     return resources.files("clip_app").joinpath("data").joinpath(name).read_text(encoding="utf-8")
@@ -76,6 +99,15 @@ def templates_for(choice: str) -> tuple[str, ...]:
     if choice == "ensemble":
         return imagenet_templates()
     return (validate_template(choice),)
+
+
+def chinese_templates_for(choice: str) -> tuple[str, ...] | None:
+    """The Chinese templates of a named choice ('single': one, 'ensemble': all); None for a custom template."""
+    if choice == "single":
+        return (CHINESE_SINGLE_TEMPLATE,)
+    if choice == "ensemble":
+        return CHINESE_TEMPLATES
+    return None
 
 
 def validate_template(template: str) -> str:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, Union
@@ -25,7 +27,7 @@ from .config import (
     Settings,
     parse_size,
 )
-from .encoders import ClipEncoder
+from .encoders import ClipEncoder, RoutedTextEncoder, TextModelMismatch, routed_text_encoder
 from .images import ImageError, decode_image
 from .label_heads import LabelHead
 from .label_sets import LabelSetError, LabelSetStore, default_label_sets_file
@@ -40,9 +42,11 @@ from .library import (
     RepairReport,
     private_paths,
 )
-from .prompts import TEMPLATE_CHOICES, family_templates
+from .prompts import TEMPLATE_CHOICES, chinese_templates_for, family_templates
 from .request_limits import BodyLimit
 from .served_copies import forget_on_delete
+from .service_fewshot import DEFAULT_METHOD, AdaptedResult, FewShotActions
+from .text_routing import FOREIGN_WORDS, MULTILINGUAL_TOWER, has_letters, is_chinese
 from .thumbnails import Thumbnails, thumbs_dir
 
 log = logging.getLogger(__name__)
@@ -91,6 +95,7 @@ class ClassifyResult:
     tags: list[LabelScore] | None = None      # tag mode: labels with cosine >= threshold (None when off)
     threshold: float | None = None
     saved: AddResult | None = None            # the gallery outcome when saving was asked for
+    towers: dict[str, str] | None = None      # label -> the text tower that read it (with a multilingual tower)
 
 
 @dataclass
@@ -100,6 +105,7 @@ class SearchResult:
     library_size: int = 0
     min_score: float | None = None
     note: str | None = None                   # e.g. the non-English query note
+    tower: str | None = None                  # the text tower that read the query (with a multilingual tower)
 
 
 @dataclass
@@ -134,11 +140,10 @@ def format_size(size: int) -> str:
     return f"{value:.1f} GB"  # pragma: no cover
 
 
-#: Frequent short words of other languages written in Latin letters that do not occur in English queries.
-_FOREIGN_WORDS = frozenset(
-    "und der das ein eine einem einen mit auf im ist nicht le les une avec sur dans et est pas el los las "
-    "una unos con del y es il gli della delle nel sulla uma não com och är het een".split()
-)
+_FOREIGN_WORDS = FOREIGN_WORDS
+#: the defined answer to a query without any letter (emoji, punctuation, digits only)
+SYMBOLS_NOTE = ("This query has no words, only symbols: CLIP's text tower reads them as they are, so the results "
+                "may be weak. Describe what you are looking for in words.")
 
 
 def english_note(query: str) -> str | None:
@@ -163,13 +168,17 @@ def clean_query(text: str | None) -> str:
     return " ".join(kept.split())
 
 
-class App:
-    """clip-app's actions over one encoder and one library; safe to share between threads (Gradio's workers)."""
+class App(FewShotActions):
+    """clip-app's actions over one encoder and one library; safe to share between threads (Gradio's workers).
+    The few-shot actions (examples per label, classify_adapted, search_refine) come from service_fewshot."""
 
     def __init__(self, encoder: ClipEncoder, library: FeatureLibrary, label_sets: LabelSetStore | None = None,
                  max_file_size: int = DEFAULT_MAX_FILE_SIZE, *, max_labels: int = DEFAULT_MAX_LABELS,
-                 max_prompts: int = DEFAULT_MAX_PROMPTS, thumbnails: bool = True) -> None:
+                 max_prompts: int = DEFAULT_MAX_PROMPTS, thumbnails: bool = True,
+                 text_encoder: RoutedTextEncoder | None = None) -> None:
         self.encoder = encoder
+        #: CLIP's own text tower plus a multilingual one, routed per text (None: CLIP's own text tower only)
+        self.text_encoder = text_encoder
         self.library = library
         self.label_sets = label_sets or LabelSetStore(default_label_sets_file(library.stats()["library_file"]))
         self.max_file_size = int(max_file_size)
@@ -179,6 +188,8 @@ class App:
         self.thumbnails = Thumbnails(library.gallery_dir) if thumbnails else None
         self.delete_listeners: list[DeleteListener] = []
         self.classifiers = ClassifierCache()
+        self._heads: OrderedDict = OrderedDict()  # few-shot heads by (method, labels, templates, examples)
+        self._heads_lock = threading.Lock()
         # no App-level write lock: the library serialises its saves (threads and processes) and checks for
         # duplicates again under its own lock, while it encodes outside any lock, so a photo saved from Classify
         # or a delete does not wait for a bulk upload to be encoded
@@ -187,12 +198,35 @@ class App:
     def from_settings(cls, settings: Settings, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> "App":
         """Load the model and the library once (ModelLoadError / LibraryError when they cannot be used)."""
         encoder = ClipEncoder(settings.model, **settings.encoder_options())  # type: ignore[arg-type]
+        text_encoder = routed_text_encoder(encoder, settings.text_model, settings.text_routing, encoder.device,
+                                           str(settings.model_dir) if settings.model_dir else None)
+        from .library.pg_store import label_set_store
+
         library = FeatureLibrary(settings.gallery_dir, settings.library_file, encoder)
-        app = cls(encoder, library, LabelSetStore(default_label_sets_file(settings.library_file)), max_file_size,
-                  max_labels=settings.max_labels, max_prompts=settings.max_prompts)
-        log.info("clip-app ready: model %s on %s, backend %s, %d images in %s (library %s)", encoder.name,
-                 encoder.device, encoder.backend_name, len(library), settings.gallery_dir, settings.library_file)
+        app = cls(encoder, library, label_set_store(library, settings.library_file), max_file_size,
+                  max_labels=settings.max_labels, max_prompts=settings.max_prompts, text_encoder=text_encoder)
+        log.info("clip-app ready: model %s on %s, backend %s, %d images in %s (library %s)%s", encoder.name,
+                 encoder.device, encoder.backend_name, len(library), settings.gallery_dir, settings.library_file,
+                 f"; text model {text_encoder.multilingual.name} ({text_encoder.routing} routing)"
+                 if text_encoder else "")
         return app
+
+    @property
+    def texts(self) -> ClipEncoder | RoutedTextEncoder:
+        """The encoder of every text (queries, labels, templates): the routed pair, or CLIP's own text tower."""
+        return self.text_encoder or self.encoder
+
+    def text_tower(self, text: str) -> str:
+        """The readable name of the tower that reads this text: 'CLIP ViT-B/32' or the multilingual model."""
+        if self.text_encoder is None:
+            return f"CLIP {self.encoder.name}"
+        return self.text_encoder.tower_name(self.text_encoder.tower_for(text))
+
+    def accepted_languages(self) -> str:
+        """What the query box accepts: 'English', or English plus the multilingual model's languages."""
+        if self.text_encoder is None:
+            return "English"
+        return f"English, {getattr(self.text_encoder.multilingual, 'languages', 'other languages')}"
 
     # ---- Classify -----------------------------------------------------------------------------------------
     def classify(self, image: ImageInput, labels: str | Sequence[str], template: str = "single", *,
@@ -204,6 +238,7 @@ class App:
         label_list = parse_labels(labels if labels is not None else "")
         templates = self._templates(template)
         self._check_work(label_list, templates)
+        per_label = self._label_templates(label_list, template, templates)
         feature: torch.Tensor | None = None
         saved: AddResult | None = None
         if save:  # the library decodes and encodes the photo once (or knows it) and returns its stored row
@@ -221,13 +256,26 @@ class App:
         if trained is not None:  # a fine-tuned label set's own head (clip_app.finetune classify) for this model
             scores = trained.rank(label_list, feature)
         else:
-            weights = self.classifiers.get(self.encoder, label_list, templates)  # [D, C]
+            weights = self.classifiers.get(self.texts, label_list, per_label)  # [D, C]
             scores = rank(label_list, feature, weights)
         result = ClassifyResult(label_list, templates, scores, saved=saved)
+        if self.text_encoder is not None and trained is None:  # a trained head reads no text
+            result.towers = {label: self.text_tower(own[0].replace("{}", label, 1))
+                             for label, own in zip(label_list, per_label)}
         if tag_threshold is not None:
             result.threshold = threshold
             result.tags = tags(scores, result.threshold)
         return result
+
+    def _label_templates(self, labels: Sequence[str], choice: str | None,
+                         templates: tuple[str, ...]) -> list[tuple[str, ...]]:
+        """Each label's templates: a Chinese label read by the multilingual tower gets the Chinese templates of a
+        named choice ('single', 'ensemble'); every other label (and any custom template) the chosen ones."""
+        chinese = chinese_templates_for((choice or "single").strip())
+        routed = self.text_encoder
+        return [chinese if chinese and routed is not None and is_chinese(label)
+                and routed.tower_for(chinese[0].replace("{}", label, 1)) == MULTILINGUAL_TOWER else templates
+                for label in labels]
 
     def _trained_head(self, labels: Sequence[str]) -> LabelHead | None:
         """The head of a saved label set with exactly these labels, trained for the running model; else None
@@ -293,9 +341,13 @@ class App:
             raise InputError(f"the query is too long ({len(query)} characters, at most {MAX_QUERY_CHARS})")
         k = self._k(k)
         min_score = self._score(min_score, "minimum score")
-        feature = self.encoder.encode_texts([query])[0]  # [D]
+        feature = self.texts.encode_texts([query])[0]  # [D]
         result = self._search(feature, k, min_score)
-        result.note = english_note(query)
+        result.tower = self.text_tower(query) if self.text_encoder is not None else None
+        if not has_letters(query) and not any(ch.isdigit() for ch in query):
+            result.note = SYMBOLS_NOTE
+        elif self.text_encoder is None:
+            result.note = english_note(query)
         return result
 
     def search_image(self, image: ImageInput, k: int = DEFAULT_K, min_score: float | None = None) -> SearchResult:
@@ -370,6 +422,7 @@ class App:
             self.thumbnails.remove(entry.sha256)
         for step in after:
             step()
+        self.label_sets.forget_images([image_id])  # its examples disappear with it
         log.info("deleted image #%d (%s)", entry.id, entry.file)
         return entry
 
@@ -395,6 +448,9 @@ class App:
         """Count, model, feature size and file size of the library."""
         raw = dict(self.library.stats())
         known = {k: raw.pop(k) for k in ("count", "model", "dim", "file_size", "gallery_dir", "library_file")}
+        if self.text_encoder is not None:
+            raw["text_model"] = self.text_encoder.multilingual.name
+            raw["text_routing"] = self.text_encoder.routing
         return LibraryStats(int(known["count"]), str(known["model"]), int(known["dim"]), int(known["file_size"]),
                             str(known["gallery_dir"]), str(known["library_file"]), raw)
 
@@ -507,7 +563,9 @@ class App:
         return k
 
 
-__all__ = ["App", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS", "ClassifyResult", "SearchResult",
+__all__ = ["App", "AdaptedResult", "DEFAULT_METHOD", "AppError", "InputError", "FileTooLargeError", "USER_ERRORS",
+           "ClassifyResult", "SearchResult",
            "GalleryPage", "LibraryStats", "Hit", "clean_query", "thumbs_dir", "BodyLimit", "forget_on_delete",
            "DEFAULT_MAX_REQUEST_SIZE", "english_note", "parse_size", "format_size",
-           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "TEMPLATE_CHOICES", "private_paths"]
+           "DEFAULT_TAG_THRESHOLD", "DEFAULT_K", "MAX_K", "PER_PAGE", "TEMPLATE_CHOICES", "private_paths",
+           "TextModelMismatch"]

@@ -124,7 +124,17 @@ def tags_text(result: ClassifyResult) -> str:
 
 
 def saved_text(result: ClassifyResult) -> str:
-    """What happened to the photo in the gallery."""
+    """What happened to the photo in the gallery (and, with a multilingual tower, which tower read each label)."""
+    text = _saved_line(result)
+    if result.towers:
+        groups: dict[str, list[str]] = {}
+        for label, tower in result.towers.items():
+            groups.setdefault(tower, []).append(md_escape(label))
+        text += "\n\nText towers: " + "; ".join(f"{md_escape(t)} for {', '.join(ls)}" for t, ls in groups.items())
+    return text
+
+
+def _saved_line(result: ClassifyResult) -> str:
     saved = result.saved
     if saved is None:
         return "Not saved to the gallery."
@@ -165,7 +175,14 @@ def search_text(result: SearchResult) -> str:
                  + (f"; {result.hidden} under the minimum score hidden." if result.hidden else ".")]
     if result.note:
         lines.append(f"*{result.note}*")
+    if result.tower:
+        lines.append(f"Text tower: {md_escape(result.tower)}")
     return "\n\n".join(lines)
+
+
+def query_label(app: App) -> str:
+    """The search box's label: which languages it accepts."""
+    return f"Describe the images you are looking for ({app.accepted_languages()})"
 
 
 def page_items(page: GalleryPage) -> list[tuple[str, str]]:
@@ -207,7 +224,9 @@ def add_summary(report: Any) -> str:
 def stats_text(app: App) -> str:
     """The library's count, model, feature size and file size."""
     s = app.stats()
-    return (f"**{s.count}** images · model {md_escape(s.model)} ({s.dim}-d features) · library file "
+    text_model = (f" · text model {md_escape(s.extra['text_model'])} ({md_escape(s.extra['text_routing'])} routing)"
+                  if s.extra.get("text_model") else "")
+    return (f"**{s.count}** images · model {md_escape(s.model)} ({s.dim}-d features){text_model} · library file "
             f"{format_size(s.file_size)} · gallery {md_escape(s.gallery_dir)}")
 
 
@@ -224,7 +243,8 @@ def build_demo(app: App) -> gr.Blocks:
         app.delete_listeners.append(forget_on_delete)
     with gr.Blocks(title="clip-app", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown(f"# clip-app\nZero-shot classification and image search with CLIP · model "
-                    f"{md_escape(app.encoder.name)} on {app.encoder.device}")
+                    f"{md_escape(app.encoder.name)} on {app.encoder.device}"
+                    + (f" · text model {md_escape(app.text_encoder.multilingual.name)}" if app.text_encoder else ""))
         with gr.Tabs():
             with gr.Tab("Classify", id="classify"):
                 _classify_tab(app)
@@ -276,6 +296,8 @@ class _Wiring:
 
 
 def _classify_tab(app: App) -> None:
+    from .ui_fewshot import adapted_outputs, example_controls, wire_classify
+
     with gr.Row():
         with gr.Column(scale=1):
             image = uploaded_image(label="Photo", sources=["upload", "clipboard"], height=260,
@@ -292,20 +314,22 @@ def _classify_tab(app: App) -> None:
             run = gr.Button("Classify", variant="primary", elem_id="classify-run")
             set_names, set_problem = app.label_set_choices()  # a damaged file: the built-in sets and why
             with gr.Accordion("Label sets", open=set_problem is not None):
-                sets = gr.Dropdown(set_names, value=None, label="Saved label sets",
-                                   info="picking a set fills the labels box")
+                sets = gr.Dropdown(set_names, value=None, label="Saved label sets", allow_custom_value=True,
+                                   info="picking a set fills the labels box")  # any name: sets saved later (API)
                 set_name = gr.Textbox(label="Name", placeholder="name to save the labels under, or the new name")
                 with gr.Row():
                     save_set = gr.Button("Save labels as set", size="sm")
                     rename_set = gr.Button("Rename set", size="sm")
                     delete_set = gr.Button("Delete set", size="sm", variant="stop")
                 set_message = gr.Markdown(md_escape(set_problem) if set_problem else "")
+            examples = example_controls()
         with gr.Column(scale=1):
             with gr.Row():
                 top = gr.Label(num_top_classes=5, label="Top labels", elem_id="classify-top")
                 table = gr.Dataframe(headers=["label", "probability", "cosine"],
                                      datatype=["str", "number", "number"], interactive=False,
                                      label="Each label's raw cosine", max_height=360)
+            adapted = adapted_outputs()
             tag_list = gr.Markdown(label="tags", elem_id="classify-tags")
             saved = gr.Markdown(label="saved", elem_id="classify-saved")
 
@@ -316,8 +340,10 @@ def _classify_tab(app: App) -> None:
                               tag_threshold=threshold if tag_mode else None)  # the App checks the number
         return label_value(result), cosine_rows(result), tags_text(result), saved_text(result)
 
-    run.click(classify, [image, labels, template, tag_mode, threshold, save], [top, table, tag_list, saved],
-              api_name="classify", concurrency_limit=READ_CONCURRENCY)
+    classified = run.click(classify, [image, labels, template, tag_mode, threshold, save],
+                           [top, table, tag_list, saved], api_name="classify", concurrency_limit=READ_CONCURRENCY)
+    wire_classify(app, examples, adapted, image=image, labels=labels, template=template, sets=sets, top=top,
+                  classified=classified)
     rows = classify_examples()
     if rows:
         gr.Examples(rows, [image, labels, template, save], label="Examples (demo gallery photos; not saved)")
@@ -355,7 +381,7 @@ def _classify_tab(app: App) -> None:
 def _search_tab(app: App) -> None:
     with gr.Row():
         with gr.Column(scale=2):
-            query = gr.Textbox(label="Describe the images you are looking for (English)",
+            query = gr.Textbox(label=query_label(app),
                                placeholder="a dog playing on the beach", elem_id="search-query")
             run = gr.Button("Search", variant="primary", elem_id="search-run")
         with gr.Column(scale=1):
@@ -391,6 +417,9 @@ def _search_tab(app: App) -> None:
     run_image.click(by_image, [example, k, min_score], outputs, api_name="search_by_image",
                     concurrency_limit=READ_CONCURRENCY)
     results.select(full_image(app), [hit_ids], [full, details], api_visibility=PRIVATE)
+    from .ui_fewshot import search_extras
+
+    search_extras(app, query=query, k=k, min_score=min_score, results=results, message=message, hit_ids=hit_ids)
 
 
 def _gallery_tab(app: App) -> _Wiring:
@@ -415,6 +444,9 @@ def _gallery_tab(app: App) -> _Wiring:
         yes = gr.Button("Yes, delete it", variant="stop", scale=0, elem_id="gallery-confirm")
         no = gr.Button("Cancel", scale=0)
     message = gr.Markdown(label="message", elem_id="gallery-message")
+    from .ui_fewshot import gallery_extras
+
+    gallery_extras(app, selected=selected)
 
     @user_errors
     def show_page(page: float | None = 1):

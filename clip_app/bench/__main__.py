@@ -12,6 +12,8 @@ BENCHMARKS = {
     "imagenet": "clip_app.bench.imagenet.cli",
     "flickr8k": "clip_app.bench.flickr8k.cli",
     "perf": "clip_app.bench.perf.cli",
+    "fewshot": "clip_app.bench.fewshot.cli",
+    "scale": "clip_app.bench.scale.cli",
 }
 
 

@@ -31,6 +31,7 @@ from . import gallery as gal
 from . import maintenance
 from .errors import LibraryCorruptError, LibraryWriteError, ModelMismatchError, UnknownImageError
 from .ingest import Batcher, Candidate, Counter, Progress, decode_for, read_item
+from .pg_sql import is_database_url, parse_url
 from .reports import AddReport, AddResult, CheckReport, Entry, RebuildReport, RepairReport, index_command
 from .state import LibraryState
 from .store import FileStore, Store, companion_files
@@ -50,11 +51,17 @@ class FeatureLibrary:
                  near_duplicate_threshold: float = 0.97, batch_size: int = 32, *, check_model: bool = True,
                  lock_timeout: float = 300.0, store: Store | None = None) -> None:
         self.gallery_dir = Path(gallery_dir).expanduser().absolute()
-        self.library_file = Path(library_file).expanduser().absolute()
         self.encoder = encoder
         self.near_duplicate_threshold = float(near_duplicate_threshold)
         self.batch_size = max(1, int(batch_size))
         self.check_model = check_model
+        #: the library file, or for a database store its URL (password masked), for messages and commands
+        self.library_file: Path | str = parse_url(str(library_file)).shown if is_database_url(library_file) \
+            else Path(library_file).expanduser().absolute()
+        if store is None and is_database_url(library_file):  # postgresql://...: PostgreSQL + pgvector (pg_store.py)
+            from .pg_store import PostgresStore
+
+            store = PostgresStore(str(library_file), self._empty_state, self._adopt, lock_timeout=lock_timeout)
         self.store: Store = store if store is not None else FileStore(
             self.library_file, self._empty_state, self._adopt, lock_timeout=lock_timeout)
         self.first_run_report: RepairReport | None = None
@@ -112,6 +119,8 @@ class FeatureLibrary:
                                       f"{state.dim}-d features, but that model gives {self.encoder.dim}-d features")
 
     def scan(self) -> gal.GalleryScan:
+        if not isinstance(self.library_file, Path):  # a database store: none of its data lies in the gallery
+            return gal.scan_gallery(self.gallery_dir, ())
         extra = {path.name for path in companion_files(self.library_file)}  # the library file, lock, journal, ...
         same_folder = self.library_file.parent == self.gallery_dir
         return gal.scan_gallery(self.gallery_dir, extra if same_folder else ())
@@ -296,7 +305,12 @@ class FeatureLibrary:
             block = rows[start:start + chunk]
             best_sim = torch.full((len(block),), -2.0)
             best_id = torch.full((len(block),), -1, dtype=torch.int64)
-            for first, stored in state.float_chunks():  # the library in chunks: no float32 copy of it
+            nearest = getattr(self.store, "nearest", None)  # a store with an index answers itself (pg_store.py)
+            found = nearest(state, block) if nearest is not None and len(state) else None
+            if found is not None:
+                best_id, best_sim = found
+            # else the library in chunks (no float32 copy of it)
+            for first, stored in (state.float_chunks() if found is None else ()):
                 sims = block @ stored.T  # [m, chunk]
                 chunk_best, arg = sims.max(dim=1)
                 better = chunk_best > best_sim
@@ -346,7 +360,7 @@ def private_paths(gallery_dir: Path | str, library_file: Path | str | None) -> l
     """Absolute paths a web server must never serve although they may lie in the gallery folder: the library file,
     its lock, journal and label sets file, and the gallery's quarantine folder (files that are not images)."""
     quarantine = Path(gallery_dir).expanduser().absolute() / gal.QUARANTINE_DIR
-    if library_file is None:
+    if library_file is None or is_database_url(library_file):
         return [quarantine]
     return companion_files(Path(library_file).expanduser().absolute()) + [quarantine]
 

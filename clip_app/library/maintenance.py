@@ -14,6 +14,7 @@ import glob
 import logging
 import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
@@ -195,7 +196,8 @@ def _remove_stale_temp_files(lib: FeatureLibrary, report: RepairReport) -> None:
     `.<ID file>.<hex>.partial`). Called under the write lock: every live writer holds it while its temp files
     exist, so any found now are stale."""
     library = lib.library_file
-    found = [p for p in library.parent.glob(f".{glob.escape(library.name)}.*.tmp") if p.is_file()]
+    found = [p for p in library.parent.glob(f".{glob.escape(library.name)}.*.tmp") if p.is_file()] \
+        if isinstance(library, Path) else []  # a database store leaves no temp files
     if lib.gallery_dir.is_dir():
         found += [p for p in lib.gallery_dir.glob(".*.partial") if _PARTIAL.match(p.name) and p.is_file()]
     for path in sorted(found):

@@ -151,7 +151,8 @@ def save_library(state: LibraryState, path: Path, on_disk: OnDisk | None, compac
 
 @runtime_checkable
 class Store(Protocol):
-    """What FeatureLibrary needs from persistence (the .pth + journal FileStore here; a database store later).
+    """What FeatureLibrary needs from persistence (the .pth + journal FileStore here; PostgreSQL + pgvector:
+    pg_store.PostgresStore).
 
     Readers call current() and never wait for a writer. Every change happens inside `with store.writing() as
     state:` (one writer across threads and processes; `state` is fresh from the store), through append, remove or

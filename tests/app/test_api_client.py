@@ -41,7 +41,8 @@ def client(server, tmp_path_factory: pytest.TempPathFactory) -> Client:
 def test_the_client_sees_exactly_the_named_endpoints(client: Client) -> None:
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/classify", "/search", "/search_by_image", "/add_images", "/gallery_page",
-                              "/delete_image"}
+                              "/delete_image", "/add_example", "/remove_example", "/classify_adapted",
+                              "/search_refine"}
 
 
 def test_classify_returns_the_label_first(client: Client, server, tmp_path: Path) -> None:
@@ -139,3 +140,42 @@ def test_the_readme_api_examples_run(server, tmp_path: Path, monkeypatch: pytest
     count = len(server[1].library)
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - our own documentation
     assert len(server[1].library) == count + 3 - 1  # photo.jpg, a.jpg and b.png added, the last image deleted
+
+
+def test_few_shot_endpoints(client: Client, server, tmp_path: Path) -> None:
+    app = server[1]
+    app.save_label_set("api kinds", "type A, type B")  # names that mean nothing to the colour model
+    red = next(e.id for e in app.library if e.name == "red.png")
+    blue = next(e.id for e in app.library if e.name == "blue.png")
+    examples, ids_box = client.predict("api kinds", "type A", f"#{red}", api_name="/add_example")
+    assert examples == {"type A": [red]} and ids_box == ""
+    navy = handle_file(str(write_png(tmp_path / "navy.png", (10, 10, 150))))
+    examples, _ = client.predict("api kinds", "type B", "", navy, api_name="/add_example")  # an upload
+    assert len(examples["type B"]) == 1 and app.image_info(examples["type B"][0]).name == "navy.png"
+    zero, adapted, note, best = client.predict(handle_file(str(write_png(tmp_path / "r.png", (240, 30, 30)))),
+                                               "api kinds", "single", "tip", api_name="/classify_adapted")
+    assert adapted["label"] == "type A" == best and {c["label"] for c in zero["confidences"]} == {"type A", "type B"}
+    assert "With your examples" in note
+    examples, _ = client.predict("api kinds", "type A", str(red), api_name="/remove_example")
+    assert "type A" not in examples
+    with pytest.raises(AppError, match="'type Z' is not a label of 'api kinds'"):
+        client.predict("api kinds", "type Z", str(red), api_name="/add_example")
+    results, message = client.predict("a red thing", str(blue), "", 3, api_name="/search_refine")
+    assert [item["caption"].split(" ")[0] for item in results][0] in (f"#{red}", f"#{blue}") and "shown" in message
+    with pytest.raises(AppError, match="no positive examples"):
+        client.predict("a red thing", "", "", api_name="/search_refine")
+
+
+def test_the_readme_few_shot_api_example_runs(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, app = server[0], server[1]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    code = readme.split("## Few-shot: teach a label set with examples", 1)[1].split("```python", 1)[1]
+    code = code.split("```", 1)[0]
+    assert 'Client("http://127.0.0.1:7860/")' in code
+    code = code.replace('Client("http://127.0.0.1:7860/")', f"Client({url!r}, auth={AUTH!r}, verbose=False)")
+    app.save_label_set("receipts", "receipt, invoice")
+    for name, colour in (("receipt.jpg", "yellow"), ("photo.jpg", "orange")):
+        write_png(tmp_path / name, colour)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - our own documentation
+    assert app.label_examples("receipts")["invoice"]

@@ -10,11 +10,13 @@ import gradio as gr
 import pytest
 
 import clip_app.ui as ui
+import clip_app.ui_fewshot as ui_fewshot
 from clip_app.label_sets import IMAGENET_SET
 from clip_app.service import App
 from tests.support.app_helpers import make_app, write_png
 
-NAMED = {"/classify", "/search", "/search_by_image", "/add_images", "/gallery_page", "/delete_image"}
+NAMED = {"/classify", "/search", "/search_by_image", "/add_images", "/gallery_page", "/delete_image",
+         "/add_example", "/remove_example", "/classify_adapted", "/search_refine"}
 
 
 @pytest.fixture()
@@ -36,7 +38,7 @@ def handler(demo: gr.Blocks, name: str):
     return next(f.fn for f in demo.fns.values() if f.fn is not None and f.fn.__name__ == name)
 
 
-def test_the_named_api_is_exactly_the_six_endpoints(demo: gr.Blocks) -> None:
+def test_the_named_api_is_exactly_the_ten_endpoints(demo: gr.Blocks) -> None:
     info = demo.get_api_info()
     assert set(info["named_endpoints"]) == NAMED
     assert not info.get("unnamed_endpoints")
@@ -45,6 +47,10 @@ def test_the_named_api_is_exactly_the_six_endpoints(demo: gr.Blocks) -> None:
     assert params["/search"][:2] == ["query", "k"] and params["/search_by_image"][:2] == ["image", "k"]
     assert params["/add_images"] == ["files"] and params["/gallery_page"] == ["page"]
     assert params["/delete_image"] == ["id"]
+    assert params["/add_example"] == ["label_set", "label", "image_ids", "image"]
+    assert params["/remove_example"] == ["label_set", "label", "image_ids"]
+    assert params["/classify_adapted"] == ["image", "label_set", "template", "method"]
+    assert params["/search_refine"] == ["query", "positive_ids", "negative_ids", "k", "min_score"]
     # everything after the documented parameters has a default, so a client may leave it out
     for name, count in (("/classify", 3), ("/search", 2), ("/search_by_image", 2)):
         assert all(p["parameter_has_default"] for p in info["named_endpoints"][name]["parameters"][count:])
@@ -205,15 +211,16 @@ def test_a_damaged_label_sets_file_offers_the_built_in_set_and_says_why(tmp_path
     assert app.label_sets.path.read_text(encoding="utf-8") == "{not json"  # left untouched
 
 
-def test_the_ui_module_stays_thin() -> None:
-    tree = ast.parse(Path(ui.__file__).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("module", [ui, ui_fewshot])
+def test_the_ui_module_stays_thin(module) -> None:
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.level == 0}
     relative = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
     assert not imported & {"torch", "clip", "PIL", "numpy"}
-    assert relative <= {"service"}
+    assert relative <= {"service", "ui_fewshot", "ui"}
     calls = {node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
              for node in ast.walk(tree) if isinstance(node, ast.Call)}
     assert not calls & {"open", "read_bytes", "read_text", "write_bytes", "load", "save", "encode_texts",

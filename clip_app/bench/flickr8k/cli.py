@@ -1,6 +1,7 @@
 """Flickr8k retrieval: text-to-image and image-to-text Recall@1/5/10 and median rank, with plots and a report.
 
 `python -m clip_app.bench flickr8k --root DIR [--model M ...] [--split test] [--prefix P ...] [--out results/]`
+With --text-model (and optionally --captions FILE in any language): recall per text tower (flickr8k/multilingual.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from ...encoders import ClipEncoder
 from ...images import ImageError
-from ..common import ModelUnavailable, add_model_arguments, each_model
+from ..common import ModelUnavailable, add_model_arguments, bench_settings, each_model
 from ..features import MAX_DEFAULT_WORKERS, FeatureCache, cached_image_features, default_workers, text_features_key
 from ..output import model_slug, write_text
 from ..timing import StageTimer
@@ -218,6 +219,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", type=_non_negative, default=3,
                         help="successes and failures shown per direction in the grids [3]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--captions", help="with --text-model: a captions file in any language for the split's "
+                        "images: captions.json or Flickr8k-CN lines `<image>#<n> <caption>`")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -235,6 +238,14 @@ def run(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, workers=args.workers, gallery_sizes=tuple(args.gallery_sizes),
                               subsets=args.subsets, seed=args.seed, examples=args.examples,
                               progress=not args.no_progress, extra_timings=reading.as_dict())
+    text_model = args.text_model or bench_settings(args).text_model
+    if text_model or args.captions:
+        from .multilingual import run as run_towers
+
+        if not text_model:
+            print("error: --captions needs --text-model (the captions are read by each text tower)", file=sys.stderr)
+            return 2
+        return run_towers(args, data, options, text_model)
     results = []
     try:
         for encoder, timer in each_model(args, args.batch_size):

@@ -30,6 +30,7 @@ from . import app as perf_app
 from . import backends as perf_backends
 from . import encode as perf_encode
 from . import library as perf_library
+from . import multilingual as perf_multilingual
 from . import search as perf_search
 from . import thumbs as perf_thumbs
 from .setup import ARCHITECTURES, load_encoder, write_photos
@@ -37,7 +38,10 @@ from .stats import Results, Target, format_table, format_targets, load_average
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("forward", "index", "classify", "search", "library", "app", "page", "backends")
+SECTIONS = ("forward", "index", "classify", "search", "library", "app", "page", "backends", "multilingual")
+#: run unless --only says otherwise; 'multilingual' (it builds a 540 MB random-weight text tower and starts the app
+#: twice per repeat) runs when named: --only multilingual
+DEFAULT_SECTIONS = SECTIONS[:-1]
 DEFAULT_SIZES = "1000,10000,100000,1000000"
 QUICK_SIZES = "300,3000"
 LIBRARY_SIZE = 100_000
@@ -62,8 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "--quick: 4)")
     parser.add_argument("--k", type=int, default=DEFAULT_K,
                         help=f"results per search (default {DEFAULT_K}, the app's default)")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
+    parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default all but "
+                        "multilingual)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--workdir", default=None,
                         help="folder for the random checkpoint, photos and libraries (default: a temporary folder, "
@@ -162,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
         meta.update(sizes=sizes, repeats=repeats, batch_size=batch, k=args.k, library_size=library_size,
                     quick=quick, sections=only, load_average_start=load_start)
         print(banner(meta, encoder.name))
-        photos = make_photos(work / "photos", batch, repeats, quick) if {"index", "classify", "library", "app"} & \
-            set(only) else {}
+        photos = make_photos(work / "photos", batch, repeats, quick) if {"index", "classify", "library", "app",
+                                                                         "multilingual"} & set(only) else {}
         pipeline = "library_add"
         steps: dict[str, Callable[[], None]] = {
             "forward": lambda: perf_encode.measure_forward(encoder, batch, repeats, results),
@@ -176,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
                                                             repeats, args.k, results, work),
             "app": lambda: perf_app.measure_cold_start(checkpoint, photos["classify"][0], 1 if quick else repeats,
                                                        results, work),
+            "multilingual": lambda: perf_multilingual.measure_multilingual(
+                encoder, checkpoint, photos["classify"][0], sizes, repeats, args.k, results, work,
+                1 if quick else min(repeats, 3)),
             "page": lambda: perf_thumbs.measure_gallery_page(
                 encoder, repeats, results, work, count=8 if quick else perf_thumbs.PAGE_PHOTOS,
                 size=(1600, 1200) if quick else perf_thumbs.PHOTO_SIZE),

@@ -1,0 +1,1 @@
+"""Few-shot benchmark: `python -m clip_app.bench fewshot` (cli.py), its data, protocol, outputs and timings."""

@@ -1,0 +1,81 @@
+"""The index CLI on a PostgreSQL library, and export between stores (verified by counts and checksums)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from clip_app.index import main
+from clip_app.library.export import state_checksum
+from clip_app.library.pg_sql import PgTables
+from clip_app.library.store import load_library
+from tests.support.library_helpers import write_image
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_index_cli_on_postgresql_and_export_both_ways(tmp_path: Path, tiny_checkpoint: Path, pg_url: str,
+                                                      capsys) -> None:
+    model = ["--model", str(tiny_checkpoint), "--device", "cpu"]
+    on_file = [*model, "--gallery", str(tmp_path / "gallery"), "--library", str(tmp_path / "lib.pth")]
+    on_pg = [*model, "--gallery", str(tmp_path / "gallery"), "--library", pg_url]
+    images = [write_image(tmp_path / "in" / f"{c}.png", c) for c in ("red", "green", "blue", "yellow")]
+    assert _cli(capsys, *on_file, "add", *map(str, images))[0] == 0
+    assert _cli(capsys, *on_file, "remove", "2")[0] == 0
+    (tmp_path / "label_sets.json").write_text(json.dumps({"version": 1, "sets": {"pets": ["cat", "dog"]}}))
+
+    code, out, err = _cli(capsys, *on_file, "export", "--to", pg_url)
+    assert code == 0, err
+    assert "exported 3 images and 1 companion document(s) (label_sets)" in out and "verified: 3 rows" in out
+    code, listed_pg, _ = _cli(capsys, *on_pg, "list", "--json")
+    code, listed_file, _ = _cli(capsys, *on_file, "list", "--json")
+    assert json.loads(listed_pg) == json.loads(listed_file)  # IDs, files, hashes, sizes, names, times
+    assert PgTables(pg_url).get_document("label_sets")["sets"] == {"pets": ["cat", "dog"]}
+    code, out, _ = _cli(capsys, *on_pg, "check")
+    assert code == 0 and out.strip().startswith("ok")
+    code, stats, _ = _cli(capsys, *on_pg, "stats", "--json")
+    stats = json.loads(stats)
+    assert stats["next_id"] == 5 and stats["library_file"].startswith("postgresql://postgres:***@")
+    assert stats["file_size"] > 0 and stats["count"] == 3
+
+    code, _, err = _cli(capsys, *on_file, "export", "--to", pg_url)  # never into a library that holds rows
+    assert code == 2 and "already holds 3 rows" in err
+
+    write_image(tmp_path / "in" / "cyan.png", "cyan")
+    assert _cli(capsys, *on_pg, "add", str(tmp_path / "in" / "cyan.png"))[0] == 0
+    back = tmp_path / "back" / "lib.pth"
+    code, out, err = _cli(capsys, *on_pg, "export", "--to", str(back))
+    assert code == 0, err
+    state, _ = load_library(back)
+    assert state.ids.tolist() == [1, 3, 4, 5] and state.next_id == 6
+    assert state_checksum(state) == state_checksum(PgTables(pg_url).load()[1])
+    assert json.loads((back.parent / "label_sets.json").read_text())["sets"] == {"pets": ["cat", "dog"]}
+
+
+def test_a_bad_url_is_one_clear_line(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    code, _, err = _cli(capsys, "--model", str(tiny_checkpoint), "--gallery", str(tmp_path / "g"), "--library",
+                        "postgresql://nobody@127.0.0.1:1/db", "list")
+    assert code == 2 and err.startswith("error: cannot connect to the PostgreSQL library") and err.count("\n") == 1
+
+
+def test_the_app_on_a_postgresql_library(tmp_path: Path, tiny_checkpoint: Path, pg_url: str) -> None:
+    from clip_app.config import Settings
+    from clip_app.library.pg_store import PgLabelSetStore, PostgresStore
+    from clip_app.service import App
+
+    settings = Settings(model=str(tiny_checkpoint), device="cpu", gallery_dir=tmp_path / "gallery",
+                        library_file=pg_url)
+    one, two = App.from_settings(settings), App.from_settings(settings)  # two app servers
+    assert isinstance(one.library.store, PostgresStore) and isinstance(one.label_sets, PgLabelSetStore)
+    image = write_image(tmp_path / "in" / "red.png", "red")
+    assert [r.status for r in one.add_images([str(image)]).results] == ["added"]
+    assert two.gallery_page(1).entries[0].id == 1 and two.stats().count == 1
+    assert two.search_text("red", k=3).hits[0].entry.id == 1
+    one.save_label_set("pets", "cat, dog")
+    assert two.label_set("pets") == ["cat", "dog"]
+    two.delete_image(1)
+    assert one.stats().count == 0 and not (tmp_path / "gallery" / "000001.png").exists()
