@@ -20,6 +20,9 @@ ENV_VARS: dict[str, str] = {
     "CLIP_APP_GALLERY": "gallery_dir",
     "CLIP_APP_LIBRARY": "library_file",
     "CLIP_APP_MODEL_DIR": "model_dir",
+    "CLIP_APP_BACKEND": "backend",
+    "CLIP_APP_PRECISION": "precision",
+    "CLIP_APP_ONNX_THREADS": "onnx_threads",
     "CLIP_APP_TEXT_MODEL": "text_model",
     "CLIP_APP_TAG_THRESHOLD": "tag_threshold",
     "CLIP_APP_CONFIDENCE_MIN_Z": "confidence_min_z",
@@ -30,6 +33,9 @@ ENV_VARS: dict[str, str] = {
     "CLIP_APP_MAX_LABELS": "max_labels",
     "CLIP_APP_MAX_PROMPTS": "max_prompts",
 }
+
+BACKENDS = ("auto", "torch", "onnx")
+PRECISIONS = ("fp32", "int8")
 
 PATH_FIELDS = frozenset({"gallery_dir", "library_file", "model_dir"})
 DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
@@ -98,12 +104,28 @@ class Settings:
     confidence_min_z: float = 2.0
     confidence_min_margin: float = 0.01
     confidence_min_gallery: int = 10
+    backend: str = "auto"  #: auto (ONNX Runtime on a CPU when installed, PyTorch on CUDA), torch or onnx
+    precision: str = "fp32"  #: fp32, or int8 (ONNX Runtime dynamic quantisation; never the default)
+    onnx_threads: int | None = None  #: ONNX Runtime intra-op threads (None: the physical cores)
 
     def confidence_rule(self) -> "ConfidenceRule":
         """The search confidence rule of these settings."""
         from .search import ConfidenceRule
 
         return ConfidenceRule(self.confidence_min_z, self.confidence_min_margin, int(self.confidence_min_gallery))
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+        if self.onnx_threads is not None and int(self.onnx_threads) < 1:
+            raise ValueError("the ONNX Runtime threads must be at least 1")
+
+    def encoder_options(self) -> dict[str, object]:
+        """Keyword arguments of ClipEncoder(model, **options): device, weights folder, backend, precision, threads."""
+        return {"device": self.device, "download_root": self.model_dir, "backend": self.backend,
+                "precision": self.precision, "threads": self.onnx_threads}
 
     def resolved_device(self) -> str:
         """The torch device to use: 'auto' means CUDA when available, else CPU."""
@@ -128,7 +150,7 @@ class Settings:
         """Environment first, then any flag given on the command line (flags win)."""
         base = cls.from_env(environ)
         changes: dict[str, object] = {}
-        for name in ("model", "device", "text_model", "text_routing"):
+        for name in ("model", "device", "text_model", "text_routing", "backend", "precision", "onnx_threads"):
             value = getattr(args, name, None)
             if value:
                 changes[name] = value
@@ -149,6 +171,13 @@ class Settings:
 
 def _convert(name: str, raw: object, source: str) -> object:
     """A setting's value from its text (ValueError naming the flag or variable when it is not valid)."""
+    if name in ("backend", "precision"):
+        return str(raw).strip().lower()
+    if name == "onnx_threads":
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"{source}={raw!r} is not a whole number") from None
     if name == "library_file":
         return library_location(str(raw))
     if name in PATH_FIELDS:
@@ -221,7 +250,8 @@ MODEL_HELP = (f"model: an OpenAI CLIP name (e.g. {DEFAULT_MODEL}) or checkpoint 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = True,
                            many_models: bool = False) -> None:
-    """The shared flags: --model, --device, --gallery, --library, --model-dir (defaults come from Settings).
+    """The shared flags: --model, --device, --gallery, --library, --model-dir, --backend, --precision,
+    --onnx-threads (defaults come from Settings).
     library=False leaves out --gallery and --library (the benchmarks); many_models makes --model repeatable."""
     parser.add_argument("--model", action=ModelArgument, append=many_models, metavar="NAME_OR_PATH",
                         help=MODEL_HELP + ("; repeat for several" if many_models else ""))
@@ -232,7 +262,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = T
                             help="feature library file, or postgresql://USER@HOST:PORT/DB[?table=NAME] for a "
                             "PostgreSQL + pgvector store [env CLIP_APP_LIBRARY; default features_library.pth]")
     parser.add_argument("--model-dir", dest="model_dir",
-                        help="where model weights are downloaded [env CLIP_APP_MODEL_DIR; default ~/.cache/clip]")
+                        help="where model weights are downloaded (and ONNX exports cached) [env CLIP_APP_MODEL_DIR; "
+                        "default ~/.cache/clip]")
     parser.add_argument("--text-model", dest="text_model",
                         help="a multilingual text tower aligned to --model: a hub name (e.g. "
                         "clip-ViT-B-32-multilingual-v1, M-CLIP/XLM-Roberta-Large-Vit-B-32) or a local folder "
@@ -256,6 +287,21 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, library: bool = T
         parser.add_argument("--confidence-min-gallery", dest="confidence_min_gallery", metavar="N",
                             help="below N images only the margin decides confidence "
                             "[env CLIP_APP_CONFIDENCE_MIN_GALLERY; default 10]")
+    add_backend_arguments(parser)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend, --precision, --onnx-threads (for commands that have their own --model and --device flags)."""
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="what runs the model: auto (ONNX Runtime on a CPU when installed, PyTorch on a GPU), "
+                        "torch or onnx [env CLIP_APP_BACKEND; default auto]")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="fp32, or int8 (ONNX Runtime dynamic quantisation: faster, may cost accuracy; measure it "
+                        "with the benchmarks) [env CLIP_APP_PRECISION; default fp32]")
+    parser.add_argument("--onnx-threads", dest="onnx_threads", type=int,
+                        help="ONNX Runtime threads per forward pass [env CLIP_APP_ONNX_THREADS; default: the "
+                        "physical cores]")
+
 
 def add_request_limit_arguments(parser: argparse.ArgumentParser) -> None:
     """The per-request caps of the app: --max-request-size, --max-labels, --max-prompts."""

@@ -98,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r"`torch.jit.load` is deprecated")  # clip.load tries TorchScript first
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_args(args)
     try:
+        settings = Settings.from_args(args)
         encoder = LazyEncoder(settings, args.batch_size)
         return COMMANDS[args.command](args, settings, encoder)  # type: ignore[arg-type]
     except (UnknownImageError, UnknownTagError, LabelSetError, LabelError, LabelsCommandError) as exc:
@@ -144,8 +144,8 @@ class LazyEncoder:
         """The loaded encoder (ModelLoadError when the weights cannot be loaded)."""
         if self._encoder is None:
             log.info("loading CLIP %s", self._settings.model)
-            self._encoder = ClipEncoder(self._settings.model, self._settings.device,
-                                        download_root=self._settings.model_dir, batch_size=self._batch_size)
+            self._encoder = ClipEncoder(self._settings.model, batch_size=self._batch_size,
+                                        **self._settings.encoder_options())  # type: ignore[arg-type]
         return self._encoder
 
     # ---- the Encoder protocol: everything past identity, name, source and model_dir loads the weights ----

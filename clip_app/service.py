@@ -234,7 +234,7 @@ class App(TagActions, FewShotActions):
     @classmethod
     def from_settings(cls, settings: Settings, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> "App":
         """Load the model and the library once (ModelLoadError / LibraryError when they cannot be used)."""
-        encoder = ClipEncoder(settings.model, settings.device, download_root=settings.model_dir)
+        encoder = ClipEncoder(settings.model, **settings.encoder_options())  # type: ignore[arg-type]
         text_encoder = routed_text_encoder(encoder, settings.text_model, settings.text_routing, encoder.device,
                                            str(settings.model_dir) if settings.model_dir else None)
         from .library.pg_store import label_set_store
@@ -244,8 +244,8 @@ class App(TagActions, FewShotActions):
                   max_labels=settings.max_labels, max_prompts=settings.max_prompts,
                   tag_threshold=settings.tag_threshold, confidence_rule=settings.confidence_rule(),
                   text_encoder=text_encoder)
-        log.info("clip-app ready: model %s on %s, %d images in %s (library %s)%s", encoder.name, encoder.device,
-                 len(library), settings.gallery_dir, settings.library_file,
+        log.info("clip-app ready: model %s on %s, backend %s, %d images in %s (library %s)%s", encoder.name,
+                 encoder.device, encoder.backend_name, len(library), settings.gallery_dir, settings.library_file,
                  f"; text model {text_encoder.multilingual.name} ({text_encoder.routing} routing)"
                  if text_encoder else "")
         return app

@@ -18,25 +18,32 @@ class ModelUnavailable(Exception):
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model (repeatable), --device, --model-dir, with the defaults and environment variables of Settings."""
+    """--model (repeatable), --device, --model-dir, --backend, --precision, --onnx-threads, with the defaults and
+    environment variables of Settings."""
     add_settings_arguments(parser, library=False, many_models=True)
 
 
 def bench_settings(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, with --device and --model-dir applied (--model is a list here)."""
-    return Settings.from_args(argparse.Namespace(device=args.device, model_dir=args.model_dir))
+    """Settings from the environment, with --device, --model-dir and the backend flags applied (--model is a list
+    here). ValueError for a bad CLIP_APP_* value."""
+    return Settings.from_args(argparse.Namespace(
+        device=args.device, model_dir=args.model_dir, backend=getattr(args, "backend", None),
+        precision=getattr(args, "precision", None), onnx_threads=getattr(args, "onnx_threads", None)))
 
 
 def each_model(args: argparse.Namespace, batch_size: int) -> Iterator[tuple[ClipEncoder, StageTimer]]:
     """Load every --model (default: the settings' model) in turn: (encoder, timer holding its load_model stage).
     ModelUnavailable when one cannot be loaded; the previous model's memory is freed before the next loads."""
-    settings = bench_settings(args)
+    try:
+        settings = bench_settings(args)
+    except ValueError as exc:
+        raise ModelUnavailable(str(exc)) from exc
     for model in args.model or [settings.model]:
         timer = StageTimer()
         try:
             with timer.stage("load_model"):
-                encoder = ClipEncoder(model, device=settings.device, download_root=settings.model_dir,
-                                      batch_size=batch_size)
+                encoder = ClipEncoder(model, batch_size=batch_size,
+                                      **settings.encoder_options())  # type: ignore[arg-type]
         except (ModelLoadError, ValueError) as exc:
             raise ModelUnavailable(str(exc)) from exc
         yield encoder, timer

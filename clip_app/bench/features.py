@@ -149,13 +149,20 @@ class FeatureCache:
 def image_features_key(encoder: ClipEncoder, paths: Sequence[Path]) -> str:
     """The cache key of this model's image features of these files: model identity, precision (dtype) and every
     file (path, size, mtime), so fp16 features of a GPU run are never reused by an fp32 run, nor the reverse."""
-    return cache_key(encoder.identity, paths, extra=f"images\0{encoder.dtype}")
+    return cache_key(encoder.identity, paths, extra=f"images\0{precision_tag(encoder)}")
 
 
 def text_features_key(encoder: ClipEncoder, texts: Sequence[str], purpose: str = "") -> str:
     """The cache key of features computed from these exact strings (in order) by this model at its precision;
     `purpose` tells apart different things computed from the same strings (a caption prefix, prompt templates)."""
-    return text_cache_key(encoder.identity, texts, extra=f"texts\0{encoder.dtype}\0{purpose}")
+    return text_cache_key(encoder.identity, texts, extra=f"texts\0{precision_tag(encoder)}\0{purpose}")
+
+
+def precision_tag(encoder: ClipEncoder) -> str:
+    """What a feature cache key needs of the numerics: the dtype (fp16 on a GPU, fp32), plus 'int8' for ONNX
+    Runtime's quantised towers (fp32 ONNX Runtime gives PyTorch's fp32 features, so they share the cache)."""
+    int8 = getattr(encoder, "precision", "") == "int8"
+    return f"{encoder.dtype}" + ("\0onnx-int8" if int8 else "")
 
 
 class CachedFeatures(NamedTuple):

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
-from ..config import DEFAULT_MODEL, resolve_device
+from ..config import DEFAULT_MODEL, default_model_dir, resolve_device
 from ..files import sha256_file as file_sha256
 from .base import ModelLoadError, l2_normalize
 
@@ -64,10 +64,18 @@ class ClipEncoder:
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto",
                  download_root: str | os.PathLike[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 text_cache_size: int = TEXT_CACHE_SIZE) -> None:
+                 text_cache_size: int = TEXT_CACHE_SIZE, backend: str | None = None, precision: str = "fp32",
+                 threads: int | None = None) -> None:
+        """backend: 'auto' (ONNX Runtime on a CPU when installed, else PyTorch), 'torch' or 'onnx'; None reads
+        CLIP_APP_BACKEND (default auto). precision: 'fp32' or 'int8' (ONNX Runtime only). threads: ONNX Runtime
+        intra-op threads (default CLIP_APP_ONNX_THREADS, else the physical cores)."""
         import clip
 
         from .families import load_family_model, parse_model_spec
+        from .onnx_runtime import resolve_backend
+
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"unknown precision {precision!r}: use fp32 or int8")
 
         self.device = resolve_device(device)
         self.model_dir = str(download_root) if download_root else None
@@ -79,7 +87,10 @@ class ClipEncoder:
             self._setup(loaded.model, loaded.preprocess, name=name, identity=identity, batch_size=batch_size,
                         text_cache_size=text_cache_size, tokenizer=loaded.tokenize,
                         input_resolution=loaded.input_resolution, family=spec.family)
-            log.info("loaded %s on %s (dim %d, input %d px)", name, self.device, self.dim, self.input_resolution)
+            if (backend or os.environ.get("CLIP_APP_BACKEND", "")).strip().lower() == "onnx":
+                log.warning("the ONNX Runtime backend exports OpenAI CLIP models: %s runs on PyTorch", name)
+            log.info("loaded %s on %s, backend %s (dim %d, input %d px)", name, self.device, self.backend_name,
+                     self.dim, self.input_resolution)
             return
         model = str(spec.file) if spec.file is not None else spec.arch
         path = Path(model).expanduser()
@@ -87,14 +98,55 @@ class ClipEncoder:
         identity, name = model_identity(model)  # ModelLoadError for an unknown name or a missing file
         #: the model as it is given on a command line (`--model`), and --model-dir: for the advice in messages
         self.source = str(path.absolute()) if is_file else model
+        self._loader = (model, is_file, download_root)
+        wanted = backend if backend is not None else os.environ.get("CLIP_APP_BACKEND", "").strip() or "auto"
+        chosen = resolve_backend(wanted, self.device)
+        weights_dir = Path(download_root).expanduser() if download_root else default_model_dir()
+        towers = None
+        if chosen == "onnx":  # a cached export needs no PyTorch weights: they load only if something asks for them
+            from .onnx_runtime import open_cached
+
+            towers = open_cached(identity, weights_dir, precision, threads)
+        if towers is not None:
+            info = towers.exported.manifest["model"]
+            self._setup(None, clip.clip._transform(int(info["input_resolution"])), name=name, identity=identity,
+                        batch_size=batch_size, text_cache_size=text_cache_size, info=info)
+            self._onnx, self.backend, self.precision = towers, "onnx", precision
+        else:
+            self._setup(self._load_clip(), None, name=name, identity=identity, batch_size=batch_size,
+                        text_cache_size=text_cache_size)
+            if chosen == "onnx":
+                self._start_onnx(weights_dir, precision, threads)
+            elif precision != "fp32":
+                log.warning("--precision %s needs the ONNX Runtime backend: running PyTorch %s", precision,
+                            "fp16" if self.dtype == torch.float16 else "fp32")
+        log.info("loaded CLIP %s on %s, backend %s (dim %d, input %d px)", name, self.device, self.backend_name,
+                 self.dim, self.input_resolution)
+
+    def _load_clip(self) -> tuple[torch.nn.Module, Callable[[Image.Image], torch.Tensor]]:
+        """(model, preprocess) through clip.load (ModelLoadError with the way out when it fails)."""
+        import clip
+
+        model, is_file, download_root = self._loader
         try:
-            loaded, preprocess = clip.load(str(path) if is_file else model, device=self.device, jit=False,
-                                           download_root=str(download_root) if download_root else None)
+            return clip.load(str(Path(model).expanduser()) if is_file else model, device=self.device, jit=False,
+                             download_root=str(download_root) if download_root else None)
         except Exception as exc:  # network errors, corrupt files, wrong architectures
             raise ModelLoadError(self._load_failure_message(model, is_file, download_root, exc)) from exc
-        self._setup(loaded, preprocess, name=name, identity=identity, batch_size=batch_size,
-                    text_cache_size=text_cache_size)
-        log.info("loaded CLIP %s on %s (dim %d, input %d px)", name, self.device, self.dim, self.input_resolution)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The PyTorch model (loaded on first use when ONNX Runtime started from a cached export)."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    log.info("loading the PyTorch weights of %s", self.name)
+                    self._model = self._load_clip()[0].eval()
+        return self._model
+
+    @model.setter
+    def model(self, value: torch.nn.Module) -> None:
+        self._model = value
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], *, name: str,
@@ -109,13 +161,17 @@ class ClipEncoder:
                     text_cache_size=text_cache_size, tokenizer=tokenizer)
         return self
 
-    def _setup(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], *, name: str,
+    def _setup(self, model: Any, preprocess: Callable[[Image.Image], torch.Tensor] | None, *, name: str,
                identity: str, batch_size: int, text_cache_size: int,
                tokenizer: Callable[..., torch.Tensor] | None = None, input_resolution: int | None = None,
-               family: str = "clip") -> None:
+               family: str = "clip", info: dict | None = None) -> None:
+        """model: a module, a (module, preprocess) pair from clip.load, or None with `info` (input_resolution,
+        dim, causal: from an ONNX export's manifest) when the PyTorch weights are not loaded."""
         import clip
 
-        self.model = model.eval()
+        if isinstance(model, tuple):
+            model, preprocess = model
+        self._model = model.eval() if model is not None else None
         self.preprocess = preprocess
         self.name = name
         self.identity = identity
@@ -128,15 +184,40 @@ class ClipEncoder:
         self.cache_hits = 0
         self.cache_misses = 0
         visual = getattr(model, "visual", None)
-        self.input_resolution = int(input_resolution or getattr(visual, "input_resolution", 224))
+        resolution = info["input_resolution"] if info else input_resolution
+        self.input_resolution = int(resolution or getattr(visual, "input_resolution", 224))
         #: encoding paths decode JPEGs at a reduced scale down to this shorter side (images.decode_image min_side):
         #: twice the input size keeps the preprocessing's own bicubic downscale, so features barely change
         self.decode_min_side = 2 * self.input_resolution
-        first = next(iter(model.parameters()), None)
+        first = next(iter(model.parameters()), None) if model is not None else None
         self.dtype = getattr(model, "dtype", None) or (first.dtype if first is not None else torch.float32)
+        #: 'torch' or 'onnx' (what runs the towers); the identity never depends on it
+        self.backend = "torch"
+        self.precision = "fp16" if self.dtype == torch.float16 else "fp32"
+        self._onnx: Any = None
+        self._causal = bool(info["causal"]) if info else has_causal_text_tower(model)
+        if info:
+            self.dim = int(info["dim"])
+            return
         with torch.inference_mode():
             probe = self._forward_text(self._tokenize([""], truncate=True))
         self.dim = int(probe.shape[-1])
+
+    def _start_onnx(self, model_dir: Path, precision: str, threads: int | None) -> None:
+        """Run both towers on ONNX Runtime (exported once and cached under model_dir), or stay on PyTorch."""
+        from .onnx_runtime import start_onnx
+
+        towers = start_onnx(self.model, self.identity, model_dir, precision, self.preprocess, self._tokenize,
+                            self.input_resolution, threads)
+        if towers is not None:
+            self._onnx, self.backend, self.precision = towers, "onnx", precision
+
+    @property
+    def backend_name(self) -> str:
+        """The backend in words, e.g. 'onnx (ONNX Runtime fp32, 2 threads)' or 'torch (PyTorch fp32)'."""
+        if self._onnx is not None:
+            return f"onnx (ONNX Runtime {self.precision}, {self._onnx.threads} threads)"
+        return f"torch (PyTorch {self.precision})"
 
     @staticmethod
     def _load_failure_message(model: str, is_file: bool, download_root: Any, exc: Exception) -> str:
@@ -159,6 +240,8 @@ class ClipEncoder:
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Preprocessed pixels [N, 3, H, W] -> float32 unit rows [N, D] (one forward pass)."""
+        if self._onnx is not None:
+            return l2_normalize(self._onnx.encode_pixels(pixels))
         with torch.inference_mode():
             out = self.model.encode_image(pixels.to(self.device, dtype=self.dtype, non_blocking=True))
         return l2_normalize(out).cpu()
@@ -191,13 +274,16 @@ class ClipEncoder:
         return torch.stack([fresh[t] for t in texts]) if texts else torch.empty(0, self.dim)
 
     def _forward_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self._onnx is not None:
+            return self._onnx.encode_tokens(trim_tokens(tokens) if self._causal else tokens)
         tokens = tokens.to(self.device)
-        if has_causal_text_tower(self.model):
+        if self._causal:
             return encode_text_trimmed(self.model, tokens)
         return self.model.encode_text(tokens)
 
     def __repr__(self) -> str:
-        return f"ClipEncoder({self.name!r}, device={self.device!r}, dim={getattr(self, 'dim', '?')})"
+        return (f"ClipEncoder({self.name!r}, device={self.device!r}, backend={getattr(self, 'backend', '?')!r}, "
+                f"dim={getattr(self, 'dim', '?')})")
 
 
 def has_causal_text_tower(model: torch.nn.Module) -> bool:
@@ -216,9 +302,20 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     Exact: the text transformer is causal and the feature is read at the end-of-text token (the largest token
     ID), so the padding after it never reaches the feature. A 10-token prompt costs about 1/8 of the full 77.
     """
+    return encode_text_prefix(model, trim_tokens(tokens))
+
+
+def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens [N, 77] -> [N, L], L = the latest end-of-text position (the largest token ID) + 1."""
+    return tokens[:, :int(tokens.argmax(dim=-1).max()) + 1]
+
+
+def encode_text_prefix(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP's encode_text of tokens already trimmed to their longest text: [N, L] -> [N, D] (traceable: the
+    ONNX export of the text tower runs this with dynamic N and L)."""
     eot = tokens.argmax(dim=-1)  # [N]
-    length = int(eot.max()) + 1
-    x = model.token_embedding(tokens[:, :length]).type(model.dtype)  # [N, L, W]
+    length = tokens.shape[1]
+    x = model.token_embedding(tokens).type(model.dtype)  # [N, L, W]
     x = x + model.positional_embedding[:length].type(model.dtype)
     x = x.permute(1, 0, 2)  # [L, N, W], the layout of CLIP's transformer
     mask = None

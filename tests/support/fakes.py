@@ -43,9 +43,17 @@ def make_tiny_clip(seed: int = 0) -> clip.model.CLIP:
     return random_clip((TINY_DIM, TINY_RESOLUTION, 1, 64, 16, 77, 49408, 64, 1, 1), seed)
 
 
-def save_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+def make_tiny_resnet_clip(seed: int = 0) -> clip.model.CLIP:
+    """CLIP's ResNet variant (ModifiedResNet + attention pooling), tiny: one block per stage, 32 px, 32-d."""
+    torch.manual_seed(seed)
+    return clip.model.CLIP(embed_dim=TINY_DIM, image_resolution=TINY_RESOLUTION, vision_layers=(1, 1, 1, 1),
+                           vision_width=8, vision_patch_size=None, context_length=77, vocab_size=49408,
+                           transformer_width=64, transformer_heads=1, transformer_layers=1)
+
+
+def save_tiny_checkpoint(path: Path, seed: int = 0, resnet: bool = False) -> Path:
     """Save a tiny CLIP's state dict where clip.load(path, jit=False) can read it."""
-    torch.save(make_tiny_clip(seed).state_dict(), path)
+    torch.save((make_tiny_resnet_clip(seed) if resnet else make_tiny_clip(seed)).state_dict(), path)
     return path
 
 

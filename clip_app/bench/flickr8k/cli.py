@@ -172,7 +172,8 @@ def evaluate(encoder: ClipEncoder, data: Flickr8k, options: Flickr8kOptions,
     encoding = timer.seconds.get("image_encoding", 0.0) + timer.seconds.get("data_loading", 0.0)
     result = {
         "benchmark": "flickr8k", "model": encoder.name, "model_identity": encoder.identity, "dim": encoder.dim,
-        "device": encoder.device, "root": str(data.root), "layout": data.layout, "split": data.split,
+        "device": encoder.device, "backend": encoder.backend, "precision": encoder.precision,
+        "root": str(data.root), "layout": data.layout, "split": data.split,
         "split_source": data.split_source, "n_images": data.n_images, "n_captions": data.n_captions,
         "prefix": headline, "text_to_image": first.row["text_to_image"], "image_to_text": first.row["image_to_text"],
         "timings": timings, "images_per_second": data.n_images / encoding if encoding else None,

@@ -100,6 +100,7 @@ def _evaluate_one(encoder: ClipEncoder, dataset: ImagenetSet, modes: Sequence[st
         print(f"error: an image of the data set cannot be read: {exc}", file=sys.stderr)
         return False
     record = model_record(result, dataset, args.limit)
+    record.update(backend=encoder.backend, precision=encoder.precision)
     stem = output_stem(result.model)
     write_text(out / f"{stem}.json", json.dumps(record, indent=2) + "\n")
     append_csv(out / "results.csv", csv_rows(record))

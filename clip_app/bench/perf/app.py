@@ -38,7 +38,7 @@ def free_port() -> int:
 def cold_start(checkpoint: str | Path, photo: Path, folder: Path, timeout: float = 300.0,
                extra_args: Sequence[str] = ()) -> dict[str, float]:
     """Seconds from process start to: the 'ready' log line, the server's first answer, the first /classify
-    (extra_args: more flags of app.py, e.g. --text-model)."""
+    (extra_args: more flags of app.py, e.g. --backend onnx or --text-model)."""
     from gradio_client import Client, handle_file
 
     script = app_script()

@@ -23,10 +23,11 @@ from typing import Callable, Iterator
 
 import torch
 
-from ...config import DEFAULT_MODEL, Settings, resolve_device
+from ...config import DEFAULT_MODEL, Settings, add_backend_arguments, resolve_device
 from ...encoders import DEFAULT_BATCH_SIZE
 from ...service import DEFAULT_K
 from . import app as perf_app
+from . import backends as perf_backends
 from . import encode as perf_encode
 from . import library as perf_library
 from . import multilingual as perf_multilingual
@@ -38,7 +39,8 @@ from .stats import Results, Target, format_table, format_targets, load_average
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("forward", "index", "classify", "search", "library", "tags", "app", "page", "multilingual")
+SECTIONS = ("forward", "index", "classify", "search", "library", "tags", "app", "page", "backends",
+            "multilingual")
 #: run unless --only says otherwise; 'multilingual' (it builds a 540 MB random-weight text tower and starts the app
 #: twice per repeat) runs when named: --only multilingual
 DEFAULT_SECTIONS = SECTIONS[:-1]
@@ -73,6 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default=None,
                         help="folder for the random checkpoint, photos and libraries (default: a temporary folder, "
                         "removed afterwards; a given folder is kept and its checkpoint reused)")
+    add_backend_arguments(parser)
+    parser.add_argument("--backends", default="torch,onnx",
+                        help="the backends section compares these on the CPU: torch, onnx, int8 (ONNX Runtime int8), "
+                        "comma-separated (default torch,onnx)")
     parser.add_argument("--json", dest="json_out", default=None, help="write every figure and target to this file")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and few repeats, to check that the harness works (numbers mean little)")
@@ -155,12 +161,15 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device or Settings.from_env().device)
+    backends = perf_backends.parse_backends(args.backends)
     load_start = load_average()
     started = time.time()
     results = Results()
     failed: list[str] = []
     with work_folder(args.workdir) as work:
-        encoder, checkpoint, random_weights = load_encoder(args.model, device, work, batch)
+        encoder, checkpoint, random_weights = load_encoder(
+            args.model, device, work, batch, backend=args.backend or os.environ.get("CLIP_APP_BACKEND") or "auto",
+            precision=args.precision or os.environ.get("CLIP_APP_PRECISION") or "fp32")
         meta = environment(device, checkpoint, random_weights, args.model)
         meta.update(sizes=sizes, repeats=repeats, batch_size=batch, k=args.k, library_size=library_size,
                     quick=quick, sections=only, load_average_start=load_start)
@@ -186,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
             "page": lambda: perf_thumbs.measure_gallery_page(
                 encoder, repeats, results, work, count=8 if quick else perf_thumbs.PAGE_PHOTOS,
                 size=(1600, 1200) if quick else perf_thumbs.PHOTO_SIZE),
+            "backends": lambda: perf_backends.measure_backends(checkpoint, backends, work, repeats, batch, args.k,
+                                                               results, quick),
         }
         for name in SECTIONS:
             if name not in only:
@@ -201,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
             results.facts[f"section_seconds.{name}"] = round(time.perf_counter() - begin, 1)
     meta.update(load_average_end=load_average(), wall_seconds=round(time.time() - started, 1))
     checks = targets(sizes, library_size, pipeline)
+    if "backends" in only:
+        checks += perf_backends.targets(batch)
     for target in checks:
         figure = results.figures.get(target.key)
         target.value = figure.median if figure else None

@@ -74,10 +74,11 @@ def random_family_weights(family: str, arch: str, path: Path, seed: int = 0) -> 
     return path
 
 
-def load_encoder(model: str, device: str, workdir: Path, batch_size: int) -> tuple[ClipEncoder, str, bool]:
+def load_encoder(model: str, device: str, workdir: Path, batch_size: int, backend: str = "torch",
+                 precision: str = "fp32") -> tuple[ClipEncoder, str, bool]:
     """(encoder, the --model value that loads the same weights, random_weights): a checkpoint file is loaded as it
     is; a model name from ARCHITECTURES (or FAMILY:ARCH of open_clip / Chinese-CLIP) gets random weights saved under
-    workdir and loaded by path, the product's own loading path."""
+    workdir and loaded by path, the product's own loading path. ONNX exports are cached in workdir/models."""
     spec = parse_model_spec(model)
     if spec.family != "clip":
         if spec.file is not None:
@@ -89,13 +90,15 @@ def load_encoder(model: str, device: str, workdir: Path, batch_size: int) -> tup
         local = f"{spec.family}:{spec.arch}@{path}"
         return ClipEncoder(local, device=device, batch_size=batch_size), local, True
     given = Path(model).expanduser()
+    options = {"device": device, "batch_size": batch_size, "backend": backend, "precision": precision,
+               "download_root": workdir / "models"}
     if given.is_file():
-        return ClipEncoder(str(given), device=device, batch_size=batch_size), str(given), False
+        return ClipEncoder(str(given), **options), str(given), False
     path = workdir / f"random-{model.replace('/', '-')}.pt"
     if not path.is_file():
         log.info("building %s with random weights at %s", model, path)
         random_checkpoint(model, path)
-    return ClipEncoder(str(path), device=device, batch_size=batch_size), str(path), True
+    return ClipEncoder(str(path), **options), str(path), True
 
 
 def photo_like(width: int, height: int, seed: int) -> Image.Image:
