@@ -87,8 +87,14 @@ class ClipEncoder:
             self._setup(loaded.model, loaded.preprocess, name=name, identity=identity, batch_size=batch_size,
                         text_cache_size=text_cache_size, tokenizer=loaded.tokenize,
                         input_resolution=loaded.input_resolution, family=spec.family)
-            if (backend or os.environ.get("CLIP_APP_BACKEND", "")).strip().lower() == "onnx":
-                log.warning("the ONNX Runtime backend exports OpenAI CLIP models: %s runs on PyTorch", name)
+            wanted = backend if backend is not None else os.environ.get("CLIP_APP_BACKEND", "").strip() or "auto"
+            if resolve_backend(wanted, self.device) == "onnx":
+                if spec.family == "open_clip":  # exported and verified like OpenAI CLIP; PyTorch when it fails
+                    weights_dir = Path(download_root).expanduser() if download_root else default_model_dir()
+                    self._start_onnx(weights_dir, precision, threads)
+                elif wanted.strip().lower() == "onnx":
+                    log.warning("the ONNX Runtime backend exports OpenAI CLIP and open_clip models: %s runs on "
+                                "PyTorch", name)
             log.info("loaded %s on %s, backend %s (dim %d, input %d px)", name, self.device, self.backend_name,
                      self.dim, self.input_resolution)
             return
