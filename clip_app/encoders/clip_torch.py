@@ -279,6 +279,20 @@ class ClipEncoder:
                 self._text_cache.popitem(last=False)
         return torch.stack([fresh[t] for t in texts]) if texts else torch.empty(0, self.dim)
 
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> token IDs [N, L] of this model's own tokenizer (truncated to its context)."""
+        return self._tokenize(list(texts), truncate=True)
+
+    def encode_tokens(self, tokens: torch.Tensor, trim: bool = True) -> torch.Tensor:
+        """Tokens [N, L] -> unnormalised float32 features [N, D]: one forward pass through the active backend, no
+        cache; trim=False runs the whole context even where end-of-text trimming would apply."""
+        with torch.inference_mode():
+            if trim:
+                return self._forward_text(tokens).float()
+            if self._onnx is not None:
+                return self._onnx.encode_tokens(tokens)
+            return self.model.encode_text(tokens.to(self.device)).float()
+
     def _forward_text(self, tokens: torch.Tensor) -> torch.Tensor:
         if self._onnx is not None:
             return self._onnx.encode_tokens(trim_tokens(tokens) if self._causal else tokens)
