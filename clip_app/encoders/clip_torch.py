@@ -87,8 +87,14 @@ class ClipEncoder:
             self._setup(loaded.model, loaded.preprocess, name=name, identity=identity, batch_size=batch_size,
                         text_cache_size=text_cache_size, tokenizer=loaded.tokenize,
                         input_resolution=loaded.input_resolution, family=spec.family)
-            if (backend or os.environ.get("CLIP_APP_BACKEND", "")).strip().lower() == "onnx":
-                log.warning("the ONNX Runtime backend exports OpenAI CLIP models: %s runs on PyTorch", name)
+            wanted = backend if backend is not None else os.environ.get("CLIP_APP_BACKEND", "").strip() or "auto"
+            if resolve_backend(wanted, self.device) == "onnx":
+                if spec.family == "open_clip":  # exported and verified like OpenAI CLIP; PyTorch when it fails
+                    weights_dir = Path(download_root).expanduser() if download_root else default_model_dir()
+                    self._start_onnx(weights_dir, precision, threads)
+                elif wanted.strip().lower() == "onnx":
+                    log.warning("the ONNX Runtime backend exports OpenAI CLIP and open_clip models: %s runs on "
+                                "PyTorch", name)
             log.info("loaded %s on %s, backend %s (dim %d, input %d px)", name, self.device, self.backend_name,
                      self.dim, self.input_resolution)
             return
@@ -272,6 +278,20 @@ class ClipEncoder:
             while len(self._text_cache) > self._text_cache_size:
                 self._text_cache.popitem(last=False)
         return torch.stack([fresh[t] for t in texts]) if texts else torch.empty(0, self.dim)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> token IDs [N, L] of this model's own tokenizer (truncated to its context)."""
+        return self._tokenize(list(texts), truncate=True)
+
+    def encode_tokens(self, tokens: torch.Tensor, trim: bool = True) -> torch.Tensor:
+        """Tokens [N, L] -> unnormalised float32 features [N, D]: one forward pass through the active backend, no
+        cache; trim=False runs the whole context even where end-of-text trimming would apply."""
+        with torch.inference_mode():
+            if trim:
+                return self._forward_text(tokens).float()
+            if self._onnx is not None:
+                return self._onnx.encode_tokens(tokens)
+            return self.model.encode_text(tokens.to(self.device)).float()
 
     def _forward_text(self, tokens: torch.Tensor) -> torch.Tensor:
         if self._onnx is not None:

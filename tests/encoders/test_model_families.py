@@ -278,3 +278,27 @@ def test_perf_builds_random_weights_of_a_family_architecture(tmp_path: Path, ope
     assert encoder.dim == 64 and ClipEncoder(model, device="cpu").identity == encoder.identity
     given, same, random_weights = load_encoder(f"open_clip:{TINY_OC}@{open_clip_file}", "cpu", tmp_path, 4)
     assert not random_weights and same == f"open_clip:{TINY_OC}@{open_clip_file}"
+
+
+def test_onnx_export_of_an_open_clip_vit_matches_its_pytorch_features(tmp_path: Path, open_clip_file: Path,
+                                                                      open_clip_encoder: ClipEncoder) -> None:
+    onnx = ClipEncoder(f"open_clip:{TINY_OC}@{open_clip_file}", device="cpu", backend="onnx",
+                       download_root=tmp_path)
+    assert onnx.backend == "onnx" and onnx.identity == open_clip_encoder.identity
+    images = [solid_image("red"), solid_image("blue", (90, 300))]
+    texts = ["a red square", "a photo of a dog on the beach"]
+    for ours, theirs in ((onnx.encode_images(images), open_clip_encoder.encode_images(images)),
+                         (onnx.encode_texts(texts), open_clip_encoder.encode_texts(texts))):
+        assert torch.nn.functional.cosine_similarity(ours, theirs).min() > 0.9999
+
+
+def test_perf_forward_references_run_each_family_through_its_own_tokenizer(open_clip_encoder: ClipEncoder,
+                                                                          cn_clip_encoder: ClipEncoder) -> None:
+    from clip_app.bench.perf.encode import image_forward, text_forward
+
+    for encoder in (open_clip_encoder, cn_clip_encoder):
+        text_forward(encoder)()
+        image_forward(encoder, 2)()
+        full = encoder.encode_tokens(encoder.tokenize(["一只猫", "a cat"]), trim=False)
+        assert torch.allclose(torch.nn.functional.normalize(full, dim=-1), encoder.encode_texts(["一只猫", "a cat"]),
+                              atol=1e-4)

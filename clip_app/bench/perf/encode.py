@@ -22,27 +22,25 @@ log = logging.getLogger(__name__)
 
 # ---- the reference: the model's own forward passes ----------------------------------------------------------
 def image_forward(encoder: ClipEncoder, batch: int) -> Callable[[], None]:
-    """One forward pass of the bare image tower on random pixels [batch, 3, R, R] (no decode, no preprocess)."""
+    """One forward pass of the bare image tower on random pixels [batch, 3, R, R] (no decode, no preprocess),
+    through the encoder's own backend (PyTorch or ONNX Runtime)."""
     r = encoder.input_resolution
-    pixels = torch.randn(batch, 3, r, r).to(encoder.device, dtype=encoder.dtype)
+    pixels = torch.randn(batch, 3, r, r)
 
     def run() -> None:
-        with torch.inference_mode():
-            encoder.model.encode_image(pixels)
+        encoder.encode_pixels(pixels)
         sync_device()
 
     return run
 
 
 def text_forward(encoder: ClipEncoder, text: str = QUERIES[0]) -> Callable[[], None]:
-    """One forward pass of the bare text tower on one tokenised text, as CLIP defines it (77-token context)."""
-    import clip
-
-    tokens = clip.tokenize([text], truncate=True).to(encoder.device)
+    """One forward pass of the bare text tower on one text tokenised by the model's own tokenizer, over its whole
+    context (77 tokens for CLIP), through the encoder's own backend (PyTorch or ONNX Runtime)."""
+    tokens = encoder.tokenize([text])
 
     def run() -> None:
-        with torch.inference_mode():
-            encoder.model.encode_text(tokens)
+        encoder.encode_tokens(tokens, trim=False)
         sync_device()
 
     return run
