@@ -335,15 +335,21 @@ class PgTables:
                                  (gone, version))
                 if rows is not None and len(rows):
                     self._copy_rows(conn, rows, version)
-        except psycopg.errors.UniqueViolation as exc:
-            raise LibraryWriteError(f"the library {self.location.shown} already holds one of these images (same "
-                                    f"sha256 or file): {exc.diag.message_detail or exc}; nothing was written") from None
         except psycopg.Error as exc:
-            raise LibraryWriteError(f"could not write to the library {self.location.shown} ({exc}); nothing was "
-                                    "written") from exc
+            raise self._write_error(exc) from exc
         if index:
             self.ensure_index()
         return int(version)
+
+    def _write_error(self, exc: Exception) -> LibraryWriteError:
+        """The LibraryWriteError (nothing was written) for a failed write: a duplicate image, or any other error."""
+        import psycopg
+
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            return LibraryWriteError(f"the library {self.location.shown} already holds one of these images (same "
+                                     f"sha256 or file): {exc.diag.message_detail or exc}; nothing was written")
+        return LibraryWriteError(f"could not write to the library {self.location.shown} ({exc}); nothing was "
+                                 "written")
 
     def _apply_small(self, model: str, model_name: str, dim: int, next_id: int, remove: Sequence[int],
                      rows: LibraryState | None, index: bool) -> int:
@@ -371,12 +377,8 @@ class PgTables:
                           bytes.fromhex(rows.sha256[i]), int(rows.sizes[i]), rows.names[i], float(rows.added[i]))
                          for i in range(len(rows))])
             version = int(cur.fetchone()[0])
-        except psycopg.errors.UniqueViolation as exc:
-            raise LibraryWriteError(f"the library {self.location.shown} already holds one of these images (same "
-                                    f"sha256 or file): {exc.diag.message_detail or exc}; nothing was written") from None
         except psycopg.Error as exc:
-            raise LibraryWriteError(f"could not write to the library {self.location.shown} ({exc}); nothing was "
-                                    "written") from exc
+            raise self._write_error(exc) from exc
         if index:
             self.ensure_index()
         return version
