@@ -43,6 +43,18 @@ class AdaptedResult:
     image_id: int | None = None                       # the photo's library ID when it is (or was just) stored
 
 
+def _set_and_ids(name: str | None, image_ids: object) -> list[int]:
+    """The image IDs of an examples request for set `name` (InputError without a set or with a bad ID)."""
+    from .service import InputError
+
+    if not name:
+        raise InputError("pick a label set first")
+    try:
+        return _ids(image_ids)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _ids(value: object) -> list[int]:
     """Image IDs from an int, '12, 15 #7' text or a list; InputError-free parsing (ValueError on junk)."""
     if value is None or value == "":
@@ -86,12 +98,7 @@ class FewShotActions:
         label of a saved set; every ID must be in the library. Returns the set's examples."""
         from .service import InputError
 
-        if not name:
-            raise InputError("pick a label set first")
-        try:
-            ids = _ids(image_ids)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        ids = _set_and_ids(name, image_ids)
         if name in self.label_sets.builtin_names():
             raise InputError(f"{name!r} is built in and read-only: save its labels as a new set to give it examples")
         label = self.label_sets.label_of(name, label)  # an unknown set or label stops here, before any upload
@@ -113,12 +120,7 @@ class FewShotActions:
         library."""
         from .service import InputError
 
-        if not name:
-            raise InputError("pick a label set first")
-        try:
-            ids = _ids(image_ids)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        ids = _set_and_ids(name, image_ids)
         if not ids:
             raise InputError("no image IDs to remove")
         return self.label_sets.remove_examples(name, label or None, ids)
