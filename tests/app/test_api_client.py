@@ -10,8 +10,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from clip_app import ui
-from tests.support.app_helpers import free_port, make_app, write_png
+from tests.support.app_helpers import make_app, served, write_png
 from tests.support.fakes import color_encoder
 
 AUTH = ("ada", "lovelace-1815")
@@ -22,14 +21,8 @@ MAX_FILE_SIZE = 4096  # bytes: the test photos are a few hundred bytes
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object, Path]]:
     root = tmp_path_factory.mktemp("api")
     app = make_app(root, color_encoder(), ("red", "green", "blue"), max_file_size=MAX_FILE_SIZE)
-    demo = ui.build_demo(app)
-    port = free_port()
-    ui.launch(demo, gallery_dir=root / "gallery", port=port, auth=AUTH, max_file_size=MAX_FILE_SIZE,
-              prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", app, root
-    finally:
-        demo.close()
+    with served(app, root / "gallery", auth=AUTH, max_file_size=MAX_FILE_SIZE) as url:
+        yield url, app, root
 
 
 @pytest.fixture(scope="module")

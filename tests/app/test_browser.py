@@ -15,8 +15,8 @@ from typing import Iterator
 
 import pytest
 
-from clip_app import ui
-from tests.support.app_helpers import free_port, make_app, write_png
+from tests.support.app_helpers import make_app, write_png
+from tests.support.app_helpers import served as serve
 from tests.support.fakes import color_encoder
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -53,11 +53,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     _require_chromium()
     root = tmp_path_factory.mktemp("browser")
     app = make_app(root, color_encoder(), ("red", "green", "blue"))
-    demo = ui.build_demo(app)
-    port = free_port()
-    ui.launch(demo, gallery_dir=root / "gallery", port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", app, root
-    demo.close()
+    with serve(app, root / "gallery") as url:
+        yield url, app, root
 
 
 @pytest.fixture(scope="module")

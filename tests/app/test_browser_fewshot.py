@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from clip_app import ui
 from tests.app.test_browser import _require_chromium, page, screenshot, shots  # noqa: F401 - fixtures
-from tests.support.app_helpers import free_port, make_app, write_png
+from tests.support.app_helpers import make_app, write_png
+from tests.support.app_helpers import served as serve
 from tests.support.fakes import color_encoder
 
 
@@ -24,11 +24,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     app.save_label_set("kinds", "type A, type B")  # names that mean nothing to the colour model
     app.add_examples("kinds", "type A", [1, 2])
     app.add_examples("kinds", "type B", [3])
-    demo = ui.build_demo(app)
-    port = free_port()
-    ui.launch(demo, gallery_dir=root / "gallery", port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", app, root
-    demo.close()
+    with serve(app, root / "gallery") as url:
+        yield url, app, root
 
 
 def test_classify_with_examples_then_teach_and_refine_a_search(page, served, shots, tmp_path_factory,  # noqa: F811

@@ -11,7 +11,7 @@ from gradio_client import Client, handle_file
 
 from clip_app import ui
 from clip_app.encoders import ClipEncoder, RoutedTextEncoder, load_text_model
-from tests.support.app_helpers import free_port, make_app, write_png
+from tests.support.app_helpers import make_app, served, write_png
 from tests.support.fakes import TINY_DIM
 from tests.support.multilingual_helpers import save_tiny_sentence_transformer
 
@@ -24,13 +24,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: ClipEncoder) 
     tower = load_text_model(str(save_tiny_sentence_transformer(root / "tiny-multilingual", TINY_DIM, seed=2)))
     app = make_app(root, tiny_encoder, ("red", "green", "blue", "white"))
     app.text_encoder = RoutedTextEncoder(tiny_encoder, tower, "auto", tiny_encoder.identity)
-    demo = ui.build_demo(app)
-    port = free_port()
-    ui.launch(demo, gallery_dir=root / "gallery", port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", app
-    finally:
-        demo.close()
+    with served(app, root / "gallery") as url:
+        yield url, app
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from clip_app import ui
-from tests.support.app_helpers import free_port, make_app, png_bytes
+from tests.support.app_helpers import make_app, png_bytes, served
 from tests.support.fakes import COLOUR_NAMES
 
 REQUEST_LIMIT = 64 * 1024
@@ -27,14 +26,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, obje
 
     root = tmp_path_factory.mktemp("serving")
     app = make_app(root, color_encoder(), COLOUR_NAMES[:7])
-    demo = ui.build_demo(app)
-    port = free_port()
-    ui.launch(demo, gallery_dir=root / "gallery", library_file=root / "features_library.pth", port=port,
-              prevent_thread_lock=True, quiet=True, max_request_size=REQUEST_LIMIT)
-    try:
-        yield f"http://127.0.0.1:{port}/", app
-    finally:
-        demo.close()
+    with served(app, root / "gallery", library_file=root / "features_library.pth",
+                max_request_size=REQUEST_LIMIT) as url:
+        yield url, app
 
 
 @pytest.fixture(scope="module")

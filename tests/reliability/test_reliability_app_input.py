@@ -14,9 +14,8 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from clip_app import ui
 from clip_app.images import ImageError
-from tests.support.app_helpers import free_port, make_app, write_png
+from tests.support.app_helpers import make_app, served, write_png
 from tests.support.fakes import COLOUR_NAMES, color_encoder
 from tests.support.reliability_helpers import awkward_good_samples, bad_samples, folder_state
 
@@ -47,13 +46,8 @@ def test_bad_files_through_the_app_store_nothing(tmp_path: Path, colour_encoder)
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object, Path]]:
     root = tmp_path_factory.mktemp("input-api")
     app = make_app(root / "lib", color_encoder(), ("red", "green", "blue"))
-    demo = ui.build_demo(app)
-    port = free_port()
-    ui.launch(demo, gallery_dir=root / "lib" / "gallery", port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", app, root
-    finally:
-        demo.close()
+    with served(app, root / "lib" / "gallery") as url:
+        yield url, app, root
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from clip_app.encoders import ClipEncoder
 from clip_app.library import FeatureLibrary
@@ -42,3 +44,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def served(app: App, gallery_dir: Path, **launch_options: object) -> Iterator[str]:
+    """The app's interface served on a free port (ui.launch with these options) for the with-block: its URL."""
+    from clip_app import ui
+
+    demo = ui.build_demo(app)
+    port = free_port()
+    ui.launch(demo, gallery_dir=gallery_dir, port=port, prevent_thread_lock=True, quiet=True, **launch_options)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
