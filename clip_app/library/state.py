@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from itertools import compress
-from typing import Iterator, Sequence
+from itertools import compress, islice
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
@@ -68,6 +68,117 @@ class _Column:
         return _Column(data, m)
 
 
+class _Texts(Sequence):
+    """A text column of a state: the first n strings of a list shared by successive appended states (like _Column:
+    appending to the newest state appends to the list in place; older states see only their first n, which never
+    change)."""
+
+    __slots__ = ("_data", "_n")
+
+    def __init__(self, data: list[str], n: int) -> None:
+        self._data, self._n = data, n
+
+    @staticmethod
+    def extended(column: Sequence[str], values: Sequence[str]) -> "_Texts":
+        """`column` followed by `values`: in place when column is the newest view of its list, else one copy."""
+        n = len(column)
+        if isinstance(column, _Texts) and len(column._data) == n:
+            data = column._data
+        else:
+            data = list(column)
+        data.extend(values)
+        return _Texts(data, n + len(values))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return self._data[:self._n][index]
+        if index < 0:
+            index += self._n
+        if not 0 <= index < self._n:
+            raise IndexError("text column index out of range")
+        return self._data[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return islice(self._data, self._n)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and len(other) == self._n and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+    def count(self, value: object) -> int:
+        return self._data[:self._n].count(value)
+
+
+class _RowIndex:
+    """key -> row, one dict shared by successive appended states (like _Column): appending to the newest state adds
+    its keys in place (no copy of the existing entries); a state of n rows reads only entries below row n, which never
+    change. A key seen twice keeps its first row."""
+
+    def __init__(self, table: dict, filled: int) -> None:
+        self.table = table
+        self.filled = filled
+
+    def extend(self, n: int, keys: Sequence[object]) -> "_RowIndex":
+        """An index of our first n rows' keys, then `keys` at rows n, n+1, ... (in place when we end at row n)."""
+        if self.filled == n:
+            index = self
+        else:  # an older state grows another branch: its own copy of the entries below n
+            index = _RowIndex({k: r for k, r in self.table.copy().items() if r < n}, n)
+        setdefault = index.table.setdefault
+        for k, key in enumerate(keys):
+            setdefault(key, n + k)
+        index.filled = n + len(keys)
+        return index
+
+
+class _Lookup(Mapping):
+    """A read-only mapping over a _RowIndex as a state of n rows sees it: key -> row below n (or the ID of that row,
+    when `ids` [n] is given)."""
+
+    def __init__(self, index: _RowIndex, n: int, ids: torch.Tensor | None = None) -> None:
+        self._index, self._n, self._ids = index, n, ids
+
+    def _row(self, key: object) -> int | None:
+        row = self._index.table.get(key)
+        return None if row is None or row >= self._n else row
+
+    def __getitem__(self, key: object) -> int:
+        row = self._row(key)
+        if row is None:
+            raise KeyError(key)
+        return row if self._ids is None else int(self._ids[row])
+
+    def get(self, key: object, default: object = None) -> object:  # type: ignore[override]
+        row = self._row(key)
+        return default if row is None else row if self._ids is None else int(self._ids[row])
+
+    def __contains__(self, key: object) -> bool:
+        return self._row(key) is not None
+
+    def _entries(self) -> list[tuple[object, int]]:
+        n = self._n
+        return [(k, r) for k, r in self._index.table.copy().items() if r < n]  # copy(): safe while a writer appends
+
+    def __iter__(self) -> Iterator[object]:
+        return iter([k for k, _ in self._entries()])
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+    def items(self) -> list[tuple[object, int]]:  # type: ignore[override]
+        """Every (key, value) pair, at once (one conversion of the IDs, not one per key)."""
+        entries = self._entries()
+        if self._ids is None:
+            return entries
+        ids = self._ids.tolist()
+        return [(k, ids[r]) for k, r in entries]
+
+
 MAX_COPY_RUNS = 256  # Column.take copies up to this many blocks one by one; more are gathered with index_select
 
 
@@ -99,15 +210,17 @@ class LibraryState:
     model_name: str
     dim: int
     ids: torch.Tensor  # int64 [N]
-    files: list[str]
-    sha256: list[str]  # hex
+    files: Sequence[str]  # a list, or (appended states) a view of a list shared with earlier states
+    sha256: Sequence[str]  # hex
     added: torch.Tensor  # float64 [N]
     sizes: torch.Tensor  # int64 [N]
-    names: list[str]
+    names: Sequence[str]
     next_id: int = FIRST_ID
     _f16: _Column | None = field(default=None, repr=False, compare=False)  # the only copy of the rows: float16
-    _row_of: dict[int, int] | None = field(default=None, repr=False, compare=False)
-    _id_of_hash: dict[str, int] | None = field(default=None, repr=False, compare=False)
+    _scalars: tuple[_Column, _Column, _Column] | None = field(default=None, repr=False, compare=False)  # ids,
+    # added, sizes as appendable columns (made on the first append; the fields above are views of them)
+    _row_index: _RowIndex | None = field(default=None, repr=False, compare=False)  # ID -> row
+    _hash_index: _RowIndex | None = field(default=None, repr=False, compare=False)  # sha256 -> first row
 
     @classmethod
     def empty(cls, model: str, model_name: str, dim: int) -> "LibraryState":
@@ -151,19 +264,20 @@ class LibraryState:
         return self._f16.view(len(self))  # type: ignore[union-attr]
 
     @property
-    def row_of(self) -> dict[int, int]:
-        """ID -> row index."""
-        if self._row_of is None:
-            self._row_of = dict(zip(self.ids.tolist(), range(len(self))))
-        return self._row_of
+    def row_of(self) -> Mapping[int, int]:
+        """ID -> row index (read-only)."""
+        if self._row_index is None:
+            self._row_index = _RowIndex(dict(zip(self.ids.tolist(), range(len(self)))), len(self))
+        return _Lookup(self._row_index, len(self))
 
     @property
-    def id_of_hash(self) -> dict[str, int]:
-        """sha256 -> ID (the first ID with those bytes)."""
-        if self._id_of_hash is None:
-            # built from the end, so that the first (lowest) ID wins when two rows hold the same bytes
-            self._id_of_hash = dict(zip(reversed(self.sha256), reversed(self.ids.tolist())))
-        return self._id_of_hash
+    def id_of_hash(self) -> Mapping[str, int]:
+        """sha256 -> ID (the first ID with those bytes; read-only)."""
+        if self._hash_index is None:
+            # built from the end, so that the first (lowest) row wins when two rows hold the same bytes
+            n = len(self)
+            self._hash_index = _RowIndex(dict(zip(reversed(self.sha256), range(n - 1, -1, -1))), n)
+        return _Lookup(self._hash_index, len(self), self.ids)
 
     def appended(self, ids: Sequence[int], features: torch.Tensor, files: Sequence[str], sha256: Sequence[str],
                  sizes: Sequence[int], names: Sequence[str],
@@ -179,24 +293,24 @@ class LibraryState:
         else:
             times = torch.as_tensor(list(added), dtype=torch.float64)
         new_ids = torch.tensor(list(ids), dtype=torch.int64)
-        n = len(self)
+        n, m = len(self), len(ids)
         rows16 = features.float().to(STORED_DTYPE)
-        state = replace(
-            self, ids=torch.cat([self.ids, new_ids]), files=self.files + list(files),
-            sha256=self.sha256 + list(sha256), added=torch.cat([self.added, times]),
-            sizes=torch.cat([self.sizes, torch.tensor(list(sizes), dtype=torch.int64)]),
-            names=self.names + [clean_name(x) for x in names], next_id=max(self.next_id, max(ids) + 1),
-            _f16=self._f16.extend(n, rows16), _row_of=None, _id_of_hash=None)  # type: ignore[union-attr]
+        columns = self._scalars or (_Column.adopt(self.ids), _Column.adopt(self.added), _Column.adopt(self.sizes))
+        columns = (columns[0].extend(n, new_ids), columns[1].extend(n, times),
+                   columns[2].extend(n, torch.tensor(list(sizes), dtype=torch.int64)))
+        state = replace(  # no copy of the existing rows: every column grows in place (see _Column, _Texts)
+            self, ids=columns[0].view(n + m), files=_Texts.extended(self.files, list(files)),
+            sha256=_Texts.extended(self.sha256, list(sha256)), added=columns[1].view(n + m),
+            sizes=columns[2].view(n + m), names=_Texts.extended(self.names, [clean_name(x) for x in names]),
+            next_id=max(self.next_id, max(ids) + 1), _f16=self._f16.extend(n, rows16),  # type: ignore[union-attr]
+            _scalars=columns, _row_index=None, _hash_index=None)
         if (n and int(new_ids.min()) < int(self.ids[-1])) or not _ascending(new_ids):
             state = state.reordered(torch.argsort(state.ids))
-        else:  # keep the lookup tables incrementally (cheap for large libraries)
-            if self._row_of is not None:
-                state._row_of = dict(self._row_of)
-                state._row_of.update({int(i): n + k for k, i in enumerate(ids)})
-            if self._id_of_hash is not None:
-                state._id_of_hash = dict(self._id_of_hash)
-                for digest, i in zip(sha256, ids):
-                    state._id_of_hash.setdefault(digest, int(i))
+        else:  # extend the lookup tables in place (no copy of a large library's entries)
+            if self._row_index is not None:
+                state._row_index = self._row_index.extend(n, [int(i) for i in ids])
+            if self._hash_index is not None:
+                state._hash_index = self._hash_index.extend(n, list(sha256))
         return state
 
     def reordered(self, order: torch.Tensor) -> "LibraryState":
@@ -246,11 +360,12 @@ class LibraryState:
         digests = bytes.fromhex("".join(self.sha256))
         return {
             "version": FORMAT_VERSION, "model": self.model, "model_name": self.model_name, "dim": int(self.dim),
-            "ids": self.ids.contiguous(), "features": _exact(self.features16),
+            "ids": _exact(self.ids.contiguous()), "features": _exact(self.features16),
             "files": "\n".join(self.files),
             "sha256": (torch.frombuffer(bytearray(digests), dtype=torch.uint8).reshape(len(self), 32) if digests
                        else torch.empty(0, 32, dtype=torch.uint8)),
-            "added": self.added.contiguous(), "sizes": self.sizes.contiguous(), "names": "\n".join(self.names),
+            "added": _exact(self.added.contiguous()), "sizes": _exact(self.sizes.contiguous()),
+            "names": "\n".join(self.names),
             "next_id": int(self.next_id), "saved_at": time.time(),
         }
 

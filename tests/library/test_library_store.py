@@ -171,3 +171,31 @@ def test_without_keeps_every_column_aligned(removed: list[int]) -> None:
     assert _columns(grown)[:-1] == _columns(smaller) and _columns(state) == before  # appending shares nothing back
     reverse = state.reordered(torch.arange(n - 1, -1, -1))
     assert _columns(reverse) == before[::-1]
+
+
+def test_appending_shares_the_columns_but_every_state_keeps_its_own_rows() -> None:
+    """An append grows the newest state's columns and lookups in place; an older state appended to again (another
+    branch) copies, and neither sees the other's rows."""
+    rows = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+
+    def grow(state: LibraryState, image_id: int, digest: str) -> LibraryState:
+        return state.appended([image_id], rows[image_id - 1:image_id], [f"{image_id}.png"], [digest], [image_id],
+                              [f"n{image_id}"], added=float(image_id))
+
+    base = LibraryState.empty("m", "m", 8)
+    for i in (1, 2, 3):
+        base = grow(base, i, f"{i:064x}")
+    assert base.row_of[3] == 2 and base.id_of_hash[f"{1:064x}"] == 1  # the lookups exist before the appends
+    before = _columns(base)
+    tip = grow(grow(base, 4, f"{4:064x}"), 5, f"{1:064x}")  # 5 repeats 1's bytes: the first ID keeps them
+    branch = grow(base, 6, f"{6:064x}")
+    assert _columns(base) == before and len(base.files) == 3 and list(base.names) == ["n1", "n2", "n3"]
+    assert 4 not in base.row_of and base.id_of_hash.get(f"{4:064x}") is None and base.files[-1] == "3.png"
+    assert [r[0] for r in _columns(tip)] == [1, 2, 3, 4, 5] and tip.id_of_hash[f"{1:064x}"] == 1
+    assert [r[0] for r in _columns(branch)] == [1, 2, 3, 6] and 4 not in branch.row_of and 6 not in tip.row_of
+    assert branch.id_of_hash.get(f"{4:064x}") is None and branch.id_of_hash[f"{6:064x}"] == 6
+    assert dict(tip.id_of_hash.items()) == {f"{i:064x}": i for i in (1, 2, 3, 4)} and len(tip.row_of) == 5
+    assert tip.files == ["1.png", "2.png", "3.png", "4.png", "5.png"] and tip.files.count("5.png") == 1
+    saved = tip.to_dict()
+    assert saved["ids"].untyped_storage().nbytes() == 5 * 8  # no spare room of the shared buffer is saved
+    assert saved["ids"].tolist() == [1, 2, 3, 4, 5] and saved["added"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
