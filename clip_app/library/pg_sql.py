@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import numpy as np
 import torch
 
 from ..search import HALF_SCORE_MARGIN, best_rows
 from .errors import LibraryBusyError, LibraryCorruptError, LibraryError, LibraryWriteError
+from .pg_vectors import Halfvec, halfvec_bytes, halfvec_rows, register_halfvec
 from .state import FIRST_ID, LibraryState
 
 log = logging.getLogger(__name__)
@@ -113,26 +113,6 @@ def _connect(location: PgLocation, autocommit: bool = True) -> Any:
                                    "nothing was written") from None
 
 
-def halfvec_literal(row: torch.Tensor) -> str:
-    """A query vector [D] as pgvector text ('[0.1,...]')."""
-    return "[" + ",".join(f"{v:.7g}" for v in row.float().tolist()) + "]"
-
-
-def _halfvec_bytes(rows16: np.ndarray) -> list[bytes]:
-    """Float16 rows [N, D] -> halfvec binary values (int16 dim, int16 0, D big-endian halves)."""
-    head = struct.pack("!hh", rows16.shape[1], 0)
-    big = rows16.astype(">f2")
-    return [head + big[i].tobytes() for i in range(len(big))]
-
-
-def _halfvec_rows(values: Sequence[bytes], dim: int) -> torch.Tensor:
-    """Halfvec binary values -> float16 [N, D]."""
-    if not values:
-        return torch.empty(0, dim, dtype=torch.float16)
-    joined = b"".join(v[4:] for v in values)
-    return torch.from_numpy(np.frombuffer(joined, dtype=">f2").astype(np.float16).reshape(len(values), dim).copy())
-
-
 @dataclass
 class Meta:
     """The metadata row."""
@@ -167,6 +147,7 @@ class PgTables:
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
             conn = _connect(self.location)
+            register_halfvec(conn)
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -256,6 +237,7 @@ class PgTables:
     def _writer_connection(self) -> Any:
         if self._writer is None or self._writer.closed:
             self._writer = _connect(self.location)
+            register_halfvec(self._writer)
         return self._writer
 
     # ---- the write section ------------------------------------------------------------------------------------
@@ -370,12 +352,13 @@ class PgTables:
                     conn.execute(f"INSERT INTO {self.table}_removed (id, version) SELECT unnest(%s::bigint[]), "
                                  f"(SELECT version FROM {meta})", (gone,))
                 if rows is not None and len(rows):
+                    vectors = [Halfvec(row) for row in rows.features16]
                     conn.cursor().executemany(
                         f"INSERT INTO {self.table} (id, feature, file, sha256, size, name, added, version) VALUES "
-                        f"(%s, %s::halfvec, %s, %s, %s, %s, %s, (SELECT version FROM {meta}))",
-                        [(int(rows.ids[i]), halfvec_literal(rows.features16[i]), rows.files[i],
-                          bytes.fromhex(rows.sha256[i]), int(rows.sizes[i]), rows.names[i], float(rows.added[i]))
-                         for i in range(len(rows))])
+                        f"(%s, %b, %s, %s, %s, %s, %s, (SELECT version FROM {meta}))",
+                        [(int(image_id), vectors[i], rows.files[i], bytes.fromhex(rows.sha256[i]), int(size),
+                          rows.names[i], float(added)) for i, (image_id, size, added) in
+                         enumerate(zip(rows.ids.tolist(), rows.sizes.tolist(), rows.added.tolist()))])
             version = int(cur.fetchone()[0])
         except psycopg.Error as exc:
             raise self._write_error(exc) from exc
@@ -385,7 +368,7 @@ class PgTables:
 
     def _copy_rows(self, conn: Any, state: LibraryState, version: int) -> None:
         """COPY the rows of a state in (binary format: the float16 rows go as they are)."""
-        vectors = _halfvec_bytes(state.features16.numpy())
+        vectors = halfvec_bytes(state.features16.numpy())
         digests = [bytes.fromhex(h) for h in state.sha256]
         pack_q, pack_d = struct.Struct("!iq").pack, struct.Struct("!id").pack
         stamp = pack_q(8, int(version))
@@ -443,7 +426,7 @@ class PgTables:
         meta = Meta(row[0], row[1], int(row[2]), int(row[3]), int(row[4]), row[5])
         state = LibraryState.build(
             meta.model, meta.model_name, meta.dim, ids=torch.tensor([r[0] for r in rows], dtype=torch.int64),
-            features=_halfvec_rows([r[1] for r in rows], meta.dim), files=[r[2] for r in rows],
+            features=halfvec_rows([r[1] for r in rows], meta.dim), files=[r[2] for r in rows],
             sha256=[bytes(r[3]).hex() for r in rows], added=torch.tensor([r[6] for r in rows], dtype=torch.float64),
             sizes=torch.tensor([r[4] for r in rows], dtype=torch.int64), names=[r[5] for r in rows],
             next_id=meta.next_id)
@@ -492,7 +475,7 @@ class PgTables:
         if k <= 0:
             return []
         query = query.float().reshape(-1)
-        literal = halfvec_literal(query)
+        vector = Halfvec(query)
         use_index = self.has_index(max_age=INDEX_RECHECK_S) if exact is None else not exact
         conn = self._reader()
         fetch = k + max(16, k)
@@ -504,8 +487,8 @@ class PgTables:
                                  (str(ef_search or ef_search_for(k)),))
                 else:
                     conn.execute("SET LOCAL enable_indexscan = off")
-                cur.execute(f"SELECT id, feature, -(feature <#> %s::halfvec), file, sha256, added, size, name "
-                            f"FROM {self.table} ORDER BY feature <#> %s::halfvec LIMIT %s", (literal, literal, fetch))
+                cur.execute(f"SELECT id, feature, -(feature <#> %b), file, sha256, added, size, name "
+                            f"FROM {self.table} ORDER BY feature <#> %b LIMIT %s", (vector, vector, fetch))
             rows = cur.fetchall()
             if use_index or len(rows) < fetch:
                 break
@@ -516,7 +499,7 @@ class PgTables:
         if not rows:
             return []
         ids = torch.tensor([int(r[0]) for r in rows], dtype=torch.int64)
-        features = _halfvec_rows([r[1] for r in rows], len(query))
+        features = halfvec_rows([r[1] for r in rows], len(query))
         scores = features.float() @ query
         chosen = best_rows(scores, ids, min(k, len(rows))).tolist()
         return [((int(rows[i][0]), rows[i][3], bytes(rows[i][4]).hex(), float(rows[i][5]), int(rows[i][6]),
@@ -531,14 +514,14 @@ class PgTables:
         cur = conn.cursor(binary=True)
         with conn.pipeline(), conn.transaction():  # one round trip
             conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(NEAREST_EF_SEARCH),))
-            cur.execute(f"SELECT q.i, n.id, n.feature FROM (SELECT i, v::halfvec AS h FROM unnest(%s::text[]) "
-                        f"WITH ORDINALITY AS u(v, i)) AS q CROSS JOIN LATERAL (SELECT id, feature FROM {self.table} "
-                        f"ORDER BY feature <#> q.h LIMIT {int(fetch)}) AS n",
-                        ([halfvec_literal(r) for r in rows],))
+            queries = ", ".join(f"({i + 1}, %b)" for i in range(len(rows)))
+            cur.execute(f"SELECT q.i, n.id, n.feature FROM (VALUES {queries}) AS q(i, h) CROSS JOIN LATERAL (SELECT "
+                        f"id, feature FROM {self.table} ORDER BY feature <#> q.h LIMIT {int(fetch)}) AS n",
+                        [Halfvec(r) for r in rows])
         found = cur.fetchall()
         best_ids, best_scores = [-1] * len(rows), [-2.0] * len(rows)
         if found:
-            features = _halfvec_rows([r[2] for r in found], rows.shape[1]).float()
+            features = halfvec_rows([r[2] for r in found], rows.shape[1]).float()
             which = torch.tensor([int(r[0]) - 1 for r in found])
             scores = (features * rows.float()[which]).sum(dim=1).tolist()
             for i, image_id, score in zip(which.tolist(), [int(r[1]) for r in found], scores):
