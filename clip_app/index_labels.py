@@ -11,21 +11,25 @@ import json
 from typing import Any, Callable
 
 from .config import Settings
-from .label_sets import LabelSet, LabelSetError, LabelSetStore, default_label_sets_file
+from .label_sets import LabelSet, LabelSetError, LabelSetStore
 
 Runner = Callable[[argparse.Namespace, Settings, Any, Callable[..., Any]], int]
 
 
 def store_of(settings: Settings) -> LabelSetStore:
-    """The label sets file beside the library of these settings."""
-    return LabelSetStore(default_label_sets_file(settings.library_file))
+    """The label sets of the library of these settings: label_sets.json beside its file, or a document in its
+    PostgreSQL tables."""
+    from .library.pg_store import label_set_store
+
+    return label_set_store(None, settings.library_file)
 
 
 def _untag(settings: Settings, store: LabelSetStore, name: str) -> None:
     from .classify import ClassifierCache
-    from .library.tags import LibraryTags, tags_path
+    from .library.pg_store import tag_file
+    from .library.tags import LibraryTags
 
-    LibraryTags(tags_path(settings.library_file), store, ClassifierCache()).untag(name)
+    LibraryTags(tag_file(None, settings.library_file), store, ClassifierCache()).untag(name)
 
 
 def set_json(label_set: LabelSet, builtin: bool) -> dict:

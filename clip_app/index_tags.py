@@ -14,7 +14,8 @@ from .classify import ClassifierCache, parse_labels, rank
 from .config import Settings
 from .images import decode_image, read_bytes
 from .index_labels import store_of as label_store
-from .library.tags import LibraryTags, as_json, parse_threshold_for, tags_path
+from .library.pg_store import tag_file
+from .library.tags import LibraryTags, as_json, parse_threshold_for
 from .prompts import family_templates
 
 __all__ = ["label_store", "add_parsers", "library_tags", "list_tagged", "sync_tags", "tag_problems"]
@@ -183,7 +184,7 @@ def library_tags(settings: Settings, library: Any = None, encoder: Any = None) -
     routing, Chinese templates, few-shot examples), else one that only reads and checks."""
     if library is not None and encoder is not None:
         return open_app(None, settings, encoder, library).tags
-    return LibraryTags(tags_path(settings.library_file), label_store(settings), ClassifierCache(),
+    return LibraryTags(tag_file(None, settings.library_file), label_store(settings), ClassifierCache(),
                        settings.tag_threshold)
 
 

@@ -41,7 +41,7 @@ from .config import (
 from .encoders import ClipEncoder, RoutedTextEncoder, TextModelMismatch, routed_text_encoder
 from .images import ImageError, decode_image
 from .label_heads import LabelHead
-from .label_sets import LabelSet, LabelSetError, LabelSetStore, default_label_sets_file
+from .label_sets import LabelSet, LabelSetError, LabelSetStore
 from .library import (
     AddReport,
     AddResult,
@@ -53,7 +53,8 @@ from .library import (
     RepairReport,
     private_paths,
 )
-from .library.tags import LibraryTags, SetTags, tags_path
+from .library.pg_store import label_set_store, tag_file
+from .library.tags import LibraryTags, SetTags
 from .library.tags import as_json as tags_json
 from .prompts import NEUTRAL_LABEL, NEUTRAL_PROMPTS, TEMPLATE_CHOICES, chinese_templates_for, family_templates
 from .request_limits import BodyLimit
@@ -214,7 +215,7 @@ class App(TagActions, FewShotActions):
         self.text_encoder = text_encoder
         self.library = library
         library_file = Path(library.stats()["library_file"])
-        self.label_sets = label_sets or LabelSetStore(default_label_sets_file(library_file))
+        self.label_sets = label_sets or label_set_store(library, library_file)
         self.max_file_size = int(max_file_size)
         self.max_labels = int(max_labels)
         self.max_prompts = int(max_prompts)
@@ -222,7 +223,7 @@ class App(TagActions, FewShotActions):
         self.thumbnails = Thumbnails(library.gallery_dir) if thumbnails else None
         self.delete_listeners: list[DeleteListener] = []
         self.classifiers = ClassifierCache()
-        self.tags = LibraryTags(tags_path(library_file), self.label_sets, self.classifiers,
+        self.tags = LibraryTags(tag_file(library, library_file), self.label_sets, self.classifiers,
                                 check_threshold(tag_threshold, "default tag threshold"), self._tag_classifier)
         self.confidence_rule = confidence_rule or ConfidenceRule()
         self._heads: OrderedDict = OrderedDict()  # few-shot heads by (method, labels, templates, examples)
@@ -237,8 +238,6 @@ class App(TagActions, FewShotActions):
         encoder = ClipEncoder(settings.model, **settings.encoder_options())  # type: ignore[arg-type]
         text_encoder = routed_text_encoder(encoder, settings.text_model, settings.text_routing, encoder.device,
                                            str(settings.model_dir) if settings.model_dir else None)
-        from .library.pg_store import label_set_store
-
         library = FeatureLibrary(settings.gallery_dir, settings.library_file, encoder)
         app = cls(encoder, library, label_set_store(library, settings.library_file), max_file_size,
                   max_labels=settings.max_labels, max_prompts=settings.max_prompts,

@@ -5,7 +5,8 @@
     <table>_removed id, version: IDs removed (or rewritten) by each write, so readers catch up without a full read
     <table>_meta    one row: format, model, model_name, dim, next_id, version (grows with every write), generation
                     (new when the whole table is replaced: rebuild)
-    <table>_docs    name text PRIMARY KEY, body jsonb: companion data (label sets, tags)
+    <table>_docs    name text PRIMARY KEY, body jsonb: companion documents (label sets); <table>_blobs: binary ones
+                    (tags); see pg_companions.py
 
 Writers take a session advisory lock (one writer across threads, processes and machines; released by the server
 when a writer dies) and change rows in one transaction each: there is no journal. Readers use plain snapshots
@@ -44,6 +45,7 @@ HNSW_MIN_ROWS = 20_000  # below this a scan is fast and exact; above it the stor
 HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64
 NEAREST_EF_SEARCH = 40  # the near-duplicate test looks for rows with cosine >= 0.97: easy for HNSW
 INDEX_RECHECK_S = 10.0  # a reader that has not seen the HNSW index yet looks again after this many seconds
+TABLE_SUFFIXES = ("", "_meta", "_docs", "_blobs", "_removed")  # every table of a library (pg_companions: docs, blobs)
 SMALL_WRITE_ROWS = 32  # up to this many rows a write is one pipelined round trip; more go through COPY
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 _URL_SCHEMES = ("postgresql://", "postgres://")
@@ -529,30 +531,10 @@ class PgTables:
                     best_ids[i], best_scores[i] = image_id, score
         return best_ids, best_scores
 
-    # ---- companion documents ---------------------------------------------------------------------------------
-    def get_document(self, name: str) -> Any | None:
-        """A companion JSON document (label sets, tags), or None."""
-        row = self._reader().execute(f"SELECT body FROM {self.table}_docs WHERE name = %s", (name,)).fetchone()
-        return None if row is None else row[0]
-
-    def put_document(self, name: str, body: Any) -> None:
-        """Write a companion JSON document (one transaction)."""
-        from psycopg.types.json import Jsonb
-
-        with self._transaction() as conn:
-            conn.execute(f"INSERT INTO {self.table}_docs (name, body, updated) VALUES (%s, %s, %s) ON CONFLICT (name) "
-                         "DO UPDATE SET body = EXCLUDED.body, updated = EXCLUDED.updated", (name, Jsonb(body),
-                                                                                            time.time()))
-
-    def documents(self) -> dict[str, Any]:
-        """Every companion document by name."""
-        rows = self._reader().execute(f"SELECT name, body FROM {self.table}_docs").fetchall()
-        return {r[0]: r[1] for r in rows}
-
     def drop(self) -> None:
         """Delete the library's tables (tests and benchmarks)."""
         with self._transaction() as conn:
-            for suffix in ("", "_meta", "_docs", "_removed"):
+            for suffix in TABLE_SUFFIXES:
                 conn.execute(f"DROP TABLE IF EXISTS {self.table}{suffix}")
         self._hnsw_checked = self._index_seen = False
 

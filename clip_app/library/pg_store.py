@@ -12,6 +12,7 @@ candidates are rescored in float32 like the file store's rows.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from contextlib import contextmanager
@@ -22,15 +23,18 @@ import torch
 
 from ..label_sets import LabelSetError, LabelSetStore
 from ..search import top_k
-from .errors import LibraryCorruptError
-from .pg_sql import Meta, PgTables, is_database_url
+from .errors import LibraryCorruptError, LibraryWriteError
+from .pg_companions import PgCompanions
+from .pg_sql import TABLE_SUFFIXES, Meta, PgTables, is_database_url
 from .state import LibraryState, sorted_member
+from .tags import TagFile, tags_path
 
 log = logging.getLogger(__name__)
 
 LABEL_SETS_DOCUMENT = "label_sets"
+TAGS_BLOB = "tags"  # the bytes a .tags file holds (library/tags.py)
 
-__all__ = ["PgLabelSetStore", "PostgresStore", "is_database_url", "label_set_store"]
+__all__ = ["PgLabelSetStore", "PgTagFile", "PostgresStore", "is_database_url", "label_set_store", "tag_file"]
 
 
 class PostgresStore:
@@ -41,6 +45,7 @@ class PostgresStore:
                  on_load: Callable[[LibraryState], LibraryState] = lambda state: state,
                  lock_timeout: float = 300.0) -> None:
         self.tables = PgTables(url, lock_timeout=lock_timeout)  # StoreConnectionError: at once, clearly
+        self.companions = PgCompanions(self.tables)  # label sets and tags, beside the rows
         self.location = self.tables.location.shown  # the URL with its password masked
         self._empty, self._on_load = empty, on_load
         self._lock = threading.RLock()
@@ -186,26 +191,15 @@ class PostgresStore:
     def usage(self) -> dict:
         size = self.tables._reader().execute(
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c WHERE c.relname = ANY(%s) AND "
-            "c.relkind = 'r'", ([self.tables.table + s for s in ("", "_meta", "_docs", "_removed")],)).fetchone()[0]
+            "c.relkind = 'r'", ([self.tables.table + s for s in TABLE_SUFFIXES],)).fetchone()[0]
         return {"file_size": int(size), "journal_size": 0, "journal_file": None}
 
     def companion_path(self, name: str) -> Path | None:
-        return None  # companion data are documents in the <table>_docs table
-
-    def get_document(self, name: str) -> Any | None:
-        """A companion JSON document (label sets, tags), or None."""
-        return self.tables.get_document(name)
-
-    def put_document(self, name: str, body: Any) -> None:
-        """Write a companion JSON document (one transaction)."""
-        if self.tables.meta() is None:
-            state = self._state
-            self.tables.create(state.model, state.model_name, state.dim, state.next_id)  # type: ignore[union-attr]
-        self.tables.put_document(name, body)
+        return None  # companion data live in the <table>_docs and <table>_blobs tables (self.companions)
 
     def documents(self) -> dict[str, Any]:
-        """Every companion document by name."""
-        return self.tables.documents() if self.tables.meta() is not None else {}
+        """Every companion: JSON documents (label sets) and binary ones (tags, as bytes) by name."""
+        return {**self.companions.documents(), **self.companions.blobs_all()}
 
     def close(self) -> None:
         """Close the connections."""
@@ -215,26 +209,73 @@ class PostgresStore:
 class PgLabelSetStore(LabelSetStore):
     """Label sets kept as a companion document of a PostgreSQL library (the JSON of label_sets.json)."""
 
-    def __init__(self, store: PostgresStore) -> None:
-        super().__init__(Path(f"{store.location} ({LABEL_SETS_DOCUMENT})"))
-        self.store = store
+    def __init__(self, companions: PgCompanions) -> None:
+        super().__init__(Path(f"{companions.location} ({LABEL_SETS_DOCUMENT})"))
+        self.companions = companions
 
     def _read_document(self) -> dict | None:
         """The label sets document of the library (the JSON of label_sets.json), or None."""
-        return self.store.get_document(LABEL_SETS_DOCUMENT)
+        return self.companions.get_document(LABEL_SETS_DOCUMENT)
 
     def _write_document(self, document: dict) -> None:
         try:
-            self.store.put_document(LABEL_SETS_DOCUMENT, document)
+            self.companions.put_document(LABEL_SETS_DOCUMENT, document)
         except Exception as exc:
             raise LabelSetError(f"the label sets could not be saved: {exc}") from None
 
 
+class PgTagFile(TagFile):
+    """The tags of a PostgreSQL library: the bytes of a .tags file, kept as the blob `tags` in `<table>_blobs`."""
+
+    def __init__(self, companions: PgCompanions) -> None:
+        self.companions = companions
+        self.path = None
+        self.name = f"{companions.blobs} ({TAGS_BLOB})"
+        self.where = f"the tags of the library {companions.location} (table {companions.blobs})"
+        self._cache = None
+
+    def _stamp(self) -> object | None:
+        return self.companions.blob_stamp(TAGS_BLOB)
+
+    def _raw(self) -> object:
+        found = self.companions.get_blob(TAGS_BLOB)
+        if found is None:
+            raise FileNotFoundError("they were deleted while being read")
+        return torch.load(io.BytesIO(found[0]), map_location="cpu", weights_only=True)
+
+    def _write(self, data: dict) -> object:
+        buffer = io.BytesIO()
+        torch.save(data, buffer)
+        try:
+            return self.companions.put_blob(TAGS_BLOB, buffer.getvalue())
+        except Exception as exc:  # psycopg's errors: the tags were not saved, nothing changed
+            raise LibraryWriteError(f"could not save {self.where}: {exc}") from None
+
+
+def _companions(library: Any, location: Path | str) -> PgCompanions | None:
+    """The companion tables of a PostgreSQL library (its store's, else a connection to `location` that reads no
+    rows); None for a file library."""
+    store = getattr(library, "store", None)
+    if isinstance(store, PostgresStore):
+        return store.companions
+    if is_database_url(str(location)):
+        return PgCompanions(PgTables(str(location)))
+    return None
+
+
 def label_set_store(library: Any, location: Path | str) -> LabelSetStore:
-    """The label sets of a library: a document in its PostgreSQL store, else label_sets.json beside the file."""
-    if isinstance(library.store, PostgresStore):
-        return PgLabelSetStore(library.store)
+    """The label sets of a library (a FeatureLibrary, or None with the --library value): a document in its
+    PostgreSQL tables, else label_sets.json beside the file."""
+    companions = _companions(library, location)
+    if companions is not None:
+        return PgLabelSetStore(companions)
     from ..label_sets import default_label_sets_file
 
     return LabelSetStore(default_label_sets_file(Path(location)))
 
+
+def tag_file(library: Any, location: Path | str) -> TagFile:
+    """The tags of a library (a FeatureLibrary, or None with the --library value): a blob in its PostgreSQL tables,
+    else the .tags file beside the library file."""
+    companions = _companions(library, location)
+    return PgTagFile(companions) if companions is not None else TagFile(tags_path(Path(location)))

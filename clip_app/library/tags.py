@@ -1,5 +1,6 @@
 """Tags over the whole library: the labels of a label set given to every image whose stored feature reaches each
-label's threshold, kept with their provenance in a companion file of the library, ``<library_file>.tags``.
+label's threshold, kept with their provenance in a companion file of the library, ``<library_file>.tags`` (for a
+PostgreSQL library the same bytes in its `<table>_blobs` table: pg_store.PgTagFile).
 
 The file loads with ``torch.load(path, weights_only=True)``::
 
@@ -184,24 +185,39 @@ def synced(tags: SetTags, ids: torch.Tensor, features: torch.Tensor) -> SetTags:
 
 
 class TagFile:
-    """The tags file: read (cached by file signature) and written atomically as a whole."""
+    """The tags file: read (cached by its signature) and written atomically as a whole. Subclasses keep the same
+    bytes elsewhere (pg_store.PgTagFile: in the PostgreSQL library) by overriding _stamp, _raw and _write."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        self.path: Path | None = Path(path)
+        self.name = self.path.name  # for check's problems
+        self.where = f"the tags file {self.path}"  # for messages
         self._cache: tuple[object, dict[str, SetTags]] | None = None
+
+    def _stamp(self) -> object | None:
+        """What changes whenever the tags are written (None: there are none)."""
+        return file_signature(self.path)  # type: ignore[arg-type]
+
+    def _raw(self) -> object:
+        return torch.load(self.path, map_location="cpu", weights_only=True)  # type: ignore[arg-type]
+
+    def _write(self, data: dict) -> object:
+        """Write the whole tags data atomically; returns the new stamp."""
+        replace_atomically(self.path, lambda handle: torch.save(data, handle))  # type: ignore[arg-type]
+        return file_signature(self.path)  # type: ignore[arg-type]
 
     def load(self) -> dict[str, SetTags]:
         """Every set's tags ({} without a file); TagsError naming the file when it cannot be read."""
-        sig = file_signature(self.path)
+        sig = self._stamp()
         if sig is None:
             return {}
         if self._cache is not None and self._cache[0] == sig:
             return dict(self._cache[1])
         try:
-            raw = torch.load(self.path, map_location="cpu", weights_only=True)
+            raw = self._raw()
         except Exception as exc:  # torch's unpickling errors have no common base
-            raise TagsError(f"the tags file {self.path} cannot be read: {load_failure_reason(exc)}; run repair to "
-                            "rebuild it (tags are recomputed from the library)") from None
+            raise TagsError(f"{self.where} cannot be read: {load_failure_reason(exc)}; run repair to rebuild it "
+                            "(tags are recomputed from the library)") from None
         try:
             if not isinstance(raw, dict) or raw.get("kind") != "tags" or not isinstance(raw.get("sets"), dict):
                 raise ValueError("not a tags file (no kind 'tags' and sets)")
@@ -209,16 +225,15 @@ class TagFile:
                 raise ValueError(f"unknown version {raw.get('version')!r}")
             sets = {str(name): SetTags.from_dict(str(name), value) for name, value in raw["sets"].items()}
         except (ValueError, TypeError, AttributeError) as exc:
-            raise TagsError(f"the tags file {self.path} cannot be read ({exc}); run repair to rebuild it (tags are "
-                            "recomputed from the library)") from None
+            raise TagsError(f"{self.where} cannot be read ({exc}); run repair to rebuild it (tags are recomputed "
+                            "from the library)") from None
         self._cache = (sig, sets)
         return dict(sets)
 
     def save(self, sets: Mapping[str, SetTags]) -> None:
-        """Write every set atomically (temp file, fsync, os.replace); LibraryWriteError when it fails."""
+        """Write every set atomically; LibraryWriteError when it fails."""
         data = {"version": FORMAT_VERSION, "kind": "tags", "sets": {k: v.to_dict() for k, v in sets.items()}}
-        replace_atomically(self.path, lambda handle: torch.save(data, handle))
-        self._cache = (file_signature(self.path), dict(sets))
+        self._cache = (self._write(data), dict(sets))
 
 
 class Library(Protocol):
@@ -230,10 +245,10 @@ class Library(Protocol):
 class LibraryTags:
     """Tags of the label sets over one library: tag, read (always up to date), check and repair. Thread-safe."""
 
-    def __init__(self, path: Path, label_sets: LabelSetStore, classifiers: ClassifierCache,
+    def __init__(self, path: Path | TagFile, label_sets: LabelSetStore, classifiers: ClassifierCache,
                  default_threshold: float = 0.25,
                  classifier_for: Callable[[LabelSet], torch.Tensor] | None = None) -> None:
-        self.file = TagFile(path)
+        self.file = path if isinstance(path, TagFile) else TagFile(path)
         self.label_sets = label_sets
         self.classifiers = classifiers
         #: the set's classifier [D, C] as Classify builds it (the App's: routed text tower, Chinese templates, the
@@ -243,7 +258,8 @@ class LibraryTags:
         self._lock = threading.Lock()
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Path | None:
+        """The tags file (None: the tags live in the PostgreSQL library)."""
         return self.file.path
 
     def _label_set(self, name: str) -> LabelSet:
@@ -363,7 +379,7 @@ class LibraryTags:
         try:
             sets = self.file.load()
         except TagsError as exc:
-            return [Problem("tags", None, self.path.name, str(exc))]
+            return [Problem("tags", None, self.file.name, str(exc))]
         if not self._sets_readable():  # the label sets file's own message says what is wrong with it
             return []
         tagged = {s.name: s for s in self.label_sets.saved_sets() if s.tagged}
@@ -380,10 +396,10 @@ class LibraryTags:
                 why = "has tags of images added or removed since (updated on the next use)"
             else:
                 continue
-            problems.append(Problem("tags", None, self.path.name, f"the tags of label set {name!r} are out of date: "
+            problems.append(Problem("tags", None, self.file.name, f"the tags of label set {name!r} are out of date: "
                                     f"the set {why}; repair recomputes them"))
         for name in sorted(set(sets) - set(tagged)):
-            problems.append(Problem("tags", None, self.path.name, f"the tags file holds tags of {name!r}, which is "
+            problems.append(Problem("tags", None, self.file.name, f"the tags file holds tags of {name!r}, which is "
                                     "not a tagged label set; repair removes them"))
         return problems
 
@@ -403,7 +419,7 @@ class LibraryTags:
         with self._lock:
             sets = {s.name: self._fresh(before.get(s.name), s, model, ids, features, encoder) for s in tagged}
             self.file.save(sets)
-        actions = [f"rebuilt the damaged tags file {self.path.name}"] if damaged else []
+        actions = [f"rebuilt the damaged tags file {self.file.name}"] if damaged else []
         actions += [f"recomputed the tags of label set {name!r}" for name in sets
                     if name not in before or sets[name] is not before[name]]
         actions += [f"removed the tags of {name!r} (not a tagged label set)" for name in before if name not in sets]

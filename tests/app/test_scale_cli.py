@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from clip_app.index import main
 from clip_app.library.export import state_checksum
+from clip_app.library.pg_companions import PgCompanions
 from clip_app.library.pg_sql import PgTables
+from clip_app.library.pg_store import PgTagFile
+from clip_app.library.tags import TagFile
 from clip_app.library.store import load_library
 from tests.support.library_helpers import write_image
 
@@ -27,14 +32,18 @@ def test_index_cli_on_postgresql_and_export_both_ways(tmp_path: Path, tiny_check
     assert _cli(capsys, *on_file, "add", *map(str, images))[0] == 0
     assert _cli(capsys, *on_file, "remove", "2")[0] == 0
     (tmp_path / "label_sets.json").write_text(json.dumps({"version": 1, "sets": {"pets": ["cat", "dog"]}}))
+    assert _cli(capsys, *on_file, "tag", "pets")[0] == 0
+    file_tags = (tmp_path / "lib.pth.tags").read_bytes()
 
     code, out, err = _cli(capsys, *on_file, "export", "--to", pg_url)
     assert code == 0, err
-    assert "exported 3 images and 1 companion document(s) (label_sets)" in out and "verified: 3 rows" in out
+    assert "exported 3 images and 2 companion document(s) (label_sets, tags)" in out and "verified: 3 rows" in out
+    companions = PgCompanions(PgTables(pg_url))
+    assert companions.get_blob("tags")[0] == file_tags  # the tags, byte for byte, in the library's tables
     code, listed_pg, _ = _cli(capsys, *on_pg, "list", "--json")
     code, listed_file, _ = _cli(capsys, *on_file, "list", "--json")
     assert json.loads(listed_pg) == json.loads(listed_file)  # IDs, files, hashes, sizes, names, times
-    assert PgTables(pg_url).get_document("label_sets")["sets"] == {"pets": ["cat", "dog"]}
+    assert companions.get_document("label_sets")["sets"]["pets"]["labels"] == ["cat", "dog"]
     code, out, _ = _cli(capsys, *on_pg, "check")
     assert code == 0 and out.strip().startswith("ok")
     code, stats, _ = _cli(capsys, *on_pg, "stats", "--json")
@@ -46,14 +55,25 @@ def test_index_cli_on_postgresql_and_export_both_ways(tmp_path: Path, tiny_check
     assert code == 2 and "already holds 3 rows" in err
 
     write_image(tmp_path / "in" / "cyan.png", "cyan")
-    assert _cli(capsys, *on_pg, "add", str(tmp_path / "in" / "cyan.png"))[0] == 0
+    assert _cli(capsys, *on_pg, "labels", "add", "toys", "ball, kite")[0] == 0  # label sets and tags of a
+    assert _cli(capsys, *on_pg, "tag", "toys")[0] == 0  # postgresql:// library live in its tables, not in files
+    assert _cli(capsys, *on_pg, "add", str(tmp_path / "in" / "cyan.png"))[0] == 0  # the tagged sets follow the add
+    stored = PgTagFile(companions).load()
+    assert stored["pets"].ids.tolist() == [1, 3, 4, 5] and stored["toys"].ids.tolist() == [1, 3, 4, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gallery", "in", "label_sets.json", "lib.pth",
+                                                         "lib.pth.journal", "lib.pth.lock", "lib.pth.tags"]
+    assert not list(Path.cwd().glob("postgres*"))  # nothing written beside the URL taken for a path
+    code, out, _ = _cli(capsys, *on_pg, "check")
+    assert code == 0 and out.strip().startswith("ok")
     back = tmp_path / "back" / "lib.pth"
     code, out, err = _cli(capsys, *on_pg, "export", "--to", str(back))
     assert code == 0, err
     state, _ = load_library(back)
     assert state.ids.tolist() == [1, 3, 4, 5] and state.next_id == 6
     assert state_checksum(state) == state_checksum(PgTables(pg_url).load()[1])
-    assert json.loads((back.parent / "label_sets.json").read_text())["sets"] == {"pets": ["cat", "dog"]}
+    assert set(json.loads((back.parent / "label_sets.json").read_text())["sets"]) == {"pets", "toys"}
+    assert (back.parent / "lib.pth.tags").read_bytes() == companions.get_blob("tags")[0]
+    assert TagFile(back.parent / "lib.pth.tags").load()["toys"].labels == ("ball", "kite")
 
 
 def test_a_bad_url_is_one_clear_line(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
@@ -77,5 +97,12 @@ def test_the_app_on_a_postgresql_library(tmp_path: Path, tiny_checkpoint: Path, 
     assert two.search_text("red", k=3).hits[0].entry.id == 1
     one.save_label_set("pets", "cat, dog")
     assert two.label_set("pets") == ["cat", "dog"]
+    tagged = one.tag_library("pets")  # the tags: a blob in the library's tables, shared by both servers
+    assert isinstance(two.tags.file, PgTagFile) and two.tags.path is None
+    assert torch.equal(two.set_tags("pets").cosines, tagged.cosines)
+    two.tags.file.companions.put_blob("tags", b"not a tags file")  # damaged: check reports it, repair rewrites it
+    problems = one.check().problems
+    assert [p.kind for p in problems] == ["tags"] and "cannot be read" in problems[0].detail
+    assert any("damaged tags file" in a for a in one.repair().actions) and two.check().ok
     two.delete_image(1)
     assert one.stats().count == 0 and not (tmp_path / "gallery" / "000001.png").exists()
