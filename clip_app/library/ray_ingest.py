@@ -31,6 +31,7 @@ from .reports import AddReport, AddResult
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 256  # rows per save (file store) or transaction (PostgreSQL)
+CPU_ACTOR_THREADS = 1  # CPUs (and torch / ONNX Runtime threads) of a CPU actor
 CONNECT_TIMEOUT_S = 3.0
 
 
@@ -103,24 +104,34 @@ def _host_port(address: str) -> tuple[str, int]:
 
 class EncodeActor:
     """A Ray Data actor: loads the encoder once; per batch of paths reads, hashes, skips known hashes, decodes and
-    encodes. Output columns: index, status (encoded | known | failed), sha256, size, ext, error, feature [B, D]."""
+    encodes. Output columns: index, status (encoded | known | failed), sha256, size, ext, error, feature [B, D], and
+    for the run's figures ready_at (when this actor had its model, unix time), load_s (how long loading took) and
+    batch_at (when this batch started)."""
 
-    def __init__(self, settings: dict, batch_size: int, known: Any) -> None:
+    def __init__(self, settings: dict, batch_size: int, known: Any, threads: int = 0) -> None:
         import warnings
 
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
         from ..encoders import ClipEncoder
 
+        started = time.time()
+        if threads:  # a CPU actor owns `threads` CPUs: as many torch threads, no more (others run beside it)
+            torch.set_num_threads(threads)
         values = dict(settings)
         self.encoder = ClipEncoder(values["model"], values["device"], download_root=values["model_dir"],
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, backend=values.get("backend") or None,
+                                   precision=values.get("precision") or "fp32",
+                                   threads=values.get("onnx_threads") or threads or None)
         if not isinstance(known, (set, frozenset, list)):  # an ObjectRef: fetched once per actor
             import ray
 
             known = ray.get(known)
         self.known = set(known)
+        self.ready_at = time.time()
+        self.load_s = self.ready_at - started
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch_at = time.time()
         n = len(batch["index"])
         status, digests, sizes, exts, errors = ["failed"] * n, [""] * n, [0] * n, [""] * n, [""] * n
         pixels: list[torch.Tensor] = []
@@ -144,7 +155,8 @@ class EncodeActor:
             features[rows] = self.encoder.encode_pixels(torch.stack(pixels)).numpy()
         return {"index": np.asarray(batch["index"]), "status": np.array(status), "sha256": np.array(digests),
                 "size": np.array(sizes, dtype=np.int64), "ext": np.array(exts), "error": np.array(errors),
-                "feature": features}
+                "feature": features, "ready_at": np.full(n, self.ready_at), "load_s": np.full(n, self.load_s),
+                "batch_at": np.full(n, batch_at)}
 
 
 def ray_add(library: FeatureLibrary, settings: Settings, files: Sequence[Path], options: RayOptions,
@@ -163,25 +175,30 @@ def ray_add(library: FeatureLibrary, settings: Settings, files: Sequence[Path], 
         else settings.model
     dataset = ray.data.from_items([{"index": i, "path": str(p.expanduser().absolute()), "name": str(p)}
                                    for i, p in enumerate(files)])
+    threads = 0 if options.gpus_per_actor else CPU_ACTOR_THREADS
     dataset = dataset.map_batches(
         EncodeActor, batch_size=options.batch_size, compute=ray.data.ActorPoolStrategy(size=max(1, options.actors)),
-        fn_constructor_kwargs={"settings": plain, "batch_size": options.batch_size, "known": ray.put(known)},
-        num_gpus=options.gpus_per_actor or None, num_cpus=1 if not options.gpus_per_actor else None,
-        batch_format="numpy")
+        fn_constructor_kwargs={"settings": plain, "batch_size": options.batch_size, "known": ray.put(known),
+                               "threads": threads},
+        num_gpus=options.gpus_per_actor or None, num_cpus=threads or None, batch_format="numpy")
     results: list[AddResult | None] = [None] * total
     first_of_hash: dict[str, int] = {}
     repeats: list[tuple[int, int]] = []
-    done, started = 0, time.perf_counter()
+    done, started, started_at = 0, time.perf_counter(), time.time()
     first_batch: float | None = None
+    timing = _Timing()
     try:
         for batch in dataset.iter_batches(batch_size=max(1, write_batch), batch_format="numpy"):
             if first_batch is None:
                 first_batch = time.perf_counter() - started  # the actors are up: starting them is most of this
+            timing.take(batch)
+            writing = time.perf_counter()
             candidates = _take_batch(library, files, batch, results, first_of_hash, repeats)
             if candidates:
                 with library.store.writing() as state:
                     library.require_model(state)
                     library._store_new(state, candidates, results)
+            timing.write_s += time.perf_counter() - writing
             done += len(batch["index"])
             if progress:
                 progress(done, total)
@@ -198,7 +215,8 @@ def ray_add(library: FeatureLibrary, settings: Settings, files: Sequence[Path], 
     run = RayRun(images=total, seconds=seconds, first_batch_s=first_batch or seconds, nodes=len(nodes),
                  actors=options.actors,
                  cpus=int(sum(n["Resources"].get("CPU", 0) for n in nodes)),
-                 gpus=int(sum(n["Resources"].get("GPU", 0) for n in nodes)))
+                 gpus=int(sum(n["Resources"].get("GPU", 0) for n in nodes)),
+                 **timing.split(started_at, started_at + seconds))
     log.info("%s", run.summary())
     report = AddReport(results=[r for r in results if r is not None])
     report.ray = run  # type: ignore[attr-defined]
@@ -207,7 +225,7 @@ def ray_add(library: FeatureLibrary, settings: Settings, files: Sequence[Path], 
 
 @dataclass
 class RayRun:
-    """What a Ray bulk add did: images, seconds, and the cluster it ran on."""
+    """What a Ray bulk add did: images, seconds, and the cluster it ran on; its start-up apart from its steady state."""
 
     images: int
     seconds: float
@@ -216,12 +234,50 @@ class RayRun:
     actors: int
     cpus: int
     gpus: int
+    startup_s: float = 0.0  # until every actor had loaded its model (Ray Data's start, the workers, the model)
+    model_load_s: float = 0.0  # the slowest actor's model load (part of startup_s)
+    steady_images: int = 0  # images whose batch started after every actor was ready
+    steady_s: float = 0.0  # from then to the end (the writes of the last batch included)
+    write_s: float = 0.0  # this process's share: reading each new file again, the gallery copy, storing the rows
+
+    @property
+    def steady_images_per_s(self) -> float | None:
+        """Throughput once every actor is up (None when no batch started after that)."""
+        return self.steady_images / self.steady_s if self.steady_images and self.steady_s > 0 else None
 
     def summary(self) -> str:
         rate = self.images / self.seconds if self.seconds > 0 else 0.0
+        steady = self.steady_images_per_s
         return (f"ray: {self.images} images in {self.seconds:.1f} s ({rate:.1f} images/s) with {self.actors} "
                 f"actor{'s' if self.actors != 1 else ''} on {self.nodes} node{'s' if self.nodes != 1 else ''} "
-                f"({self.cpus} CPUs, {self.gpus} GPUs)")
+                f"({self.cpus} CPUs, {self.gpus} GPUs); start-up {self.startup_s:.1f} s (model load "
+                f"{self.model_load_s:.1f} s), then " + (f"{steady:.1f} images/s" if steady else "no batch after it"))
+
+
+class _Timing:
+    """The actors' timestamps (ready_at, load_s, batch_at columns), gathered from the batches as they arrive."""
+
+    def __init__(self) -> None:
+        self.ready: dict[float, float] = {}  # ready_at -> load_s, one entry per actor
+        self.batches: list[tuple[float, int]] = []  # (batch_at, images)
+        self.write_s = 0.0  # this process's own work on the results: reading the files again, the gallery, the rows
+
+    def take(self, batch: dict[str, np.ndarray]) -> None:
+        for ready_at, load_s in set(zip(batch["ready_at"].tolist(), batch["load_s"].tolist())):
+            self.ready[ready_at] = load_s
+        at, counts = np.unique(batch["batch_at"], return_counts=True)
+        self.batches.extend(zip(at.tolist(), counts.tolist()))
+
+    def split(self, started_at: float, ended_at: float) -> dict[str, Any]:
+        """RayRun's write_s, startup_s, model_load_s, steady_images, steady_s (unix times of this machine and the
+        actors')."""
+        if not self.ready:
+            return {"write_s": self.write_s}
+        all_ready = max(self.ready)
+        return {"write_s": self.write_s, "startup_s": max(0.0, all_ready - started_at),
+                "model_load_s": max(self.ready.values()),
+                "steady_images": sum(n for at, n in self.batches if at >= all_ready),
+                "steady_s": max(0.0, ended_at - all_ready)}
 
 
 def _known_hashes(library: FeatureLibrary) -> set[str]:

