@@ -173,6 +173,8 @@ def ray_add(library: FeatureLibrary, settings: Settings, files: Sequence[Path], 
     plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}
     plain["model"] = str(Path(settings.model).expanduser().absolute()) if Path(settings.model).expanduser().is_file() \
         else settings.model
+    # results in the order of the paths: IDs are given as the serial add gives them, whichever actor finishes first
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     dataset = ray.data.from_items([{"index": i, "path": str(p.expanduser().absolute()), "name": str(p)}
                                    for i, p in enumerate(files)])
     threads = 0 if options.gpus_per_actor else CPU_ACTOR_THREADS
