@@ -133,7 +133,7 @@ def _repair_state(lib: FeatureLibrary, state: LibraryState, reader: GalleryReade
 
     drop: list[int] = []
     redo: list[tuple[int, FileRead]] = []
-    hashes = dict(state.id_of_hash)  # content -> ID, as the repaired state will hold it
+    hashes = dict(state.id_of_hash.items())  # content -> ID, as the repaired state will hold it
     for row in range(len(state)):
         image_id, name = int(state.ids[row]), state.files[row]
         stored = state.sha256[row]

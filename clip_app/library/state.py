@@ -1,14 +1,16 @@
 """LibraryState: the library's rows in memory (ids, features, files, hashes, ...), never changed once made; appends
-share column buffers so a new state costs no copy of the existing rows."""
+share column buffers so a new state costs no copy of the existing rows. Text and hash columns are compact
+(columns.py): no Python object per row."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from itertools import compress
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
+
+from .columns import HashColumn, HashIndex, RowIndex, TextColumn
 
 FORMAT_VERSION = 1
 FIRST_ID = 1
@@ -99,15 +101,20 @@ class LibraryState:
     model_name: str
     dim: int
     ids: torch.Tensor  # int64 [N]
-    files: list[str]
-    sha256: list[str]  # hex
+    files: TextColumn  # reads as a sequence of str; lists given here are made compact
+    sha256: HashColumn  # uint8 [N, 32] inside; reads as a sequence of hex str
     added: torch.Tensor  # float64 [N]
     sizes: torch.Tensor  # int64 [N]
-    names: list[str]
+    names: TextColumn
     next_id: int = FIRST_ID
     _f16: _Column | None = field(default=None, repr=False, compare=False)  # the only copy of the rows: float16
-    _row_of: dict[int, int] | None = field(default=None, repr=False, compare=False)
-    _id_of_hash: dict[str, int] | None = field(default=None, repr=False, compare=False)
+    _row_of: RowIndex | None = field(default=None, repr=False, compare=False)
+    _id_of_hash: HashIndex | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.files = TextColumn.of(self.files)
+        self.sha256 = HashColumn.of(self.sha256)
+        self.names = TextColumn.of(self.names)
 
     @classmethod
     def empty(cls, model: str, model_name: str, dim: int) -> "LibraryState":
@@ -118,10 +125,11 @@ class LibraryState:
 
     @classmethod
     def build(cls, model: str, model_name: str, dim: int, *, ids: torch.Tensor, features: torch.Tensor,
-              files: list[str], sha256: list[str], added: torch.Tensor, sizes: torch.Tensor, names: list[str],
-              next_id: int = FIRST_ID) -> "LibraryState":
+              files: Iterable[str], sha256: Iterable[str] | torch.Tensor, added: torch.Tensor, sizes: torch.Tensor,
+              names: Iterable[str], next_id: int = FIRST_ID) -> "LibraryState":
         """A state from whole columns; features [N, D] are rounded to the stored precision (float16 rows, as a
-        loaded file holds them, are kept as they are: no copy)."""
+        loaded file holds them, are kept as they are: no copy). Text columns are lists of str or TextColumns, hashes
+        hex strings or uint8 [N, 32]."""
         if features.dtype == STORED_DTYPE and features.is_contiguous():
             f16 = _Column.adopt(features)
         else:
@@ -151,18 +159,18 @@ class LibraryState:
         return self._f16.view(len(self))  # type: ignore[union-attr]
 
     @property
-    def row_of(self) -> dict[int, int]:
-        """ID -> row index."""
+    def row_of(self) -> RowIndex:
+        """ID -> row index (a read-only mapping searching the ascending IDs; made on first use)."""
         if self._row_of is None:
-            self._row_of = dict(zip(self.ids.tolist(), range(len(self))))
+            self._row_of = RowIndex(self.ids)
         return self._row_of
 
     @property
-    def id_of_hash(self) -> dict[str, int]:
-        """sha256 -> ID (the first ID with those bytes)."""
+    def id_of_hash(self) -> HashIndex:
+        """Hex sha256 -> ID (the first ID with those bytes): a read-only mapping over the digests, made on first
+        use (a sort of their 8-byte prefixes: 16 MB and about 0.1 s at a million rows)."""
         if self._id_of_hash is None:
-            # built from the end, so that the first (lowest) ID wins when two rows hold the same bytes
-            self._id_of_hash = dict(zip(reversed(self.sha256), reversed(self.ids.tolist())))
+            self._id_of_hash = HashIndex(self.sha256.digests, self.ids)
         return self._id_of_hash
 
     def appended(self, ids: Sequence[int], features: torch.Tensor, files: Sequence[str], sha256: Sequence[str],
@@ -182,29 +190,20 @@ class LibraryState:
         n = len(self)
         rows16 = features.float().to(STORED_DTYPE)
         state = replace(
-            self, ids=torch.cat([self.ids, new_ids]), files=self.files + list(files),
-            sha256=self.sha256 + list(sha256), added=torch.cat([self.added, times]),
+            self, ids=torch.cat([self.ids, new_ids]), files=self.files.extended(files),
+            sha256=self.sha256.extended(sha256), added=torch.cat([self.added, times]),
             sizes=torch.cat([self.sizes, torch.tensor(list(sizes), dtype=torch.int64)]),
-            names=self.names + [clean_name(x) for x in names], next_id=max(self.next_id, max(ids) + 1),
+            names=self.names.extended([clean_name(x) for x in names]), next_id=max(self.next_id, max(ids) + 1),
             _f16=self._f16.extend(n, rows16), _row_of=None, _id_of_hash=None)  # type: ignore[union-attr]
         if (n and int(new_ids.min()) < int(self.ids[-1])) or not _ascending(new_ids):
             state = state.reordered(torch.argsort(state.ids))
-        else:  # keep the lookup tables incrementally (cheap for large libraries)
-            if self._row_of is not None:
-                state._row_of = dict(self._row_of)
-                state._row_of.update({int(i): n + k for k, i in enumerate(ids)})
-            if self._id_of_hash is not None:
-                state._id_of_hash = dict(self._id_of_hash)
-                for digest, i in zip(sha256, ids):
-                    state._id_of_hash.setdefault(digest, int(i))
+        elif self._id_of_hash is not None:  # merge the new digests into the sorted index (no new sort)
+            state._id_of_hash = self._id_of_hash.appended(state.sha256.digests, state.ids)
         return state
 
     def reordered(self, order: torch.Tensor) -> "LibraryState":
         """A copy with rows taken in this order (a permutation or a subset) [M]."""
-        order = torch.as_tensor(order, dtype=torch.int64)
-        index = order.tolist()
-        return self._taken(order, [self.files[i] for i in index], [self.sha256[i] for i in index],
-                           [self.names[i] for i in index])
+        return self._taken(torch.as_tensor(order, dtype=torch.int64))
 
     def row_feature(self, image_id: int) -> torch.Tensor:
         """The feature row [D] of an ID as stored (float32 of the float16 row); KeyError when absent."""
@@ -215,16 +214,15 @@ class LibraryState:
         over the sorted IDs; only the float16 rows are copied (float32 rows are made when first used)."""
         drop = torch.tensor(sorted({int(i) for i in ids}), dtype=torch.int64)
         keep = ~sorted_member(self.ids, drop)  # [N] bool
-        flags = keep.tolist()
-        return self._taken(torch.nonzero(keep).flatten(), list(compress(self.files, flags)),
-                           list(compress(self.sha256, flags)), list(compress(self.names, flags)))
+        return self._taken(torch.nonzero(keep).flatten())
 
-    def _taken(self, rows: torch.Tensor, files: list[str], sha256: list[str], names: list[str]) -> "LibraryState":
-        """A copy holding these rows [M] (the text columns already picked): the stored float16 rows are taken as
-        they are, never converted."""
+    def _taken(self, rows: torch.Tensor) -> "LibraryState":
+        """A copy holding these rows [M]: the stored float16 rows are taken as they are, never converted; the text
+        and hash columns are copied in runs of consecutive rows."""
         return LibraryState(
-            model=self.model, model_name=self.model_name, dim=self.dim, ids=self.ids[rows], files=files,
-            sha256=sha256, added=self.added[rows], sizes=self.sizes[rows], names=names, next_id=self.next_id,
+            model=self.model, model_name=self.model_name, dim=self.dim, ids=self.ids[rows],
+            files=self.files.take(rows), sha256=self.sha256.take(rows), added=self.added[rows],
+            sizes=self.sizes[rows], names=self.names.take(rows), next_id=self.next_id,
             _f16=self._f16.take(rows))  # type: ignore[union-attr]
 
     def with_rows(self, ids: Sequence[int], features: torch.Tensor, sha256: Sequence[str],
@@ -233,24 +231,20 @@ class LibraryState:
         rows = [self.row_of[int(i)] for i in ids]
         f16 = self.features16.clone()
         f16[rows] = features.float().to(STORED_DTYPE)
-        digests, new_sizes = list(self.sha256), self.sizes.clone()
+        new_sizes = self.sizes.clone()
         for k, row in enumerate(rows):
-            digests[row] = sha256[k]
             new_sizes[row] = int(sizes[k])
         return LibraryState.build(self.model, self.model_name, self.dim, ids=self.ids, features=f16,
-                                  files=list(self.files), sha256=digests, added=self.added, sizes=new_sizes,
-                                  names=list(self.names), next_id=self.next_id)
+                                  files=self.files, sha256=self.sha256.replaced(rows, list(sha256)),
+                                  added=self.added, sizes=new_sizes, names=self.names, next_id=self.next_id)
 
     def to_dict(self) -> dict:
         """The dict that is saved: tensors and a few strings only, so that loading stays fast at 100k rows."""
-        digests = bytes.fromhex("".join(self.sha256))
         return {
             "version": FORMAT_VERSION, "model": self.model, "model_name": self.model_name, "dim": int(self.dim),
             "ids": self.ids.contiguous(), "features": _exact(self.features16),
-            "files": "\n".join(self.files),
-            "sha256": (torch.frombuffer(bytearray(digests), dtype=torch.uint8).reshape(len(self), 32) if digests
-                       else torch.empty(0, 32, dtype=torch.uint8)),
-            "added": self.added.contiguous(), "sizes": self.sizes.contiguous(), "names": "\n".join(self.names),
+            "files": self.files.joined(), "sha256": _exact(self.sha256.tensor()),
+            "added": self.added.contiguous(), "sizes": self.sizes.contiguous(), "names": self.names.joined(),
             "next_id": int(self.next_id), "saved_at": time.time(),
         }
 
@@ -267,7 +261,7 @@ def invariant_problem(state: LibraryState) -> str | None:
         return f"its feature rows are {tuple(state.features16.shape[1:])} wide, but it says {state.dim}"
     ids = state.ids.tolist()
     for column, what in ((ids, "ID"), (state.files, "file name"), (state.sha256, "content hash (sha256)")):
-        clash = _first_repeat(column)
+        clash = state.id_of_hash.first_repeat() if column is state.sha256 else _first_repeat(column)
         if clash is not None:
             first, second = clash
             return (f"two rows share one {what} ({column[first]}): IDs {ids[first]} and {ids[second]}")
@@ -276,6 +270,8 @@ def invariant_problem(state: LibraryState) -> str | None:
 
 def _first_repeat(values: Sequence[object]) -> tuple[int, int] | None:
     """(first position, repeat position) of the first value that occurs twice, else None."""
+    if isinstance(values, TextColumn):
+        values = values.tolist()
     if len(set(values)) == len(values):  # the usual case: one pass in C
         return None
     seen: dict[object, int] = {}
