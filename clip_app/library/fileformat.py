@@ -130,10 +130,8 @@ def state_from_dict(raw: object) -> LibraryState:
     names = _text_column(raw, "names", n) if "names" in raw else files
     added = _tensor(raw, "added", n, torch.float64, fill=0.0)
     sizes = _tensor(raw, "sizes", n, torch.int64, fill=-1)
-    if len(set(ids.tolist())) != n:
+    if not _ascending(ids) and len(set(ids.tolist())) != n:
         raise ValueError("'ids' holds the same ID twice")
-    if len(set(files.tolist())) != n:
-        raise ValueError("'files' holds the same file twice")
     if n and int(ids.min()) < 0:
         raise ValueError("'ids' holds a negative ID")
     next_id = raw.get("next_id", FIRST_ID)

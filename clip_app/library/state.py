@@ -259,12 +259,15 @@ def invariant_problem(state: LibraryState) -> str | None:
         return "its columns have different row counts (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
     if state.features16.dim() != 2 or int(state.features16.shape[1]) != int(state.dim):
         return f"its feature rows are {tuple(state.features16.shape[1:])} wide, but it says {state.dim}"
-    ids = state.ids.tolist()
-    for column, what in ((ids, "ID"), (state.files, "file name"), (state.sha256, "content hash (sha256)")):
-        clash = state.id_of_hash.first_repeat() if column is state.sha256 else _first_repeat(column)
+    ids = state.ids
+    for what, column, find in (("ID", None, lambda: None if _ascending(ids) else _first_repeat(ids.tolist())),
+                               ("file name", state.files, lambda: _first_repeat(state.files)),
+                               ("content hash (sha256)", state.sha256, lambda: state.id_of_hash.first_repeat())):
+        clash = find()  # ascending IDs all differ; hashes are compared by their sorted index
         if clash is not None:
             first, second = clash
-            return (f"two rows share one {what} ({column[first]}): IDs {ids[first]} and {ids[second]}")
+            value = int(ids[first]) if column is None else column[first]
+            return f"two rows share one {what} ({value}): IDs {int(ids[first])} and {int(ids[second])}"
     return None
 
 

@@ -189,6 +189,8 @@ def test_a_library_file_round_trips_and_older_list_columns_still_load(tmp_path: 
     ({"files": "a.png\n.b.png\nc.png"}, "'.b.png' is not a plain file name"),
     ({"files": "a.png\n\nc.png"}, "'' is not a plain file name"),
     ({"files": "a.png\nx/b.png\nc.png"}, "'x/b.png' is not a plain file name"),
+    ({"files": "a.png\nb.png\na.png"}, "two rows share one file name (a.png): IDs 1 and 3"),
+    ({"ids": torch.tensor([1, 3, 1])}, "'ids' holds the same ID twice"),
     ({"sha256": ["ab"] * 3}, "'sha256' must be a uint8 tensor"),
     ({"sha256": ["z" * 64] * 3}, "'sha256' must be a uint8 tensor"),
 ])
