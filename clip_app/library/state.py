@@ -10,7 +10,8 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .columns import HashColumn, HashIndex, RowIndex, TextColumn
+from .columns import HashColumn, TextColumn
+from .lookups import HashIndex, RowIndex
 
 FORMAT_VERSION = 1
 FIRST_ID = 1

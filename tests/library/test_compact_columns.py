@@ -1,6 +1,7 @@
-"""The compact columns of the library state (columns.py) behave as the lists and dicts they replace: rows read back
-as the same strings, lookups by ID, by hash and by file give the same answers, appends/removals/reorders keep
-every column aligned, and files (the current and the older list form) load and save the same bytes."""
+"""The compact columns of the library state (columns.py, lookups.py) behave as the lists and dicts they replace:
+rows read back as the same strings, lookups by ID, by hash and by file give the same answers,
+appends/removals/reorders keep every column aligned, and files (the current and the older list form) load and save
+the same bytes."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 import torch
 
 from clip_app.library import LibraryCorruptError
-from clip_app.library.columns import HashColumn, HashIndex, RowIndex, TextColumn
+from clip_app.library.columns import HashColumn, TextColumn
 from clip_app.library.fileformat import load_state, state_from_dict
+from clip_app.library.lookups import HashIndex, RowIndex
 from clip_app.library.state import LibraryState, _first_repeat, invariant_problem
 from clip_app.library.store import load_library, save_library
 from tests.support.fakes import COLOUR_NAMES
@@ -38,6 +40,7 @@ def test_a_text_column_reads_back_every_string_and_finds_whole_rows_only() -> No
         if value in ODD:
             assert column.index(value) == ODD.index(value)
     assert column.index("11.jpg", 2) == 8
+    assert "" not in TextColumn.of(["a", "b"]) and TextColumn.of(["a", "", "b", ""]).count("") == 2
     with pytest.raises(ValueError):
         column.index("nothing")
     with pytest.raises(IndexError):
