@@ -52,7 +52,7 @@ def state_checksum(state: LibraryState) -> str:
     for tensor in (state.ids, state.features16, state.sizes, state.added):
         digest.update(tensor.contiguous().numpy().tobytes())
     for column in (state.files, state.sha256, state.names):
-        digest.update("\n".join(column).encode() + b"\0")
+        digest.update(column.joined().encode() + b"\0")
     digest.update(f"{state.model}\0{state.dim}\0{state.next_id}".encode())
     return digest.hexdigest()
 

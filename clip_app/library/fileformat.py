@@ -18,7 +18,8 @@ The file is a plain dict that loads with ``torch.load(path, weights_only=True)``
 
 Text columns are single strings and hashes a byte tensor, not Python lists, because the weights_only unpickler
 handles every list item in Python: three lists of 100,000 strings took about 2 s to load, these columns 0.05 s.
-The reader also accepts lists of strings (and hex strings for sha256).
+The reader also accepts lists of strings (and hex strings for sha256). In memory they stay compact (columns.py):
+the text as one UTF-8 buffer with row offsets, the hashes as the uint8 [N, 32] tensor that was loaded.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from typing import BinaryIO, Callable
 import torch
 
 from .. import files
+from .columns import HashColumn, TextColumn
 from .errors import LibraryCorruptError, LibraryWriteError
-from .state import FIRST_ID, FORMAT_VERSION, LibraryState, _ascending, invariant_problem
+from .state import FIRST_ID, FORMAT_VERSION, LibraryState, _ascending, clean_name, invariant_problem
 
 log = logging.getLogger(__name__)
 
@@ -125,22 +127,20 @@ def state_from_dict(raw: object) -> LibraryState:
         raise TypeError(f"'features' must be a float tensor [{n}, {dim}]")
     files = _text_column(raw, "files", n)
     sha256 = _hash_column(raw["sha256"], n)
-    names = _text_column(raw, "names", n) if "names" in raw else list(files)
+    names = _text_column(raw, "names", n) if "names" in raw else files
     added = _tensor(raw, "added", n, torch.float64, fill=0.0)
     sizes = _tensor(raw, "sizes", n, torch.int64, fill=-1)
-    if len(set(ids.tolist())) != n:
+    if not _ascending(ids) and len(set(ids.tolist())) != n:
         raise ValueError("'ids' holds the same ID twice")
-    if len(set(files)) != n:
-        raise ValueError("'files' holds the same file twice")
     if n and int(ids.min()) < 0:
         raise ValueError("'ids' holds a negative ID")
     next_id = raw.get("next_id", FIRST_ID)
     if not isinstance(next_id, int):
         raise TypeError("'next_id' must be an int")
     next_id = max(next_id, int(ids.max()) + 1 if n else FIRST_ID, FIRST_ID)
-    for name in files:
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise ValueError(f"gallery file name {name!r} is not a plain file name")
+    bad = _first_unplain(files)
+    if bad is not None:
+        raise ValueError(f"gallery file name {bad!r} is not a plain file name")
     state = LibraryState.build(model, str(raw.get("model_name") or model), dim, ids=ids.clone(), features=features,
                                files=files, sha256=sha256, added=added, sizes=sizes, names=names, next_id=next_id)
     if not _ascending(state.ids):
@@ -151,30 +151,47 @@ def state_from_dict(raw: object) -> LibraryState:
     return state
 
 
-def _text_column(raw: dict, key: str, n: int) -> list[str]:
-    """N strings stored as one newline-separated string (or as a list of strings)."""
+def _text_column(raw: dict, key: str, n: int) -> TextColumn:
+    """N strings stored as one newline-separated string (or as a list of strings), as a compact column."""
     value = raw[key]
     if isinstance(value, str):
-        items = value.split("\n") if n else ([] if value == "" else [value])
-    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        items = list(value)
-    else:
-        raise TypeError(f"'{key}' must be a string of {n} lines")
-    if len(items) != n:
-        raise ValueError(f"'{key}' holds {len(items)} entries for {n} rows")
-    return items
+        lines = value.count("\n") + 1 if n or value else 0
+        if lines != n:
+            raise ValueError(f"'{key}' holds {lines} entries for {n} rows")
+        return TextColumn.from_joined(value, n)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        if len(value) != n:
+            raise ValueError(f"'{key}' holds {len(value)} entries for {n} rows")
+        if key == "names":  # a list could hold a line break, which the file's own form cannot
+            value = [clean_name(v) if "\n" in v else v for v in value]
+        return TextColumn.of(value)  # ValueError for a file name with a line break
+    raise TypeError(f"'{key}' must be a string of {n} lines")
 
 
-def _hash_column(value: object, n: int) -> list[str]:
-    """sha256 digests stored as uint8 [N, 32] (or as a list of hex strings) -> hex strings."""
+def _first_unplain(files: TextColumn) -> str | None:
+    """The first gallery file name that is empty, holds a path separator or starts with a dot; None when all are
+    plain (checked over the whole buffer at once: no str per row unless one is wrong)."""
+    if not files.holds_any("/\\") and not (files.byte_lengths() == 0).any() and not (
+            files.first_bytes() == ord(".")).any():
+        return None
+    for name in files:
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            return name
+    return None  # pragma: no cover
+
+
+def _hash_column(value: object, n: int) -> HashColumn:
+    """sha256 digests stored as uint8 [N, 32] (kept as they are, no copy) or as a list of hex strings."""
     if isinstance(value, torch.Tensor):
         if value.dtype != torch.uint8 or tuple(value.shape) != (n, 32):
             raise TypeError(f"'sha256' must be a uint8 tensor [{n}, 32]")
-        text = value.contiguous().numpy().tobytes().hex()
-        return [text[i:i + 64] for i in range(0, len(text), 64)]
+        return HashColumn.of(value)
     if isinstance(value, (list, tuple)) and len(value) == n and all(
             isinstance(v, str) and len(v) == 64 for v in value):
-        return [v.lower() for v in value]
+        try:
+            return HashColumn.of([v.lower() for v in value])
+        except ValueError:
+            pass
     raise TypeError(f"'sha256' must be a uint8 tensor [{n}, 32]")
 
 

@@ -358,7 +358,7 @@ class PgTables:
                     conn.cursor().executemany(
                         f"INSERT INTO {self.table} (id, feature, file, sha256, size, name, added, version) VALUES "
                         f"(%s, %b, %s, %s, %s, %s, %s, (SELECT version FROM {meta}))",
-                        [(int(image_id), vectors[i], rows.files[i], bytes.fromhex(rows.sha256[i]), int(size),
+                        [(int(image_id), vectors[i], rows.files[i], rows.sha256.digest(i), int(size),
                           rows.names[i], float(added)) for i, (image_id, size, added) in
                          enumerate(zip(rows.ids.tolist(), rows.sizes.tolist(), rows.added.tolist()))])
             version = int(cur.fetchone()[0])
@@ -371,7 +371,6 @@ class PgTables:
     def _copy_rows(self, conn: Any, state: LibraryState, version: int) -> None:
         """COPY the rows of a state in (binary format: the float16 rows go as they are)."""
         vectors = halfvec_bytes(state.features16.numpy())
-        digests = [bytes.fromhex(h) for h in state.sha256]
         pack_q, pack_d = struct.Struct("!iq").pack, struct.Struct("!id").pack
         stamp = pack_q(8, int(version))
         parts = [_COPY_HEADER]
@@ -379,7 +378,8 @@ class PgTables:
             file, name = state.files[i].encode(), state.names[i].encode()
             parts.append(b"".join((
                 struct.pack("!h", 8), pack_q(8, int(state.ids[i])), struct.pack("!i", len(vectors[i])), vectors[i],
-                struct.pack("!i", len(file)), file, struct.pack("!i", 32), digests[i], pack_q(8, int(state.sizes[i])),
+                struct.pack("!i", len(file)), file, struct.pack("!i", 32), state.sha256.digest(i),
+                pack_q(8, int(state.sizes[i])),
                 struct.pack("!i", len(name)), name, pack_d(8, float(state.added[i])), stamp)))
         parts.append(struct.pack("!h", -1))
         with conn.cursor().copy(f"COPY {self.table} (id, feature, file, sha256, size, name, added, version) FROM "

@@ -1,14 +1,17 @@
 """LibraryState: the library's rows in memory (ids, features, files, hashes, ...), never changed once made; appends
-share column buffers so a new state costs no copy of the existing rows."""
+share column buffers so a new state costs no copy of the existing rows. Text and hash columns are compact
+(columns.py): no Python object per row."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from itertools import compress, islice
-from typing import Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
+
+from .columns import HashColumn, TextColumn
+from .lookups import HashIndex, RowIndex
 
 FORMAT_VERSION = 1
 FIRST_ID = 1
@@ -68,117 +71,6 @@ class _Column:
         return _Column(data, m)
 
 
-class _Texts(Sequence):
-    """A text column of a state: the first n strings of a list shared by successive appended states (like _Column:
-    appending to the newest state appends to the list in place; older states see only their first n, which never
-    change)."""
-
-    __slots__ = ("_data", "_n")
-
-    def __init__(self, data: list[str], n: int) -> None:
-        self._data, self._n = data, n
-
-    @staticmethod
-    def extended(column: Sequence[str], values: Sequence[str]) -> "_Texts":
-        """`column` followed by `values`: in place when column is the newest view of its list, else one copy."""
-        n = len(column)
-        if isinstance(column, _Texts) and len(column._data) == n:
-            data = column._data
-        else:
-            data = list(column)
-        data.extend(values)
-        return _Texts(data, n + len(values))
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return self._data[:self._n][index]
-        if index < 0:
-            index += self._n
-        if not 0 <= index < self._n:
-            raise IndexError("text column index out of range")
-        return self._data[index]
-
-    def __iter__(self) -> Iterator[str]:
-        return islice(self._data, self._n)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and len(other) == self._n and list(self) == list(other)
-
-    def __repr__(self) -> str:
-        return repr(list(self))
-
-    def count(self, value: object) -> int:
-        return self._data[:self._n].count(value)
-
-
-class _RowIndex:
-    """key -> row, one dict shared by successive appended states (like _Column): appending to the newest state adds
-    its keys in place (no copy of the existing entries); a state of n rows reads only entries below row n, which never
-    change. A key seen twice keeps its first row."""
-
-    def __init__(self, table: dict, filled: int) -> None:
-        self.table = table
-        self.filled = filled
-
-    def extend(self, n: int, keys: Sequence[object]) -> "_RowIndex":
-        """An index of our first n rows' keys, then `keys` at rows n, n+1, ... (in place when we end at row n)."""
-        if self.filled == n:
-            index = self
-        else:  # an older state grows another branch: its own copy of the entries below n
-            index = _RowIndex({k: r for k, r in self.table.copy().items() if r < n}, n)
-        setdefault = index.table.setdefault
-        for k, key in enumerate(keys):
-            setdefault(key, n + k)
-        index.filled = n + len(keys)
-        return index
-
-
-class _Lookup(Mapping):
-    """A read-only mapping over a _RowIndex as a state of n rows sees it: key -> row below n (or the ID of that row,
-    when `ids` [n] is given)."""
-
-    def __init__(self, index: _RowIndex, n: int, ids: torch.Tensor | None = None) -> None:
-        self._index, self._n, self._ids = index, n, ids
-
-    def _row(self, key: object) -> int | None:
-        row = self._index.table.get(key)
-        return None if row is None or row >= self._n else row
-
-    def __getitem__(self, key: object) -> int:
-        row = self._row(key)
-        if row is None:
-            raise KeyError(key)
-        return row if self._ids is None else int(self._ids[row])
-
-    def get(self, key: object, default: object = None) -> object:  # type: ignore[override]
-        row = self._row(key)
-        return default if row is None else row if self._ids is None else int(self._ids[row])
-
-    def __contains__(self, key: object) -> bool:
-        return self._row(key) is not None
-
-    def _entries(self) -> list[tuple[object, int]]:
-        n = self._n
-        return [(k, r) for k, r in self._index.table.copy().items() if r < n]  # copy(): safe while a writer appends
-
-    def __iter__(self) -> Iterator[object]:
-        return iter([k for k, _ in self._entries()])
-
-    def __len__(self) -> int:
-        return len(self._entries())
-
-    def items(self) -> list[tuple[object, int]]:  # type: ignore[override]
-        """Every (key, value) pair, at once (one conversion of the IDs, not one per key)."""
-        entries = self._entries()
-        if self._ids is None:
-            return entries
-        ids = self._ids.tolist()
-        return [(k, ids[r]) for k, r in entries]
-
-
 MAX_COPY_RUNS = 256  # Column.take copies up to this many blocks one by one; more are gathered with index_select
 
 
@@ -210,17 +102,20 @@ class LibraryState:
     model_name: str
     dim: int
     ids: torch.Tensor  # int64 [N]
-    files: Sequence[str]  # a list, or (appended states) a view of a list shared with earlier states
-    sha256: Sequence[str]  # hex
+    files: TextColumn  # reads as a sequence of str; lists given here are made compact
+    sha256: HashColumn  # uint8 [N, 32] inside; reads as a sequence of hex str
     added: torch.Tensor  # float64 [N]
     sizes: torch.Tensor  # int64 [N]
-    names: Sequence[str]
+    names: TextColumn
     next_id: int = FIRST_ID
     _f16: _Column | None = field(default=None, repr=False, compare=False)  # the only copy of the rows: float16
-    _scalars: tuple[_Column, _Column, _Column] | None = field(default=None, repr=False, compare=False)  # ids,
-    # added, sizes as appendable columns (made on the first append; the fields above are views of them)
-    _row_index: _RowIndex | None = field(default=None, repr=False, compare=False)  # ID -> row
-    _hash_index: _RowIndex | None = field(default=None, repr=False, compare=False)  # sha256 -> first row
+    _row_of: RowIndex | None = field(default=None, repr=False, compare=False)
+    _id_of_hash: HashIndex | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.files = TextColumn.of(self.files)
+        self.sha256 = HashColumn.of(self.sha256)
+        self.names = TextColumn.of(self.names)
 
     @classmethod
     def empty(cls, model: str, model_name: str, dim: int) -> "LibraryState":
@@ -231,10 +126,11 @@ class LibraryState:
 
     @classmethod
     def build(cls, model: str, model_name: str, dim: int, *, ids: torch.Tensor, features: torch.Tensor,
-              files: list[str], sha256: list[str], added: torch.Tensor, sizes: torch.Tensor, names: list[str],
-              next_id: int = FIRST_ID) -> "LibraryState":
+              files: Iterable[str], sha256: Iterable[str] | torch.Tensor, added: torch.Tensor, sizes: torch.Tensor,
+              names: Iterable[str], next_id: int = FIRST_ID) -> "LibraryState":
         """A state from whole columns; features [N, D] are rounded to the stored precision (float16 rows, as a
-        loaded file holds them, are kept as they are: no copy)."""
+        loaded file holds them, are kept as they are: no copy). Text columns are lists of str or TextColumns, hashes
+        hex strings or uint8 [N, 32]."""
         if features.dtype == STORED_DTYPE and features.is_contiguous():
             f16 = _Column.adopt(features)
         else:
@@ -264,20 +160,19 @@ class LibraryState:
         return self._f16.view(len(self))  # type: ignore[union-attr]
 
     @property
-    def row_of(self) -> Mapping[int, int]:
-        """ID -> row index (read-only)."""
-        if self._row_index is None:
-            self._row_index = _RowIndex(dict(zip(self.ids.tolist(), range(len(self)))), len(self))
-        return _Lookup(self._row_index, len(self))
+    def row_of(self) -> RowIndex:
+        """ID -> row index (a read-only mapping searching the ascending IDs; made on first use)."""
+        if self._row_of is None:
+            self._row_of = RowIndex(self.ids)
+        return self._row_of
 
     @property
-    def id_of_hash(self) -> Mapping[str, int]:
-        """sha256 -> ID (the first ID with those bytes; read-only)."""
-        if self._hash_index is None:
-            # built from the end, so that the first (lowest) row wins when two rows hold the same bytes
-            n = len(self)
-            self._hash_index = _RowIndex(dict(zip(reversed(self.sha256), range(n - 1, -1, -1))), n)
-        return _Lookup(self._hash_index, len(self), self.ids)
+    def id_of_hash(self) -> HashIndex:
+        """Hex sha256 -> ID (the first ID with those bytes): a read-only mapping over the digests, made on first
+        use (a sort of their 8-byte prefixes: 16 MB and about 0.1 s at a million rows)."""
+        if self._id_of_hash is None:
+            self._id_of_hash = HashIndex(self.sha256.digests, self.ids)
+        return self._id_of_hash
 
     def appended(self, ids: Sequence[int], features: torch.Tensor, files: Sequence[str], sha256: Sequence[str],
                  sizes: Sequence[int], names: Sequence[str],
@@ -293,32 +188,23 @@ class LibraryState:
         else:
             times = torch.as_tensor(list(added), dtype=torch.float64)
         new_ids = torch.tensor(list(ids), dtype=torch.int64)
-        n, m = len(self), len(ids)
+        n = len(self)
         rows16 = features.float().to(STORED_DTYPE)
-        columns = self._scalars or (_Column.adopt(self.ids), _Column.adopt(self.added), _Column.adopt(self.sizes))
-        columns = (columns[0].extend(n, new_ids), columns[1].extend(n, times),
-                   columns[2].extend(n, torch.tensor(list(sizes), dtype=torch.int64)))
-        state = replace(  # no copy of the existing rows: every column grows in place (see _Column, _Texts)
-            self, ids=columns[0].view(n + m), files=_Texts.extended(self.files, list(files)),
-            sha256=_Texts.extended(self.sha256, list(sha256)), added=columns[1].view(n + m),
-            sizes=columns[2].view(n + m), names=_Texts.extended(self.names, [clean_name(x) for x in names]),
-            next_id=max(self.next_id, max(ids) + 1), _f16=self._f16.extend(n, rows16),  # type: ignore[union-attr]
-            _scalars=columns, _row_index=None, _hash_index=None)
+        state = replace(
+            self, ids=torch.cat([self.ids, new_ids]), files=self.files.extended(files),
+            sha256=self.sha256.extended(sha256), added=torch.cat([self.added, times]),
+            sizes=torch.cat([self.sizes, torch.tensor(list(sizes), dtype=torch.int64)]),
+            names=self.names.extended([clean_name(x) for x in names]), next_id=max(self.next_id, max(ids) + 1),
+            _f16=self._f16.extend(n, rows16), _row_of=None, _id_of_hash=None)  # type: ignore[union-attr]
         if (n and int(new_ids.min()) < int(self.ids[-1])) or not _ascending(new_ids):
             state = state.reordered(torch.argsort(state.ids))
-        else:  # extend the lookup tables in place (no copy of a large library's entries)
-            if self._row_index is not None:
-                state._row_index = self._row_index.extend(n, [int(i) for i in ids])
-            if self._hash_index is not None:
-                state._hash_index = self._hash_index.extend(n, list(sha256))
+        elif self._id_of_hash is not None:  # merge the new digests into the sorted index (no new sort)
+            state._id_of_hash = self._id_of_hash.appended(state.sha256.digests, state.ids)
         return state
 
     def reordered(self, order: torch.Tensor) -> "LibraryState":
         """A copy with rows taken in this order (a permutation or a subset) [M]."""
-        order = torch.as_tensor(order, dtype=torch.int64)
-        index = order.tolist()
-        return self._taken(order, [self.files[i] for i in index], [self.sha256[i] for i in index],
-                           [self.names[i] for i in index])
+        return self._taken(torch.as_tensor(order, dtype=torch.int64))
 
     def row_feature(self, image_id: int) -> torch.Tensor:
         """The feature row [D] of an ID as stored (float32 of the float16 row); KeyError when absent."""
@@ -329,16 +215,15 @@ class LibraryState:
         over the sorted IDs; only the float16 rows are copied (float32 rows are made when first used)."""
         drop = torch.tensor(sorted({int(i) for i in ids}), dtype=torch.int64)
         keep = ~sorted_member(self.ids, drop)  # [N] bool
-        flags = keep.tolist()
-        return self._taken(torch.nonzero(keep).flatten(), list(compress(self.files, flags)),
-                           list(compress(self.sha256, flags)), list(compress(self.names, flags)))
+        return self._taken(torch.nonzero(keep).flatten())
 
-    def _taken(self, rows: torch.Tensor, files: list[str], sha256: list[str], names: list[str]) -> "LibraryState":
-        """A copy holding these rows [M] (the text columns already picked): the stored float16 rows are taken as
-        they are, never converted."""
+    def _taken(self, rows: torch.Tensor) -> "LibraryState":
+        """A copy holding these rows [M]: the stored float16 rows are taken as they are, never converted; the text
+        and hash columns are copied in runs of consecutive rows."""
         return LibraryState(
-            model=self.model, model_name=self.model_name, dim=self.dim, ids=self.ids[rows], files=files,
-            sha256=sha256, added=self.added[rows], sizes=self.sizes[rows], names=names, next_id=self.next_id,
+            model=self.model, model_name=self.model_name, dim=self.dim, ids=self.ids[rows],
+            files=self.files.take(rows), sha256=self.sha256.take(rows), added=self.added[rows],
+            sizes=self.sizes[rows], names=self.names.take(rows), next_id=self.next_id,
             _f16=self._f16.take(rows))  # type: ignore[union-attr]
 
     def with_rows(self, ids: Sequence[int], features: torch.Tensor, sha256: Sequence[str],
@@ -347,25 +232,20 @@ class LibraryState:
         rows = [self.row_of[int(i)] for i in ids]
         f16 = self.features16.clone()
         f16[rows] = features.float().to(STORED_DTYPE)
-        digests, new_sizes = list(self.sha256), self.sizes.clone()
+        new_sizes = self.sizes.clone()
         for k, row in enumerate(rows):
-            digests[row] = sha256[k]
             new_sizes[row] = int(sizes[k])
         return LibraryState.build(self.model, self.model_name, self.dim, ids=self.ids, features=f16,
-                                  files=list(self.files), sha256=digests, added=self.added, sizes=new_sizes,
-                                  names=list(self.names), next_id=self.next_id)
+                                  files=self.files, sha256=self.sha256.replaced(rows, list(sha256)),
+                                  added=self.added, sizes=new_sizes, names=self.names, next_id=self.next_id)
 
     def to_dict(self) -> dict:
         """The dict that is saved: tensors and a few strings only, so that loading stays fast at 100k rows."""
-        digests = bytes.fromhex("".join(self.sha256))
         return {
             "version": FORMAT_VERSION, "model": self.model, "model_name": self.model_name, "dim": int(self.dim),
-            "ids": _exact(self.ids.contiguous()), "features": _exact(self.features16),
-            "files": "\n".join(self.files),
-            "sha256": (torch.frombuffer(bytearray(digests), dtype=torch.uint8).reshape(len(self), 32) if digests
-                       else torch.empty(0, 32, dtype=torch.uint8)),
-            "added": _exact(self.added.contiguous()), "sizes": _exact(self.sizes.contiguous()),
-            "names": "\n".join(self.names),
+            "ids": self.ids.contiguous(), "features": _exact(self.features16),
+            "files": self.files.joined(), "sha256": _exact(self.sha256.tensor()),
+            "added": self.added.contiguous(), "sizes": self.sizes.contiguous(), "names": self.names.joined(),
             "next_id": int(self.next_id), "saved_at": time.time(),
         }
 
@@ -380,17 +260,22 @@ def invariant_problem(state: LibraryState) -> str | None:
         return "its columns have different row counts (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
     if state.features16.dim() != 2 or int(state.features16.shape[1]) != int(state.dim):
         return f"its feature rows are {tuple(state.features16.shape[1:])} wide, but it says {state.dim}"
-    ids = state.ids.tolist()
-    for column, what in ((ids, "ID"), (state.files, "file name"), (state.sha256, "content hash (sha256)")):
-        clash = _first_repeat(column)
+    ids = state.ids
+    for what, column, find in (("ID", None, lambda: None if _ascending(ids) else _first_repeat(ids.tolist())),
+                               ("file name", state.files, lambda: _first_repeat(state.files)),
+                               ("content hash (sha256)", state.sha256, lambda: state.id_of_hash.first_repeat())):
+        clash = find()  # ascending IDs all differ; hashes are compared by their sorted index
         if clash is not None:
             first, second = clash
-            return (f"two rows share one {what} ({column[first]}): IDs {ids[first]} and {ids[second]}")
+            value = int(ids[first]) if column is None else column[first]
+            return f"two rows share one {what} ({value}): IDs {int(ids[first])} and {int(ids[second])}"
     return None
 
 
 def _first_repeat(values: Sequence[object]) -> tuple[int, int] | None:
     """(first position, repeat position) of the first value that occurs twice, else None."""
+    if isinstance(values, TextColumn):
+        values = values.tolist()
     if len(set(values)) == len(values):  # the usual case: one pass in C
         return None
     seen: dict[object, int] = {}

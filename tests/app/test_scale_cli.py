@@ -12,8 +12,8 @@ from clip_app.library.export import state_checksum
 from clip_app.library.pg_companions import PgCompanions
 from clip_app.library.pg_sql import PgTables
 from clip_app.library.pg_store import PgTagFile
-from clip_app.library.tags import TagFile
 from clip_app.library.store import load_library
+from clip_app.library.tags import TagFile
 from tests.support.library_helpers import write_image
 
 

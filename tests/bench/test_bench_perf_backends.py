@@ -11,7 +11,9 @@ import pytest
 
 from clip_app.bench.__main__ import build_parser
 from clip_app.bench.perf import app as perf_app
-from clip_app.bench.perf.backends import parse_backends
+from clip_app.bench.perf.backends import explain, parse_backends, targets
+from clip_app.bench.perf.ceiling import image_flops
+from clip_app.bench.perf.stats import Results
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -58,6 +60,12 @@ def test_backends_side_by_side(onnx_exports: dict, tmp_path: Path, capsys: pytes
                 "backends.onnx.index_add.ratio", "backends.onnx.index_add.vs_forward",
                 "backends.onnx.classify.ratio", "backends.onnx.cold_start.extra"):
         assert isinstance(targets[key]["met"], bool), key
+    assert figures["backends.ceiling.forward_floor"]["median"] > 0
+    assert figures["backends.ceiling.best_ratio"]["median"] > 0
+    assert data["facts"]["backends.ceiling.torch_matmul_gflops"] > 0
+    assert data["facts"]["backends.ceiling.onnx_matmul_gflops"] > 0
+    for name in ("torch", "onnx", "onnx_int8"):
+        assert figures[f"backends.{name}.forward.image.4.gflops"]["median"] > 0
     table = capsys.readouterr().out
     assert "backends.onnx.forward.image.4.ratio" in table or "onnx / torch" in table
 
@@ -66,3 +74,32 @@ def test_backend_names_are_checked() -> None:
     assert parse_backends("onnx,int8,onnx") == ["torch", "onnx", "int8"]
     with pytest.raises(ValueError, match="unknown tensorrt"):
         parse_backends("tensorrt")
+
+
+def test_image_flops_counts_the_towers_products() -> None:
+    import clip.model
+    import torch
+
+    torch.manual_seed(0)
+    # ViT: patch size 16 on 32 px = 4 patches + class token, width 64, 2 layers, output 32
+    model = clip.model.CLIP(32, 32, 2, 64, 16, 77, 1000, 64, 2, 1).float().eval()
+    tokens, width = 5, 64
+    per_layer = 2 * tokens * width * width * (3 + 1 + 8) + 2 * 2 * tokens * tokens * width  # qkv, out, mlp, attention
+    expected = 2 * 4 * 3 * 16 * 16 * width + 2 * per_layer + 2 * width * 32  # patches, layers, projection
+    assert image_flops(model, 32) == pytest.approx(expected, rel=0.02)
+
+
+def test_targets_say_when_the_fp32_ceiling_puts_them_out_of_reach() -> None:
+    results = Results()
+    results.add("backends.ceiling.best_ratio", "floor", "x", [0.8])
+    checks = targets(32)
+    explain(checks, results)
+    notes = {t.key: t.note for t in checks}
+    assert "out of reach in fp32" in notes["backends.onnx.forward.image.32.ratio"]
+    assert "1.25x" in notes["backends.onnx.index_add.ratio"]
+    assert notes["backends.onnx.classify.ratio"] == ""
+    reachable = Results()
+    reachable.add("backends.ceiling.best_ratio", "floor", "x", [0.4])
+    checks = targets(32)
+    explain(checks, reachable)
+    assert all(t.note == "" for t in checks)

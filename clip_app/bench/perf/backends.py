@@ -21,8 +21,10 @@ from typing import Callable, Sequence
 import torch
 
 from ...encoders import ClipEncoder
+from ...encoders.onnx_runtime import default_threads
 from ...search import top_k
 from . import app as perf_app
+from .ceiling import measure_ceiling
 from .encode import timed
 from .setup import label_set, make_app, open_library, query_text, unit_features, write_photos
 from .stats import Results, Target, counting
@@ -79,6 +81,8 @@ def measure_backends(checkpoint: Path, names: Sequence[str], workdir: Path, repe
                 per_image[key][name].append(timed(lambda run=run, e=encoders[name]: run(e)) / n)
     for key, values in per_image.items():
         _add(results, names, key, f"{key.split('.')[-1]} image(s), per image (encode_pixels)", "s", values)
+    measure_ceiling(encoders["torch"].model, encoders["torch"].input_resolution, names, batch,
+                    per_image[f"forward.image.{batch}"], default_threads(), results)
     _text_query(encoders, names, repeats, k, results)
     _index_add(encoders, names, workdir, repeats, batch, results, per_image[f"forward.image.{batch}"], quick)
     photo = write_photos(workdir / "photos" / "backends-classify", 1, (640, 480), seed=3)[0]
@@ -188,6 +192,20 @@ def _cold_start(checkpoint: Path, names: Sequence[str], photo: Path, model_dir: 
         if name != "torch":
             results.add(f"backends.{key_of(name)}.cold_start.extra", f"  {name} - torch (paired runs)", "s",
                         [a - b for a, b in zip(seconds[name], seconds["torch"])])
+
+
+def explain(checks: Sequence[Target], results: Results) -> None:
+    """Note on the forward and index-add targets what this CPU's fp32 ceiling allows (see ceiling.py)."""
+    floor = results.figures.get("backends.ceiling.best_ratio")
+    if floor is None:
+        return
+    best = floor.median
+    for target in checks:
+        if target.key.startswith("backends.onnx.forward.image.") and best > target.limit:
+            target.note = (f"out of reach in fp32 here: at this CPU's measured fp32 peak the forward pass would be "
+                           f"{best:.2f}x torch")
+        elif target.key == "backends.onnx.index_add.ratio" and 1 / best < target.limit:
+            target.note = f"out of reach in fp32 here: the fp32 peak allows at most {1 / best:.2f}x"
 
 
 def targets(batch: int) -> list[Target]:

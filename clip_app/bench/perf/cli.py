@@ -217,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
     for target in checks:
         figure = results.figures.get(target.key)
         target.value = figure.median if figure else None
+    perf_backends.explain(checks, results)
     print()
     print(format_table(results))
     print()
