@@ -174,8 +174,8 @@ def test_without_keeps_every_column_aligned(removed: list[int]) -> None:
 
 
 def test_appending_shares_the_columns_but_every_state_keeps_its_own_rows() -> None:
-    """An append grows the newest state's columns and lookups in place; an older state appended to again (another
-    branch) copies, and neither sees the other's rows."""
+    """An append grows the newest state's feature buffer in place; an older state appended to again (another
+    branch) gets its own, and neither sees the other's rows, IDs, names or hashes."""
     rows = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), dim=1)
 
     def grow(state: LibraryState, image_id: int, digest: str) -> LibraryState:
@@ -197,5 +197,6 @@ def test_appending_shares_the_columns_but_every_state_keeps_its_own_rows() -> No
     assert dict(tip.id_of_hash.items()) == {f"{i:064x}": i for i in (1, 2, 3, 4)} and len(tip.row_of) == 5
     assert tip.files == ["1.png", "2.png", "3.png", "4.png", "5.png"] and tip.files.count("5.png") == 1
     saved = tip.to_dict()
-    assert saved["ids"].untyped_storage().nbytes() == 5 * 8  # no spare room of the shared buffer is saved
+    assert saved["features"].untyped_storage().nbytes() == 5 * 8 * 2  # no spare room of the shared buffer is saved
+    assert torch.equal(saved["features"], tip.features16) and torch.equal(branch.features16[3], rows[5].half())
     assert saved["ids"].tolist() == [1, 2, 3, 4, 5] and saved["added"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
