@@ -18,7 +18,23 @@ def _prefix_keys(digests: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(digests[:, :8]).view(np.uint64).reshape(-1)
 
 
-class RowIndex(Mapping):
+class _ByGet(Mapping):
+    """A read-only mapping whose lookups all go through get() (None: absent)."""
+
+    def get(self, key: object, default: int | None = None) -> int | None:  # type: ignore[override]
+        raise NotImplementedError
+
+    def __getitem__(self, key: object) -> int:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None
+
+
+class RowIndex(_ByGet):
     """ID -> row of an int64 ID column [N] (ascending in a library state), by binary search: no dict of N entries.
     Behaves as dict(zip(ids, range(N))) (with a repeated ID, its last row)."""
 
@@ -45,15 +61,6 @@ class RowIndex(Mapping):
             return default
         return at if self._order is None else int(self._order[at])
 
-    def __getitem__(self, key: object) -> int:
-        row = self.get(key)
-        if row is None:
-            raise KeyError(key)
-        return row
-
-    def __contains__(self, key: object) -> bool:
-        return self.get(key) is not None
-
     def __iter__(self) -> Iterator[int]:
         return iter(dict.fromkeys(self._ids.tolist()))
 
@@ -73,7 +80,7 @@ class RowIndex(Mapping):
         return np.where(found, rows, -1).astype(np.int64)
 
 
-class HashIndex(Mapping):
+class HashIndex(_ByGet):
     """Hex sha256 -> the first (lowest-row, so lowest) ID holding those bytes, by binary search over the digests'
     sorted 8-byte prefixes (16 bytes a row) instead of a dict of N hex strings (about 140 bytes a row)."""
 
@@ -110,15 +117,6 @@ class HashIndex(Mapping):
         raw = _raw_digest(key)
         row = None if raw is None else self.first_row(raw)
         return default if row is None else int(self._ids[row])
-
-    def __getitem__(self, key: object) -> int:
-        found = self.get(key)
-        if found is None:
-            raise KeyError(key)
-        return found
-
-    def __contains__(self, key: object) -> bool:
-        return self.get(key) is not None
 
     def first_repeat(self) -> tuple[int, int] | None:
         """(first row, repeat row) of the first digest that occurs twice (the smallest repeat row), else None."""
