@@ -3,7 +3,9 @@ per row (at a million rows, three lists of strings took about 250 MB beside the 
 
 TextColumn: N strings as one UTF-8 buffer (the file's newline-separated form) plus row offsets; a str is made only
 for a row that is read. HashColumn: N sha256 digests as uint8 [N, 32]; rows read as hex strings.
-Every column is immutable: appending or taking rows makes a new one. The lookups over them: lookups.py."""
+Every column is immutable: appending or taking rows makes a new one. An append writes the new rows in place into
+buffers shared with the column it came from (growable.py: O(row), not O(N)); each column reads only its own first
+rows, which never change. The lookups over them: lookups.py."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from .growable import Growable
 
 _NEWLINE = 10  # b"\n": the separator of the file's text columns, never part of a row
 _EMPTY_BOUNDS = np.zeros(1, dtype=np.int64)
@@ -58,13 +62,24 @@ def _positions(index: Sequence[int] | np.ndarray | torch.Tensor, n: int) -> np.n
 
 
 class TextColumn(Sequence[str]):
-    """N strings without line breaks, as one UTF-8 buffer joined by newlines plus int64 offsets [N + 1]."""
+    """N strings without line breaks, as one UTF-8 buffer joined by newlines plus int64 offsets [N + 1]. After an
+    append the buffers may be longer (shared, with spare room): this column reads only its first `_size` bytes and
+    N + 1 offsets."""
 
-    __slots__ = ("_blob", "_bounds")
+    __slots__ = ("_blob", "_size", "_bounds", "_grow")
     __hash__ = None  # type: ignore[assignment]
 
     def __init__(self, blob: bytes = b"", bounds: np.ndarray = _EMPTY_BOUNDS) -> None:
-        self._blob, self._bounds = blob, bounds
+        self._blob: bytes | bytearray = blob
+        self._size, self._bounds = len(blob), bounds
+        self._grow: tuple[Growable, Growable] | None = None  # (blob, offsets) shared with appended columns
+
+    @classmethod
+    def _over(cls, blob: Growable, bounds: Growable, size: int, n: int) -> "TextColumn":
+        """The column of the first n rows (size bytes) of shared growable buffers."""
+        column = cls(blob.data, bounds.data[:n + 1])  # type: ignore[arg-type, index]
+        column._size, column._grow = size, (blob, bounds)
+        return column
 
     @classmethod
     def of(cls, items: Iterable[str]) -> "TextColumn":
@@ -86,12 +101,18 @@ class TextColumn(Sequence[str]):
 
     def joined(self) -> str:
         """The rows joined by newlines: "\\n".join(column), as the file stores them."""
-        return self._blob.decode("utf-8", "surrogatepass")
+        if self._size == len(self._blob):
+            return self._blob.decode("utf-8", "surrogatepass")
+        return str(memoryview(self._blob)[:self._size], "utf-8", "surrogatepass")
+
+    def _bytes(self) -> memoryview:
+        """This column's bytes of the (maybe longer, shared) buffer, without a copy."""
+        return memoryview(self._blob)[:self._size]
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the column's buffers."""
-        return len(self._blob) + self._bounds.nbytes
+        """Bytes of the column's buffers that it reads (spare room shared with appended columns not counted)."""
+        return self._size + self._bounds.nbytes
 
     def __len__(self) -> int:
         return len(self._bounds) - 1
@@ -123,7 +144,7 @@ class TextColumn(Sequence[str]):
 
     def first_bytes(self) -> np.ndarray:
         """Uint8 [N]: the first UTF-8 byte of every row (0 for an empty row)."""
-        data = np.frombuffer(self._blob, dtype=np.uint8)
+        data = np.frombuffer(self._blob, dtype=np.uint8, count=self._size)
         starts = self._bounds[:-1]
         if not len(data):
             return np.zeros(len(starts), dtype=np.uint8)
@@ -131,7 +152,7 @@ class TextColumn(Sequence[str]):
 
     def holds_any(self, characters: str) -> bool:
         """True when some row holds one of these characters."""
-        return any(_encode(c) in self._blob for c in characters)
+        return any(self._blob.find(_encode(c), 0, self._size) >= 0 for c in characters)
 
     def _matches(self, value: object) -> Iterator[int]:
         """Rows equal to value, ascending: found by a byte search of the buffer (C speed), not row by row."""
@@ -140,15 +161,15 @@ class TextColumn(Sequence[str]):
         if not value:  # empty rows: found from the offsets (a search for b"" would stop at every byte)
             yield from np.flatnonzero(self.byte_lengths() == 0).tolist()
             return
-        needle, blob, bounds = _encode(value), self._blob, self._bounds
-        at = blob.find(needle)
+        needle, blob, bounds, size = _encode(value), self._blob, self._bounds, self._size
+        at = blob.find(needle, 0, size)
         while at >= 0:
             end = at + len(needle)
-            if (at == 0 or blob[at - 1] == _NEWLINE) and (end == len(blob) or blob[end] == _NEWLINE):
+            if (at == 0 or blob[at - 1] == _NEWLINE) and (end == size or blob[end] == _NEWLINE):
                 yield int(np.searchsorted(bounds, at, side="right")) - 1
-                at = blob.find(needle, end + 1)
+                at = blob.find(needle, end + 1, size)
             else:
-                at = blob.find(needle, at + 1)
+                at = blob.find(needle, at + 1, size)
 
     def __contains__(self, value: object) -> bool:
         return next(self._matches(value), None) is not None
@@ -164,14 +185,19 @@ class TextColumn(Sequence[str]):
         raise ValueError(f"{value!r} is not in the column")
 
     def extended(self, items: Iterable[str]) -> "TextColumn":
-        """A new column: these rows, then `items` (one copy of the buffer)."""
+        """A new column: these rows, then `items`. Written in place into the buffers this column shares when no
+        other column has grown past it (O(new rows)); else its rows are copied once into buffers with spare room."""
         more = TextColumn.of(items)
         if not len(more):
             return self
-        if not len(self):
-            return more
-        start = self._bounds[-1]
-        return TextColumn(self._blob + b"\n" + more._blob, np.concatenate([self._bounds[:-1], more._bounds + start]))
+        n = len(self)
+        # a column not made by an append owns no spare room: its buffers are adopted full (never written into)
+        blob, bounds = self._grow or (Growable(self._blob), Growable(self._bounds))
+        piece = (b"\n" + more._bytes().tobytes()) if n else more._bytes().tobytes()
+        offset = self._size + 1 if n else 0  # where the first new row starts
+        grown_blob = blob.extend(self._size, piece)
+        grown_bounds = bounds.extend(n + 1, more._bounds[1:] + offset)
+        return TextColumn._over(grown_blob, grown_bounds, self._size + len(piece), n + len(more))
 
     def take(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> "TextColumn":
         """A new column of the rows at these positions [M], in that order: runs of consecutive rows (what removing a
@@ -189,7 +215,7 @@ class TextColumn(Sequence[str]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, TextColumn):
-            return self._blob == other._blob and np.array_equal(self._bounds, other._bounds)
+            return self._bytes() == other._bytes() and np.array_equal(self._bounds, other._bounds)
         if isinstance(other, (list, tuple)):
             return self.tolist() == list(other)
         return NotImplemented
@@ -202,11 +228,12 @@ class TextColumn(Sequence[str]):
 class HashColumn(Sequence[str]):
     """N sha256 digests as uint8 [N, 32]; a row reads as its lowercase hex string."""
 
-    __slots__ = ("_digests",)
+    __slots__ = ("_digests", "_grow")
     __hash__ = None  # type: ignore[assignment]
 
-    def __init__(self, digests: np.ndarray | None = None) -> None:
+    def __init__(self, digests: np.ndarray | None = None, grow: Growable | None = None) -> None:
         self._digests = np.zeros((0, 32), dtype=np.uint8) if digests is None else digests
+        self._grow = grow  # the buffer [capacity, 32] whose first rows these are, shared with appended columns
 
     @classmethod
     def of(cls, items: Iterable[str] | torch.Tensor | np.ndarray) -> "HashColumn":
@@ -273,11 +300,14 @@ class HashColumn(Sequence[str]):
         return raw is not None and bool((self._digests == np.frombuffer(raw, dtype=np.uint8)).all(axis=1).any())
 
     def extended(self, items: Iterable[str] | "HashColumn") -> "HashColumn":
-        """A new column: these digests, then `items`."""
+        """A new column: these digests, then `items` (in place into the shared buffer when no other column has grown
+        past this one: O(new rows); else copied once into a buffer with spare room)."""
         more = HashColumn.of(items)
         if not len(more):
             return self
-        return HashColumn(np.concatenate([self._digests, more._digests]) if len(self) else more._digests)
+        n = len(self)
+        grown = (self._grow or Growable(self._digests)).extend(n, more._digests)
+        return HashColumn(grown.data[:n + len(more)], grown)  # type: ignore[index]
 
     def take(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> "HashColumn":
         """A new column of the digests at these positions [M], in that order."""

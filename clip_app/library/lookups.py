@@ -47,6 +47,16 @@ class RowIndex(_ByGet):
             self._sorted = values[self._order]
         self._ids = values
 
+    def appended(self, ids: torch.Tensor) -> "RowIndex":
+        """The index of these IDs [N + M], whose first N are this index's and the rest new, ascending and larger
+        than every old one (the caller has checked): O(1) when this index's IDs ascend (no new check of all N)."""
+        if self._order is not None:
+            return RowIndex(ids)
+        index = RowIndex.__new__(RowIndex)
+        values = ids.contiguous().numpy()
+        index._order, index._sorted, index._ids = None, values, values
+        return index
+
     def get(self, key: object, default: int | None = None) -> int | None:  # type: ignore[override]
         if isinstance(key, float) and key.is_integer():
             key = int(key)
@@ -80,9 +90,16 @@ class RowIndex(_ByGet):
         return np.where(found, rows, -1).astype(np.int64)
 
 
+TAIL_ROWS = 2_048  # appended digests wait in an unsorted tail (scanned on lookup) until this many, then are merged
+
+
 class HashIndex(_ByGet):
     """Hex sha256 -> the first (lowest-row, so lowest) ID holding those bytes, by binary search over the digests'
-    sorted 8-byte prefixes (16 bytes a row) instead of a dict of N hex strings (about 140 bytes a row)."""
+    sorted 8-byte prefixes (16 bytes a row) instead of a dict of N hex strings (about 140 bytes a row).
+
+    The sorted arrays cover the first len(order) rows; rows appended after them form a tail of at most TAIL_ROWS,
+    scanned on lookup, so that appending one row does not copy the sorted arrays (O(N)) every time: they are merged
+    (one pass, no new sort) when the tail grows past TAIL_ROWS, about O(N / TAIL_ROWS) per row appended."""
 
     def __init__(self, digests: np.ndarray, ids: torch.Tensor, keys: np.ndarray | None = None,
                  order: np.ndarray | None = None) -> None:
@@ -94,8 +111,22 @@ class HashIndex(_ByGet):
         self._keys, self._order = keys, order
 
     def appended(self, digests: np.ndarray, ids: torch.Tensor) -> "HashIndex":
-        """The index of these digests and IDs, whose first rows are this index's and the rest are new (merged into
-        the sorted arrays in one pass: no new sort of the whole library)."""
+        """The index of these digests [N + M, 32] and IDs [N + M], whose first N rows are this index's and the rest
+        are new: they join the unsorted tail (the sorted arrays are shared, not copied) while it holds at most
+        TAIL_ROWS rows, else the whole tail is merged into the sorted arrays."""
+        if len(digests) - len(self._order) <= TAIL_ROWS:
+            return HashIndex(digests, ids, self._keys, self._order)
+        return self._merged(digests, ids)
+
+    def _whole(self) -> "HashIndex":
+        """This index with its tail merged into the sorted arrays (itself when it has none)."""
+        if len(self._order) == len(self._digests):
+            return self
+        return self._merged(self._digests, torch.from_numpy(self._ids))
+
+    def _merged(self, digests: np.ndarray, ids: torch.Tensor) -> "HashIndex":
+        """The index of these digests and IDs, whose rows past the sorted arrays are merged into them in one pass
+        (no new sort of the whole library)."""
         n = len(self._order)
         prefixes = _prefix_keys(digests[n:])
         new_order = np.argsort(prefixes, kind="stable")
@@ -111,7 +142,15 @@ class HashIndex(_ByGet):
         lo = int(np.searchsorted(self._keys, key, side="left"))
         hi = int(np.searchsorted(self._keys, key, side="right"))
         found = [int(row) for row in self._order[lo:hi] if self._digests[row].tobytes() == raw]
-        return min(found) if found else None
+        if found:  # the sorted rows all come before the tail's
+            return min(found)
+        main = len(self._order)
+        if main < len(self._digests):
+            tail = self._digests[main:]
+            for at in np.flatnonzero(_prefix_keys(tail) == key).tolist():
+                if tail[at].tobytes() == raw:
+                    return main + at
+        return None
 
     def get(self, key: object, default: int | None = None) -> int | None:  # type: ignore[override]
         raw = _raw_digest(key)
@@ -120,6 +159,8 @@ class HashIndex(_ByGet):
 
     def first_repeat(self) -> tuple[int, int] | None:
         """(first row, repeat row) of the first digest that occurs twice (the smallest repeat row), else None."""
+        if len(self._order) != len(self._digests):
+            return self._whole().first_repeat()
         same = np.flatnonzero(self._keys[1:] == self._keys[:-1])
         if not len(same):  # the usual case: every prefix differs, so every digest does
             return None
@@ -146,6 +187,8 @@ class HashIndex(_ByGet):
         return iter(self._pairs())
 
     def __len__(self) -> int:
+        if len(self._order) != len(self._digests):
+            return len(self._whole())
         if len(self._keys) > 1 and bool((self._keys[1:] == self._keys[:-1]).any()):
             return len(self._pairs())  # some prefixes repeat: count distinct digests the slow way
         return len(self._order)

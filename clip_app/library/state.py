@@ -1,9 +1,10 @@
 """LibraryState: the library's rows in memory (ids, features, files, hashes, ...), never changed once made; appends
-share column buffers so a new state costs no copy of the existing rows. Text and hash columns are compact
-(columns.py): no Python object per row."""
+share every column's buffer (growable.py) so a new state costs O(new rows), not a copy of the existing ones. Text
+and hash columns are compact (columns.py): no Python object per row."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence
@@ -11,6 +12,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from .columns import HashColumn, TextColumn
+from .growable import Growable, slack
 from .lookups import HashIndex, RowIndex
 
 FORMAT_VERSION = 1
@@ -18,69 +20,43 @@ FIRST_ID = 1
 STORED_DTYPE = torch.float16
 
 
-class _Column:
-    """A growable row buffer [capacity, D] shared by successive states: appending to the newest state writes in
-    place (no copy of the existing rows); older states keep their own views of the first rows, which never change."""
-
-    def __init__(self, data: torch.Tensor, filled: int) -> None:
-        self.data = data
-        self.filled = filled
-
-    @classmethod
-    def adopt(cls, rows: torch.Tensor) -> "_Column":
-        """A column over these rows as they are (no copy, no spare room: the first append copies them)."""
-        return cls(rows, len(rows))
-
-    @classmethod
-    def of(cls, rows: torch.Tensor, dtype: torch.dtype) -> "_Column":
-        """A column holding these rows (converted to dtype), with room to append without copying."""
-        n = len(rows)
-        data = torch.empty((n + _slack(n),) + tuple(rows.shape[1:]), dtype=dtype)
-        data[:n] = rows
-        return cls(data, n)
-
-    def view(self, n: int) -> torch.Tensor:
-        return self.data[:n]
-
-    def extend(self, n: int, rows: torch.Tensor) -> "_Column":
-        """A column holding our first n rows followed by `rows` (in place when this column ends at row n)."""
-        m = len(rows)
-        if self.filled == n and n + m <= len(self.data):
-            self.data[n:n + m] = rows
-            self.filled = n + m
-            return self
-        capacity = n + m + _slack(n + m)
-        data = torch.empty((capacity,) + tuple(rows.shape[1:]), dtype=rows.dtype)
-        data[:n] = self.data[:n]
-        data[n:n + m] = rows
-        return _Column(data, n + m)
-
-    def take(self, index: torch.Tensor) -> "_Column":
-        """A new column holding our rows at these positions [M], in that order (no conversion of the values): runs
-        of consecutive positions (what removing a few rows leaves) are copied as blocks, else gathered."""
-        m = len(index)
-        data = torch.empty((m + _slack(m),) + tuple(self.data.shape[1:]), dtype=self.data.dtype)
-        if m:
-            breaks = (torch.nonzero(index[1:] != index[:-1] + 1).flatten() + 1).tolist()
-            if len(breaks) <= MAX_COPY_RUNS:
-                for start, stop in zip([0] + breaks, breaks + [m]):
-                    first = int(index[start])
-                    data[start:stop] = self.data[first:first + stop - start]
-            else:
-                torch.index_select(self.data, 0, index, out=data[:m])
-        return _Column(data, m)
+def _growable(rows: torch.Tensor, dtype: torch.dtype) -> Growable:
+    """A growable column holding these rows (converted to dtype), with room to append without copying."""
+    n = len(rows)
+    unit_bytes = math.prod(rows.shape[1:]) * dtype.itemsize
+    data = torch.empty((n + slack(n, unit_bytes),) + tuple(rows.shape[1:]), dtype=dtype)
+    data[:n] = rows
+    return Growable(data, n)
 
 
-MAX_COPY_RUNS = 256  # Column.take copies up to this many blocks one by one; more are gathered with index_select
+def _taken(column: Growable, index: torch.Tensor) -> Growable:
+    """A new growable column holding the rows of `column` at these positions [M], in that order (no conversion of
+    the values): runs of consecutive positions (what removing a few rows leaves) are copied as blocks, else
+    gathered."""
+    m, source = len(index), column.data
+    assert isinstance(source, torch.Tensor)
+    unit_bytes = math.prod(source.shape[1:]) * source.element_size()
+    data = torch.empty((m + slack(m, unit_bytes),) + tuple(source.shape[1:]), dtype=source.dtype)
+    if m:
+        breaks = (torch.nonzero(index[1:] != index[:-1] + 1).flatten() + 1).tolist()
+        if len(breaks) <= MAX_COPY_RUNS:
+            for start, stop in zip([0] + breaks, breaks + [m]):
+                first = int(index[start])
+                data[start:stop] = source[first:first + stop - start]
+        else:
+            torch.index_select(source, 0, index, out=data[:m])
+    return Growable(data, m)
 
 
-MAX_SLACK_ROWS = 32_768  # at most 32 MB of spare float16 rows of width 512 (n/8 was 128 MB at a million rows)
+MAX_COPY_RUNS = 256  # _taken copies up to this many blocks one by one; more are gathered with index_select
 
 
-def _slack(n: int) -> int:
-    """Spare rows kept after n rows: appends copy the buffer only every n/8 rows (amortised O(1) per row), at most
-    every MAX_SLACK_ROWS rows for big libraries (a copy of 1 GB per 32,768 rows added stays cheap per row)."""
-    return min(max(256, n // 8), MAX_SLACK_ROWS)
+def _holder(column: torch.Tensor, grow: Growable | None) -> Growable:
+    """The shared buffer a state's column [N] is the head of; a column of unknown origin (a loaded tensor, or one
+    given to replace()) is adopted full: never written into, so its first append copies it."""
+    if grow is not None and column.is_contiguous() and column.data_ptr() == grow.data.data_ptr():  # type: ignore
+        return grow
+    return Growable(column)
 
 
 def _exact(view: torch.Tensor) -> torch.Tensor:
@@ -96,7 +72,7 @@ def _exact(view: torch.Tensor) -> torch.Tensor:
 @dataclass
 class LibraryState:
     """Everything the library file holds, in memory. Treat as immutable: every change makes a new state (feature
-    rows live in shared append-only buffers, so appending does not copy the existing rows)."""
+    every column lives in a shared append-only buffer, so appending does not copy the existing rows)."""
 
     model: str
     model_name: str
@@ -108,7 +84,9 @@ class LibraryState:
     sizes: torch.Tensor  # int64 [N]
     names: TextColumn
     next_id: int = FIRST_ID
-    _f16: _Column | None = field(default=None, repr=False, compare=False)  # the only copy of the rows: float16
+    _f16: Growable | None = field(default=None, repr=False, compare=False)  # the only copy of the rows: float16
+    _grow: tuple[Growable, Growable, Growable] | None = field(default=None, repr=False, compare=False)  # ids, added,
+    # sizes: the buffers those columns are the heads of (set by appended)
     _row_of: RowIndex | None = field(default=None, repr=False, compare=False)
     _id_of_hash: HashIndex | None = field(default=None, repr=False, compare=False)
 
@@ -132,9 +110,9 @@ class LibraryState:
         loaded file holds them, are kept as they are: no copy). Text columns are lists of str or TextColumns, hashes
         hex strings or uint8 [N, 32]."""
         if features.dtype == STORED_DTYPE and features.is_contiguous():
-            f16 = _Column.adopt(features)
+            f16 = Growable(features)  # adopted as it is: no copy, no spare room (the first append copies it)
         else:
-            f16 = _Column.of(features.to(STORED_DTYPE), STORED_DTYPE)
+            f16 = _growable(features.to(STORED_DTYPE), STORED_DTYPE)
         return cls(model=model, model_name=model_name, dim=dim, ids=ids, files=files, sha256=sha256, added=added,
                    sizes=sizes, names=names, next_id=next_id, _f16=f16)
 
@@ -157,7 +135,7 @@ class LibraryState:
     @property
     def features16(self) -> torch.Tensor:
         """The rows as stored on disk: float16 [N, D]."""
-        return self._f16.view(len(self))  # type: ignore[union-attr]
+        return self._f16.view(len(self))  # type: ignore[union-attr, return-value]
 
     @property
     def row_of(self) -> RowIndex:
@@ -188,17 +166,22 @@ class LibraryState:
         else:
             times = torch.as_tensor(list(added), dtype=torch.float64)
         new_ids = torch.tensor(list(ids), dtype=torch.int64)
-        n = len(self)
+        n, m = len(self), len(new_ids)
         rows16 = features.float().to(STORED_DTYPE)
+        held = self._grow or (None, None, None)
+        columns = [_holder(column, grow).extend(n, more) for column, grow, more in zip(
+            (self.ids, self.added, self.sizes), held, (new_ids, times, torch.tensor(list(sizes), dtype=torch.int64)))]
+        all_ids, all_added, all_sizes = (column.data[:n + m] for column in columns)  # type: ignore[index]
         state = replace(
-            self, ids=torch.cat([self.ids, new_ids]), files=self.files.extended(files),
-            sha256=self.sha256.extended(sha256), added=torch.cat([self.added, times]),
-            sizes=torch.cat([self.sizes, torch.tensor(list(sizes), dtype=torch.int64)]),
-            names=self.names.extended([clean_name(x) for x in names]), next_id=max(self.next_id, max(ids) + 1),
-            _f16=self._f16.extend(n, rows16), _row_of=None, _id_of_hash=None)  # type: ignore[union-attr]
-        if (n and int(new_ids.min()) < int(self.ids[-1])) or not _ascending(new_ids):
-            state = state.reordered(torch.argsort(state.ids))
-        elif self._id_of_hash is not None:  # merge the new digests into the sorted index (no new sort)
+            self, ids=all_ids, files=self.files.extended(files), sha256=self.sha256.extended(sha256),
+            added=all_added, sizes=all_sizes, names=self.names.extended([clean_name(x) for x in names]),
+            next_id=max(self.next_id, max(ids) + 1), _f16=self._f16.extend(n, rows16),  # type: ignore[union-attr]
+            _grow=tuple(columns), _row_of=None, _id_of_hash=None)
+        if (n and int(new_ids.min()) <= int(self.ids[-1])) or not _ascending(new_ids):
+            return state.reordered(torch.argsort(state.ids, stable=True))
+        if self._row_of is not None:  # still ascending: the index over the longer IDs needs no new check
+            state._row_of = self._row_of.appended(state.ids)
+        if self._id_of_hash is not None:  # the new digests join the index's small unsorted tail (no new sort)
             state._id_of_hash = self._id_of_hash.appended(state.sha256.digests, state.ids)
         return state
 
@@ -224,7 +207,7 @@ class LibraryState:
             model=self.model, model_name=self.model_name, dim=self.dim, ids=self.ids[rows],
             files=self.files.take(rows), sha256=self.sha256.take(rows), added=self.added[rows],
             sizes=self.sizes[rows], names=self.names.take(rows), next_id=self.next_id,
-            _f16=self._f16.take(rows))  # type: ignore[union-attr]
+            _f16=_taken(self._f16, rows))  # type: ignore[arg-type]
 
     def with_rows(self, ids: Sequence[int], features: torch.Tensor, sha256: Sequence[str],
                   sizes: Sequence[int]) -> "LibraryState":
@@ -243,9 +226,10 @@ class LibraryState:
         """The dict that is saved: tensors and a few strings only, so that loading stays fast at 100k rows."""
         return {
             "version": FORMAT_VERSION, "model": self.model, "model_name": self.model_name, "dim": int(self.dim),
-            "ids": self.ids.contiguous(), "features": _exact(self.features16),
+            "ids": _exact(self.ids.contiguous()), "features": _exact(self.features16),
             "files": self.files.joined(), "sha256": _exact(self.sha256.tensor()),
-            "added": self.added.contiguous(), "sizes": self.sizes.contiguous(), "names": self.names.joined(),
+            "added": _exact(self.added.contiguous()), "sizes": _exact(self.sizes.contiguous()),
+            "names": self.names.joined(),
             "next_id": int(self.next_id), "saved_at": time.time(),
         }
 
