@@ -21,14 +21,17 @@ import torch
 Buffer = Union[torch.Tensor, np.ndarray, bytes, bytearray]
 
 MIN_SLACK = 256  # spare units (rows, or bytes of a text buffer) kept after a copy, at least
+MIN_SLACK_BYTES = 4096  # and at least this many bytes (a text buffer's units are bytes)
 MAX_SLACK_BYTES = 32 * 2**20  # and at most this many bytes per buffer (32,768 float16 rows of width 512)
 
 
 def slack(units: int, unit_bytes: int) -> int:
-    """Spare units kept after `units` (rows or bytes) of `unit_bytes` each: an eighth of them (so a copy happens at
-    most every units/8 appends: amortised O(1) per unit), at least MIN_SLACK, at most MAX_SLACK_BYTES of memory (a
-    copy of 1 GB per 32 MB appended stays cheap per row)."""
-    return min(max(MIN_SLACK, units // 8), max(MIN_SLACK, MAX_SLACK_BYTES // max(1, unit_bytes)))
+    """Spare units kept after `units` (rows or bytes) of `unit_bytes` each: an eighth of them (a copy happens at most
+    every units/8 appended: amortised O(1) per unit), at least MIN_SLACK units and MIN_SLACK_BYTES, at most
+    MAX_SLACK_BYTES of memory (a copy of 1 GB per 32 MB appended stays cheap per row)."""
+    unit_bytes = max(1, unit_bytes)
+    least = max(MIN_SLACK, MIN_SLACK_BYTES // unit_bytes)
+    return min(max(least, units // 8), max(least, MAX_SLACK_BYTES // unit_bytes))
 
 
 def _unit_bytes(data: Buffer) -> int:
