@@ -155,7 +155,9 @@ class LibraryState:
     def appended(self, ids: Sequence[int], features: torch.Tensor, files: Sequence[str], sha256: Sequence[str],
                  sizes: Sequence[int], names: Sequence[str],
                  added: float | Sequence[float] | None = None) -> "LibraryState":
-        """A copy with rows appended (features [M, D] are rounded to the stored precision), kept in ID order.
+        """A new state with rows appended (features [M, D] are rounded to the stored precision), kept in ID order.
+        Every column grows in place in buffers shared with this state when it is the newest state over them (O(M),
+        amortised); else (a branch) they are copied once. This state keeps reading exactly its own rows.
 
         `added` is one unix time for all rows (default: now) or one per row.
         """
