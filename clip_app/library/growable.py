@@ -91,7 +91,3 @@ class Growable:
         data[:n] = _head(self.data, n)
         data[n:total] = rows
         return Growable(data, total)
-
-    def claimed_past(self, n: int) -> bool:
-        """True when some state over this buffer has grown past n units (an append to a state of length n copies)."""
-        return self.filled != n
