@@ -19,12 +19,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
-import torch
-
 from ...encoders import ClipEncoder
 from ...library import FeatureLibrary
 from .encode import timed
-from .setup import open_library, unit_features
+from .setup import open_library, synthetic_state, unit_features
 from .stats import Results, counting, peak_rss_bytes, rss_bytes
 
 log = logging.getLogger(__name__)
@@ -32,18 +30,12 @@ log = logging.getLogger(__name__)
 
 def write_library(folder: Path, n: int, identity: str, name: str, dim: int) -> Path:
     """A library file of n synthetic rows (unit features, made-up hashes) written by the library's own code."""
-    from ...library.state import LibraryState
     from ...library.store import save_library
 
     path = folder / "features_library.pth"
     shutil.rmtree(folder, ignore_errors=True)  # a fresh gallery too (a kept --workdir holds the last run's)
     (folder / "gallery").mkdir(parents=True)
-    files = [f"{i:06d}.jpg" for i in range(1, n + 1)]
-    state = LibraryState.build(identity, name, dim, ids=torch.arange(1, n + 1, dtype=torch.int64),
-                               features=unit_features(n, dim, seed=7), files=files,
-                               sha256=[f"{i:064x}" for i in range(1, n + 1)],
-                               added=torch.full((n,), time.time(), dtype=torch.float64),
-                               sizes=torch.full((n,), 60_000, dtype=torch.int64), names=list(files), next_id=n + 1)
+    state = synthetic_state(identity, name, unit_features(n, dim, seed=7), added=time.time())
     save_library(state, path, None)
     return path
 

@@ -48,22 +48,16 @@ def peak_mb() -> float:
 
 def write_library(path: Path, rows: int, dim: int, seed: int = 0) -> None:
     """A library file of `rows` synthetic unit rows (float16) with plausible file names and hashes."""
-    from ...library.state import LibraryState
     from ...library.store import save_library
+    from .setup import synthetic_state
 
     generator = torch.Generator().manual_seed(seed)
     features = torch.empty(rows, dim, dtype=torch.float16)
     for start in range(0, rows, 65536):
         block = torch.randn(min(65536, rows - start), dim, generator=generator)
         features[start:start + len(block)] = torch.nn.functional.normalize(block, dim=1).half()
-    ids = torch.arange(1, rows + 1, dtype=torch.int64)
-    digests = torch.randint(0, 256, (rows, 32), dtype=torch.uint8, generator=generator).numpy().tobytes()
-    sha256 = [digests[i * 32:(i + 1) * 32].hex() for i in range(rows)]
-    files = [f"{i:06d}.jpg" for i in range(1, rows + 1)]
-    state = LibraryState.build(IDENTITY, IDENTITY, dim, ids=ids, features=features, files=files, sha256=sha256,
-                               added=torch.full((rows,), 1.7e9, dtype=torch.float64),
-                               sizes=torch.full((rows,), 3_000_000, dtype=torch.int64),
-                               names=[f"IMG_{i:05d}.jpg" for i in range(rows)], next_id=rows + 1)
+    state = synthetic_state(IDENTITY, IDENTITY, features, size=3_000_000,
+                            names=[f"IMG_{i:05d}.jpg" for i in range(rows)], seed=seed)
     del features
     save_library(state, path, None, compact=True)
 

@@ -151,6 +151,23 @@ QUERIES = (
 )
 
 
+def synthetic_state(identity: str, name: str, features: torch.Tensor, size: int = 60_000, added: float = 1.7e9,
+                    names: list[str] | None = None, seed: int = 0):
+    """A LibraryState of the given unit rows [N, D] with IDs 1..N, files 000001.jpg.., and sha256 digests drawn at
+    random (uniform like real ones: made-up hashes with a shared prefix would make hash lookups scan)."""
+    from ...library.state import LibraryState
+
+    n, dim = features.shape
+    generator = torch.Generator().manual_seed(seed)
+    digests = torch.randint(0, 256, (n, 32), dtype=torch.uint8, generator=generator).numpy().tobytes()
+    files = [f"{i:06d}.jpg" for i in range(1, n + 1)]
+    return LibraryState.build(identity, name, dim, ids=torch.arange(1, n + 1, dtype=torch.int64), features=features,
+                              files=files, sha256=[digests[i * 32:(i + 1) * 32].hex() for i in range(n)],
+                              added=torch.full((n,), added, dtype=torch.float64),
+                              sizes=torch.full((n,), size, dtype=torch.int64),
+                              names=list(files) if names is None else names, next_id=n + 1)
+
+
 def query_text(index: int) -> str:
     """A distinct, realistic search query for each index (so the text cache never answers)."""
     return f"{QUERIES[index % len(QUERIES)]} number {index}"

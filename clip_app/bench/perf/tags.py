@@ -17,7 +17,7 @@ from ...label_sets import LabelSetStore
 from ...library.tags import LibraryTags, compute
 from ...search import ConfidenceRule, confidence, percentiles, scan_rows, top_k
 from .encode import timed
-from .setup import unit_features
+from .setup import synthetic_state, unit_features
 from .stats import Results
 
 log = logging.getLogger(__name__)
@@ -96,17 +96,11 @@ def measure_tags(encoder: ClipEncoder, n: int, repeats: int, k: int, results: Re
 def _real_library(folder: Path, encoder: ClipEncoder, n: int) -> Any:
     """A FeatureLibrary of n synthetic rows (the same rows as the tagging figures), opened as the app opens it."""
     from ...library import FeatureLibrary
-    from ...library.state import LibraryState
     from ...library.store import save_library
 
     path = folder / "library" / "features_library.pth"
     (folder / "library" / "gallery").mkdir(parents=True)
-    files = [f"{i:06d}.jpg" for i in range(1, n + 1)]
-    state = LibraryState.build(encoder.identity, encoder.name, encoder.dim, ids=torch.arange(1, n + 1),
-                               features=unit_features(n, encoder.dim, seed=11), files=files,
-                               sha256=[f"{i:064x}" for i in range(1, n + 1)],
-                               added=torch.full((n,), 1.7e9, dtype=torch.float64),
-                               sizes=torch.full((n,), 60_000, dtype=torch.int64), names=list(files), next_id=n + 1)
+    state = synthetic_state(encoder.identity, encoder.name, unit_features(n, encoder.dim, seed=11))
     save_library(state, path, None)
     return FeatureLibrary(path.parent / "gallery", path, encoder)
 

@@ -70,16 +70,6 @@ def clustered_rows(n: int, dim: int, seed: int = 7, clusters: int = 1000, spread
     return out
 
 
-def _state(n: int, dim: int, identity: str, name: str, features: torch.Tensor):
-    from ...library.state import LibraryState
-
-    files = [f"{i:06d}.jpg" for i in range(1, n + 1)]
-    return LibraryState.build(identity, name, dim, ids=torch.arange(1, n + 1, dtype=torch.int64), features=features,
-                              files=files, sha256=[f"{i:064x}" for i in range(1, n + 1)],
-                              added=torch.full((n,), time.time(), dtype=torch.float64),
-                              sizes=torch.full((n,), 60_000, dtype=torch.int64), names=list(files), next_id=n + 1)
-
-
 def _ms(values: list[float]) -> dict:
     values = sorted(values)
     return {"median_ms": round(1000 * statistics.median(values), 2),
@@ -106,7 +96,7 @@ def bench_pg(args: argparse.Namespace, work: Path, figures: dict) -> None:
     from ...library.export import export_library
     from ...library.pg_sql import PgTables, ef_search_for
     from ...library.store import load_library, save_library
-    from ..perf.setup import jpeg_bytes, photo_like
+    from ..perf.setup import jpeg_bytes, photo_like, synthetic_state
     from .pg_local import start_server
 
     server = None
@@ -118,7 +108,7 @@ def bench_pg(args: argparse.Namespace, work: Path, figures: dict) -> None:
     url = f"{base}{'&' if '?' in base else '?'}table=bench_{int(time.time())}"
     try:
         rows = clustered_rows(args.rows, args.dim)
-        state = _state(args.rows, args.dim, "synthetic-model", "synthetic-model", rows)
+        state = synthetic_state("synthetic-model", "synthetic-model", rows)
         file = work / "lib" / "features_library.pth"
         save_library(state, file, None, compact=True)
         loaded, _ = load_library(file)
