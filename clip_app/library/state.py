@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, Sized
 
 import torch
 
@@ -169,6 +169,7 @@ class LibraryState:
             times = torch.as_tensor(list(added), dtype=torch.float64)
         new_ids = torch.tensor(list(ids), dtype=torch.int64)
         n, m = len(self), len(new_ids)
+        _check_lengths(m, self.dim, features, files=files, sha256=sha256, sizes=sizes, names=names, added=times)
         rows16 = features.float().to(STORED_DTYPE)
         held = self._grow or (None, None, None)
         columns = [_holder(column, grow).extend(n, more) for column, grow, more in zip(
@@ -256,6 +257,16 @@ def invariant_problem(state: LibraryState) -> str | None:
             value = int(ids[first]) if column is None else column[first]
             return f"two rows share one {what} ({value}): IDs {int(ids[first])} and {int(ids[second])}"
     return None
+
+
+def _check_lengths(m: int, dim: int, features: torch.Tensor, **columns: Sized) -> None:
+    """ValueError unless features are [M, dim] and every other column holds M entries: checked before any shared
+    buffer is written (a growable column is read up to the ID count, so a shorter one would read spare room)."""
+    if features.dim() != 2 or tuple(features.shape) != (m, dim):
+        raise ValueError(f"appending {m} rows needs features [{m}, {dim}], not {list(features.shape)}")
+    for name, column in columns.items():
+        if len(column) != m:
+            raise ValueError(f"appending {m} rows needs {m} {name}, not {len(column)}")
 
 
 def _first_repeat(values: Sequence[object]) -> tuple[int, int] | None:
