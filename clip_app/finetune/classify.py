@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from ..bench.timing import StageTimer
 from ..classify import LOGIT_SCALE, build_classifier
 from ..encoders import ClipEncoder
 from ..label_heads import LabelHead
@@ -31,7 +32,7 @@ from .common import (
     load_base,
     load_saved,
     settings_of,
-    timings,
+    summary_of,
     train,
 )
 from .data import ClassFolders, ImageItems, collate, read_class_folders, unreadable_images, without_paths
@@ -186,42 +187,35 @@ def run(args: argparse.Namespace, step_hook: Callable[[LoopState], None] | None 
     started = time.perf_counter()
     out = Path(args.out)
     prepare_out(out, args.resume, args.overwrite)
-    stages: dict[str, float] = {}
+    timer = StageTimer()
     settings = settings_of(args)
     try:
         templates = templates_for(args.template)
     except ValueError as exc:
         raise FinetuneError(str(exc)) from None
-    mark = time.perf_counter()
-    base = load_base(settings, args.eval_batch_size)
-    stages["load_model"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    train_data, val, bad = _prepare_data(args, base.decode_min_side)
-    stages["read_data"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    classifier = build_classifier(base, train_data.labels, templates)  # [D, C]
-    stages["zero_shot_head"] = time.perf_counter() - mark
+    with timer.stage("load_model"):
+        base = load_base(settings, args.eval_batch_size)
+    with timer.stage("read_data"):
+        train_data, val, bad = _prepare_data(args, base.decode_min_side)
+    with timer.stage("zero_shot_head"):
+        classifier = build_classifier(base, train_data.labels, templates)  # [D, C]
     hyper = {**common_hyperparameters(args), "head_lr": args.head_lr, "freeze_visual": bool(args.freeze_visual),
              "wise": args.wise, "template": args.template}
     data = {"root": str(Path(train_data.root).resolve()), "classes": list(train_data.classes),
             "labels": train_data.labels, "train_images": len(train_data.paths), "val_images": len(val.paths),
             "skipped_images": bad}
-    base_model = {"model": settings.model, "name": base.name, "identity": base.identity}
     fingerprint = {"task": "classify", "base_identity": base.identity, "data": data,
                    "hyperparameters": {k: v for k, v in hyper.items() if k != "wise"}}
     task = ClassifyTask(base, train_data, val, classifier, args)
     loop, result = train(task, args, base.device, out, fingerprint, step_hook)
     after = None
     if result.status not in ("max_steps", "interrupted"):
-        mark = time.perf_counter()
-        after, head = _finalize(task, out, args.wise)
-        name = args.label_set_name or f"{Path(args.root).resolve().name} (fine-tuned)"
-        after["label_sets"] = save_label_set(out, name, train_data.labels, head, args.label_sets)
-        after["label_set"] = name
-        stages["evaluate_after"] = time.perf_counter() - mark
-    summary = {"task": "classify", "base_model": base_model, "data": data, "hyperparameters": hyper,
-               "before": loop.state.before, "after": after, "best_epoch": loop.state.best_epoch,
-               "epochs": loop.state.history, "timings": timings(loop, stages, started)}
+        with timer.stage("evaluate_after"):
+            after, head = _finalize(task, out, args.wise)
+            name = args.label_set_name or f"{Path(args.root).resolve().name} (fine-tuned)"
+            after["label_sets"] = save_label_set(out, name, train_data.labels, head, args.label_sets)
+            after["label_set"] = name
+    summary = summary_of("classify", settings, base, data, hyper, loop, after, timer.as_dict(), started)
     finish(out, result, summary, PLOTTED)
     return Outcome(result, summary, out)
 

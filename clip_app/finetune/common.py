@@ -152,6 +152,15 @@ def finish(out: Path, result: LoopResult, summary: dict, plotted: list[str]) -> 
         (out / CHECKPOINT).unlink(missing_ok=True)
 
 
+def summary_of(task: str, settings: Settings, base: ClipEncoder, data: dict, hyper: dict, loop: Loop,
+               after: dict | None, stages: dict[str, float], started: float) -> dict:
+    """finetune.json of a run: task, base model, data, hyperparameters, before/after, epochs and timings."""
+    return {"task": task, "base_model": {"model": settings.model, "name": base.name, "identity": base.identity},
+            "data": data, "hyperparameters": hyper, "before": loop.state.before, "after": after,
+            "best_epoch": loop.state.best_epoch, "epochs": loop.state.history,
+            "timings": timings(loop, stages, started)}
+
+
 def timings(loop: Loop, stages: dict[str, float], started: float) -> dict[str, float | None]:
     """The timings block of finetune.json: stages, training and evaluation seconds, throughput, total."""
     state = loop.state

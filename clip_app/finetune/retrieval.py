@@ -19,6 +19,7 @@ from ..bench.features import encode_image_files
 from ..bench.flickr8k.cli import TEXT_CHUNK
 from ..bench.flickr8k.data import Flickr8k
 from ..bench.flickr8k.metrics import retrieval_metrics
+from ..bench.timing import StageTimer
 from ..encoders import ClipEncoder, encode_text_trimmed
 from .common import (
     Outcome,
@@ -28,7 +29,7 @@ from .common import (
     load_base,
     load_saved,
     settings_of,
-    timings,
+    summary_of,
     train,
 )
 from .data import ImageItems, check_pairs, read_split, unreadable_images, without_images
@@ -137,39 +138,32 @@ def run(args: argparse.Namespace, step_hook: Callable[[LoopState], None] | None 
     started = time.perf_counter()
     out = Path(args.out)
     prepare_out(out, args.resume, args.overwrite)
-    stages: dict[str, float] = {}
+    timer = StageTimer()
     settings = settings_of(args)
-    mark = time.perf_counter()
-    base = load_base(settings, args.eval_batch_size)
-    stages["load_model"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    train_data, eval_data, bad = _prepare_data(args, base.decode_min_side)
-    stages["read_data"] = time.perf_counter() - mark
+    with timer.stage("load_model"):
+        base = load_base(settings, args.eval_batch_size)
+    with timer.stage("read_data"):
+        train_data, eval_data, bad = _prepare_data(args, base.decode_min_side)
     hyper = {**common_hyperparameters(args), "freeze": args.freeze, "eval_split": args.eval_split}
     data = {"root": str(Path(train_data.root).resolve()), "layout": train_data.layout, "train_split": "train",
             "train_images": train_data.n_images, "train_pairs": train_data.n_captions,
             "eval_split": eval_data.split, "eval_images": eval_data.n_images, "eval_captions": eval_data.n_captions,
             "skipped_images": bad}
-    base_model = {"model": settings.model, "name": base.name, "identity": base.identity}
     fingerprint = {"task": "retrieval", "base_identity": base.identity, "data": data,
                    "hyperparameters": hyper}
     before = None
     if not args.resume:  # the base model as loaded (fp16 on a GPU), exactly as the benchmark evaluates it
-        mark = time.perf_counter()
-        before = evaluate_encoder(base, eval_data, args.eval_batch_size, args.workers, not args.no_progress)
-        stages["evaluate_before"] = time.perf_counter() - mark
+        with timer.stage("evaluate_before"):
+            before = evaluate_encoder(base, eval_data, args.eval_batch_size, args.workers, not args.no_progress)
     task = RetrievalTask(base, train_data, eval_data, args)
     loop, result = train(task, args, base.device, out, fingerprint, step_hook, before)
     after = None
     if result.status not in ("max_steps", "interrupted"):  # resumable stops have no final model yet
-        mark = time.perf_counter()
-        final = load_saved(out / MODEL, base.device, args.eval_batch_size)
-        after = evaluate_encoder(final, eval_data, args.eval_batch_size, args.workers, not args.no_progress)
-        after["model_identity"] = final.identity
-        stages["evaluate_after"] = time.perf_counter() - mark
-    summary = {"task": "retrieval", "base_model": base_model, "data": data, "hyperparameters": hyper,
-               "before": loop.state.before, "after": after, "best_epoch": loop.state.best_epoch,
-               "epochs": loop.state.history, "timings": timings(loop, stages, started)}
+        with timer.stage("evaluate_after"):
+            final = load_saved(out / MODEL, base.device, args.eval_batch_size)
+            after = evaluate_encoder(final, eval_data, args.eval_batch_size, args.workers, not args.no_progress)
+            after["model_identity"] = final.identity
+    summary = summary_of("retrieval", settings, base, data, hyper, loop, after, timer.as_dict(), started)
     finish(out, result, summary, PLOTTED)
     return Outcome(result, summary, out)
 

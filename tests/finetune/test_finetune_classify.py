@@ -73,6 +73,8 @@ def test_epoch_zero_is_zero_shot_accuracy_and_training_improves_it(trained: tupl
     assert result["after"]["top1"] > result["before"]["top1"]
     assert result["after"]["wise"]["alpha"] == 0.5
     assert (out / "finetune.md").is_file() and (out / "finetune.png").is_file()
+    assert all(result["timings"][stage] > 0 for stage in ("load_model", "read_data", "zero_shot_head",
+                                                          "evaluate_after", "total"))
 
 
 def test_wise_end_points_are_the_zero_shot_and_the_fine_tuned_weights() -> None:

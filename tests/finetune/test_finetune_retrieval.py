@@ -53,6 +53,8 @@ def test_fine_tuning_lifts_text_to_image_recall(trained: tuple[Path, Path, dict]
     assert (out / "finetune.md").is_file() and (out / "finetune.png").stat().st_size > 0
     assert not (out / "checkpoint.pt").exists()  # a finished run keeps only its model
     assert result["timings"]["items_per_second"] > 0
+    assert all(result["timings"][stage] > 0 for stage in ("load_model", "read_data", "evaluate_before",
+                                                          "evaluate_after", "total"))
 
 
 def test_the_checkpoint_reloads_through_model_with_the_same_metrics(trained: tuple[Path, Path, dict],
