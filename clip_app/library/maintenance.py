@@ -151,8 +151,7 @@ def _repair_state(lib: FeatureLibrary, state: LibraryState, reader: GalleryReade
             if odd is None:
                 report.actions.append(f"dropped the row of ID {image_id}: its file {name} is gone")
             elif not dry:
-                moved = gal.quarantine(lib.gallery_dir, name)
-                report.quarantined.append(moved)
+                moved = _quarantine(lib, report, name)
                 report.actions.append(f"dropped the row of ID {image_id}: its file {name} is {odd}; moved it to "
                                       f"{moved}")
             continue
@@ -162,8 +161,7 @@ def _repair_state(lib: FeatureLibrary, state: LibraryState, reader: GalleryReade
         if found.sha256 != stored and owner is not None and owner != image_id:
             drop.append(image_id)  # two rows must never hold the same bytes
             if not dry:
-                moved = gal.quarantine(lib.gallery_dir, name)
-                report.quarantined.append(moved)
+                moved = _quarantine(lib, report, name)
                 report.actions.append(f"dropped ID {image_id}: its file {name} changed and now holds the same bytes "
                                       f"as ID {owner}; moved the file to {moved}")
             continue
@@ -172,8 +170,7 @@ def _repair_state(lib: FeatureLibrary, state: LibraryState, reader: GalleryReade
         if found.error is not None:
             drop.append(image_id)
             if not dry:
-                moved = gal.quarantine(lib.gallery_dir, name)
-                report.quarantined.append(moved)
+                moved = _quarantine(lib, report, name)
                 report.actions.append(f"dropped ID {image_id} ({why}, and it is no longer a usable image: "
                                       f"{found.error.reason}); moved the file to {moved}")
             continue
@@ -190,6 +187,13 @@ def _repair_state(lib: FeatureLibrary, state: LibraryState, reader: GalleryReade
     report.dropped, report.reencoded = drop, [i for i, _ in redo]
     return index_files(lib, state, candidates_from_scan(lib, state.files, lib.scan()), report, reader,
                              quarantine_rest=True)
+
+def _quarantine(lib: FeatureLibrary, report: RepairReport, name: str) -> str:
+    """Move a gallery file into the quarantine folder and record it in the report; its new relative path."""
+    moved = gal.quarantine(lib.gallery_dir, name)
+    report.quarantined.append(moved)
+    return moved
+
 
 def _remove_stale_temp_files(lib: FeatureLibrary, report: RepairReport) -> None:
     """Delete the temp files of writers that died mid-save (a library save's `.<file>.*.tmp`, a gallery write's
@@ -285,8 +289,7 @@ def index_files(lib: FeatureLibrary, state: LibraryState, entries: list[tuple[st
         if dry:
             return
         if quarantine_rest:
-            moved = gal.quarantine(lib.gallery_dir, name)
-            report.quarantined.append(moved)
+            moved = _quarantine(lib, report, name)
             report.actions.append(f"moved {name} to {moved}: {why}")
         else:
             log.info("not indexing %s: %s", name, why)
