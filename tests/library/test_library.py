@@ -22,7 +22,8 @@ from clip_app.library import (
     UnknownImageError,
 )
 from tests.support.fakes import COLOUR_NAMES, solid_image
-from tests.support.library_helpers import child_add, image_bytes, open_library, other_colour_encoder, write_image
+from tests.support.library_helpers import image_bytes, open_library, other_colour_encoder, write_image
+from tests.support.store_helpers import child_add_at
 
 
 def test_add_stores_original_bytes_and_rows_that_load_with_weights_only(tmp_path: Path, colour_encoder) -> None:
@@ -269,8 +270,8 @@ def test_two_processes_adding_at_once_lose_nothing(tmp_path: Path, colour_encode
     context = multiprocessing.get_context("spawn")
     barrier, queue = context.Barrier(2), context.Queue()
     colours = [[(10 * i + 5, 200 - 10 * i, 40 + k * 100) for i in range(8)] for k in range(2)]
-    children = [context.Process(target=child_add, args=(str(tmp_path), colours[k], barrier, queue))
-                for k in range(2)]
+    where = (str(tmp_path / "gallery"), str(tmp_path / "features_library.pth"))
+    children = [context.Process(target=child_add_at, args=(*where, colours[k], barrier, queue)) for k in range(2)]
     for child in children:
         child.start()
     ids: list[list[int]] = []

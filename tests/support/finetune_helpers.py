@@ -50,12 +50,7 @@ def retrieval_args(data: Path, model: Path | str, out: Path, **overrides: object
     options = {"--epochs": 4, "--batch-size": 8, "--lr": 1e-3, "--warmup": 2, "--weight-decay": 0.0,
                "--workers": 0, "--device": "cpu", "--eval-batch-size": 16, **overrides}
     argv = ["retrieval", "--data", str(data), "--model", str(model), "--out", str(out), "--no-progress"]
-    for flag, value in options.items():
-        if value is True:
-            argv.append(flag)
-        elif value is not None and value is not False:
-            argv += [flag, str(value)]
-    return argv
+    return _with_options(argv, options)
 
 
 def classify_args(root: Path, model: Path | str, out: Path, **overrides: object) -> list[str]:
@@ -63,6 +58,11 @@ def classify_args(root: Path, model: Path | str, out: Path, **overrides: object)
     options = {"--epochs": 3, "--batch-size": 4, "--lr": 1e-4, "--head-lr": 1e-2, "--workers": 0,
                "--device": "cpu", "--eval-batch-size": 16, **overrides}
     argv = ["classify", "--root", str(root), "--model", str(model), "--out", str(out), "--no-progress"]
+    return _with_options(argv, options)
+
+
+def _with_options(argv: list[str], options: dict[str, object]) -> list[str]:
+    """argv followed by each option: a flag alone for True, nothing for None or False, else flag and value."""
     for flag, value in options.items():
         if value is True:
             argv.append(flag)

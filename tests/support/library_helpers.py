@@ -1,4 +1,4 @@
-"""Helpers for the library and index tests: small image bytes, library factories, a second model, a child writer."""
+"""Helpers for the library and index tests: small image bytes, library factories, a second model."""
 
 from __future__ import annotations
 
@@ -36,14 +36,3 @@ def open_library(root: Path, encoder: ClipEncoder | None = None, **kwargs: objec
     """A FeatureLibrary over root/gallery and root/features_library.pth."""
     return FeatureLibrary(root / "gallery", root / "features_library.pth", encoder or color_encoder(),
                           **kwargs)  # type: ignore[arg-type]
-
-
-def child_add(root: str, colours: list[tuple[int, int, int]], barrier: object, queue: object) -> None:
-    """Run in another process: wait for the others, then add images one call at a time; report the IDs."""
-    library = open_library(Path(root))
-    barrier.wait()  # type: ignore[attr-defined]
-    ids = []
-    for rgb in colours:
-        report = library.add([(image_bytes(rgb, size=(20 + rgb[0] % 7, 20)), f"{rgb}.png")])
-        ids.extend(r.id for r in report.added)
-    queue.put(ids)  # type: ignore[attr-defined]
