@@ -17,6 +17,7 @@ from clip_app.library import UnknownImageError
 from clip_app.prompts import imagenet_classnames, imagenet_templates
 from clip_app.service import MAX_K, App, FileTooLargeError, InputError, english_note, format_size, parse_size
 from tests.support.app_helpers import make_app, png_bytes, write_png
+from tests.support.threads import run_in_threads
 
 RGB = ("red", "green", "blue")
 
@@ -327,20 +328,7 @@ def test_add_images_needs_files(app: App) -> None:
 def test_concurrent_writes_keep_every_image(tmp_path: Path, colour_encoder) -> None:
     app = make_app(tmp_path, colour_encoder)
     colours = ["red", "green", "blue", "cyan", "magenta", "yellow"]
-    errors: list[BaseException] = []
-
-    def add(colour: str) -> None:
-        try:
-            app.classify(png_bytes(colour), "red, blue")
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=add, args=(c,)) for c in colours]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert not run_in_threads(lambda colour: app.classify(png_bytes(colour), "red, blue"), [(c,) for c in colours])
     assert len(app.library) == len(colours) and len({e.id for e in app.library}) == len(colours)
     assert app.check().ok
 

@@ -16,6 +16,7 @@ from clip_app.bench.features import (
 from clip_app.bench.timing import StageTimer
 from clip_app.images import ImageError
 from tests.support.fakes import COLOUR_NAMES, color_encoder, solid_image
+from tests.support.threads import run_in_threads
 
 
 def write_images(folder, names):
@@ -57,20 +58,10 @@ def test_concurrent_saves_of_one_key_leave_one_valid_entry_and_no_temp_files(tmp
 
     monkeypatch.setattr(torch, "save", save_then_wait)
     candidates = [torch.full((3, 4), 1.0), torch.full((3, 4), 2.0)]
-    errors: list[BaseException] = []
-
     def run(features):
-        try:
-            cache.save("images", "k", features, {"value": float(features[0, 0])})
-        except BaseException as exc:  # reported by the assertion below
-            errors.append(exc)
+        cache.save("images", "k", features, {"value": float(features[0, 0])})
 
-    threads = [threading.Thread(target=run, args=(f,)) for f in candidates]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_in_threads(run, [(f,) for f in candidates]) == []
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.path("images", "k").name]
     features, meta = cache.load_entry("images", "k")
     assert any(torch.equal(features, c) for c in candidates) and meta["value"] == float(features[0, 0])

@@ -16,6 +16,7 @@ import torch
 from clip_app.encoders import ClipEncoder, onnx_cache
 from clip_app.encoders.onnx_cache import cache_folder, read_manifest
 from tests.support.fakes import solid_image
+from tests.support.threads import run_in_threads
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -211,22 +212,14 @@ def test_eight_threads_share_the_sessions_and_get_the_same_features(onnx_exports
     want_images = reference.encode_images(images, batch_size=3)
     want_texts = [reference.encode_texts(batch) for batch in texts]
     got: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    errors: list[BaseException] = []
     start = threading.Barrier(8)
 
     def work(index: int) -> None:
-        try:
-            start.wait()
-            for _ in range(3):
-                got[index] = (encoder.encode_images(images), encoder.encode_texts(texts[index]))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        start.wait()
+        for _ in range(3):
+            got[index] = (encoder.encode_images(images), encoder.encode_texts(texts[index]))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    errors = run_in_threads(work, [(i,) for i in range(8)])
     assert not errors and len(got) == 8
     for index, (image_rows, text_rows) in got.items():
         assert torch.allclose(image_rows, want_images, atol=1e-6)

@@ -6,7 +6,6 @@ import hashlib
 import multiprocessing
 import os
 import queue as queue_module
-import threading
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from clip_app.library import (
 from tests.support.fakes import COLOUR_NAMES, solid_image
 from tests.support.library_helpers import image_bytes, open_library, other_colour_encoder, write_image
 from tests.support.store_helpers import child_add_at
+from tests.support.threads import run_in_threads
 
 
 def test_add_stores_original_bytes_and_rows_that_load_with_weights_only(tmp_path: Path, colour_encoder) -> None:
@@ -294,21 +294,12 @@ def test_two_processes_adding_at_once_lose_nothing(tmp_path: Path, colour_encode
 def test_threads_adding_to_one_library_and_to_two_instances_lose_nothing(tmp_path: Path, colour_encoder) -> None:
     shared = open_library(tmp_path, colour_encoder)
     second = open_library(tmp_path, colour_encoder)  # another instance in the same process: its own file lock
-    errors: list[BaseException] = []
 
     def worker(library: FeatureLibrary, k: int) -> None:
-        try:
-            for i in range(3):
-                library.add([(image_bytes((40 * k + 10, 30 * i + 5, 200 - 20 * k)), f"{k}-{i}.png")])
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for i in range(3):
+            library.add([(image_bytes((40 * k + 10, 30 * i + 5, 200 - 20 * k)), f"{k}-{i}.png")])
 
-    threads = [threading.Thread(target=worker, args=(shared if k % 2 else second, k)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors
+    assert not run_in_threads(worker, [(shared if k % 2 else second, k) for k in range(4)])
     fresh = open_library(tmp_path, colour_encoder)
     assert [e.id for e in fresh] == list(range(1, 13)) and fresh.check().ok
     assert len(shared) == 12 and len(second) == 12

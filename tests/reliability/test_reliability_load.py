@@ -15,6 +15,7 @@ from gradio_client import Client
 from tests.support.app_helpers import free_port
 from tests.support.fakes import COLOUR_NAMES
 from tests.support.reliability_helpers import PRELOAD, serve_colour_app
+from tests.support.threads import run_in_threads
 
 SEARCHES = 50
 
@@ -43,28 +44,20 @@ def test_fifty_concurrent_searches_all_answer_correctly(server) -> None:
     barrier = threading.Barrier(SEARCHES)
     latencies: list[float] = []
     wrong: list[tuple[str, str]] = []
-    errors: list[BaseException] = []
 
     def search(n: int) -> None:
         colour = COLOUR_NAMES[n % len(COLOUR_NAMES)]
-        try:
-            barrier.wait(timeout=60)
-            start = time.perf_counter()
-            gallery, message = client.predict(f"a photo of something {colour}", 3, api_name="/search")
-            latencies.append(time.perf_counter() - start)
-            if not gallery[0]["caption"].startswith(f"#{id_of[colour]} · ") or len(gallery) != 3:
-                wrong.append((colour, gallery[0]["caption"]))
-            if message != f"3 of {len(id_of)} images shown.":
-                wrong.append((colour, message))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        barrier.wait(timeout=60)
+        start = time.perf_counter()
+        gallery, message = client.predict(f"a photo of something {colour}", 3, api_name="/search")
+        latencies.append(time.perf_counter() - start)
+        if not gallery[0]["caption"].startswith(f"#{id_of[colour]} · ") or len(gallery) != 3:
+            wrong.append((colour, gallery[0]["caption"]))
+        if message != f"3 of {len(id_of)} images shown.":
+            wrong.append((colour, message))
 
-    threads = [threading.Thread(target=search, args=(n,)) for n in range(SEARCHES)]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
+    errors = run_in_threads(search, [(n,) for n in range(SEARCHES)], timeout=300)
     wall = time.perf_counter() - started
     assert not errors, errors[:3]
     assert not wrong, wrong
