@@ -52,6 +52,11 @@ def _allocate(like: Buffer, capacity: int) -> Buffer:
     return bytearray(capacity)
 
 
+def with_room(like: Buffer, units: int) -> Buffer:
+    """An uninitialised buffer of like's kind, dtype and row shape for `units` units plus spare room (slack)."""
+    return _allocate(like, units + slack(units, _unit_bytes(like)))
+
+
 def _head(data: Buffer, n: int) -> Buffer:
     """The first n units of a buffer, without a copy."""
     return memoryview(data)[:n] if isinstance(data, (bytes, bytearray)) else data[:n]
@@ -87,7 +92,7 @@ class Growable:
             self.data[n:n + m] = rows
             return self
         total = n + m
-        data = _allocate(self.data, total + slack(total, _unit_bytes(self.data)))
+        data = with_room(self.data, total)
         data[:n] = _head(self.data, n)
         data[n:total] = rows
         return Growable(data, total)

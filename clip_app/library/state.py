@@ -4,7 +4,6 @@ and hash columns are compact (columns.py): no Python object per row."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence, Sized
@@ -12,7 +11,7 @@ from typing import Iterable, Iterator, Sequence, Sized
 import torch
 
 from .columns import HashColumn, TextColumn
-from .growable import Growable, slack
+from .growable import Growable, with_room
 from .lookups import HashIndex, RowIndex
 
 FORMAT_VERSION = 1
@@ -20,13 +19,11 @@ FIRST_ID = 1
 STORED_DTYPE = torch.float16
 
 
-def _growable(rows: torch.Tensor, dtype: torch.dtype) -> Growable:
-    """A growable column holding these rows (converted to dtype), with room to append without copying."""
-    n = len(rows)
-    unit_bytes = math.prod(rows.shape[1:]) * dtype.itemsize
-    data = torch.empty((n + slack(n, unit_bytes),) + tuple(rows.shape[1:]), dtype=dtype)
-    data[:n] = rows
-    return Growable(data, n)
+def _growable(rows: torch.Tensor) -> Growable:
+    """A growable column holding these rows, with room to append without copying."""
+    data = with_room(rows, len(rows))
+    data[:len(rows)] = rows
+    return Growable(data, len(rows))
 
 
 def _taken(column: Growable, index: torch.Tensor) -> Growable:
@@ -35,8 +32,7 @@ def _taken(column: Growable, index: torch.Tensor) -> Growable:
     gathered."""
     m, source = len(index), column.data
     assert isinstance(source, torch.Tensor)
-    unit_bytes = math.prod(source.shape[1:]) * source.element_size()
-    data = torch.empty((m + slack(m, unit_bytes),) + tuple(source.shape[1:]), dtype=source.dtype)
+    data = with_room(source, m)
     if m:
         breaks = (torch.nonzero(index[1:] != index[:-1] + 1).flatten() + 1).tolist()
         if len(breaks) <= MAX_COPY_RUNS:
@@ -112,7 +108,7 @@ class LibraryState:
         if features.dtype == STORED_DTYPE and features.is_contiguous():
             f16 = Growable(features)  # adopted as it is: no copy, no spare room (the first append copies it)
         else:
-            f16 = _growable(features.to(STORED_DTYPE), STORED_DTYPE)
+            f16 = _growable(features.to(STORED_DTYPE))
         return cls(model=model, model_name=model_name, dim=dim, ids=ids, files=files, sha256=sha256, added=added,
                    sizes=sizes, names=names, next_id=next_id, _f16=f16)
 
