@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any
 
-from .pg_sql import PgTables
+from .pg_sql import DOCS_COLUMNS, PgTables
 
 __all__ = ["PgCompanions"]
 
@@ -51,8 +51,7 @@ class PgCompanions:
 
         conn = self.tables._reader()  # this thread's own connection: never inside another thread's transaction
         with conn.transaction():
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.docs} (name text PRIMARY KEY, body jsonb NOT NULL, "
-                         "updated double precision NOT NULL)")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.docs} {DOCS_COLUMNS}")
             conn.execute(f"INSERT INTO {self.docs} (name, body, updated) VALUES (%s, %s, %s) ON CONFLICT (name) DO "
                          "UPDATE SET body = EXCLUDED.body, updated = EXCLUDED.updated",
                          (name, Jsonb(body), time.time()))

@@ -45,6 +45,7 @@ HNSW_MIN_ROWS = 20_000  # below this a scan is fast and exact; above it the stor
 HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64
 NEAREST_EF_SEARCH = 40  # the near-duplicate test looks for rows with cosine >= 0.97: easy for HNSW
 INDEX_RECHECK_S = 10.0  # a reader that has not seen the HNSW index yet looks again after this many seconds
+DOCS_COLUMNS = "(name text PRIMARY KEY, body jsonb NOT NULL, updated double precision NOT NULL)"  # <table>_docs
 TABLE_SUFFIXES = ("", "_meta", "_docs", "_blobs", "_removed")  # every table of a library (pg_companions: docs, blobs)
 SMALL_WRITE_ROWS = 32  # up to this many rows a write is one pipelined round trip; more go through COPY
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
@@ -215,8 +216,7 @@ class PgTables:
             conn.execute(f"INSERT INTO {self.table}_meta (format, model, model_name, dim, next_id, version, "
                          "generation) VALUES (%s, %s, %s, %s, %s, 0, %s)",
                          (FORMAT, model, model_name, int(dim), int(next_id), uuid.uuid4().hex))
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table}_docs (name text PRIMARY KEY, body jsonb NOT NULL, "
-                         "updated double precision NOT NULL)")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table}_docs {DOCS_COLUMNS}")
         log.info("created the library table %s (%d-d features of %s) in %s", self.table, dim, model,
                  self.location.shown)
 
